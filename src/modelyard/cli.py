@@ -1,0 +1,109 @@
+"""``modelyard <stage> ...``: a table of stages, each one parser and one ``run(config)``.
+
+Every sub-command takes ``--config FILE.yaml`` plus overrides by key path and ``--help``; stage
+code lives in the stage's package and this file only maps arguments onto it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+__all__ = ["COMMANDS", "main"]
+
+logger = logging.getLogger("modelyard")
+
+
+@dataclass(frozen=True)
+class Command:
+    summary: str
+    handler: Callable[[Sequence[str]], int]
+
+
+def _data(argv: Sequence[str]) -> int:
+    from modelyard.data.cli import parse_data_args
+    from modelyard.data.run import run
+
+    result = run(parse_data_args(argv))
+    print(f"snapshot {result.short_digest} ({result.name}): {result.n_rows} rows accepted, "
+          f"{result.n_quarantined} quarantined -> {result.path}")
+    return 0
+
+
+def _train(argv: Sequence[str]) -> int:
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    from modelyard.train.config import parse_train_args
+    from modelyard.train.run import run
+
+    result = run(parse_train_args(argv))
+    if rank_zero_only.rank != 0 or os.environ.get("MODELYARD_JOB_DIR"):
+        return 0
+    if result.status == "preempted":
+        print(f"preempted: checkpoint saved in {result.job_dir}; continue with the same command plus --resume")
+        return 0
+    score = f"{result.best_score:.4f}" if result.best_score is not None else "n/a"
+    print(f"run {result.run_id} ({result.experiment}): best {result.monitor} = {score}\n"
+          f"  best checkpoint: {result.best_checkpoint}\n"
+          f"  job folder:      {result.job_dir}\n"
+          f"  browse it:       mlflow ui --backend-store-uri {result.tracking_uri}")
+    return 0
+
+
+COMMANDS: dict[str, Command] = {
+    "data": Command("validate a dataset against its schema and store a content-addressed snapshot", _data),
+    "train": Command("train a LightningModule on a snapshot (DDP, torchrun, Ray), tracked in MLflow", _train),
+}
+
+
+def _usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = [f"  {name:<{width}}  {cmd.summary}" for name, cmd in COMMANDS.items()]
+    return (
+        "usage: modelyard <command> [--config FILE.yaml] [--key.path VALUE ...]\n\n"
+        "modelyard takes a deep-learning model from data to production and keeps it healthy.\n\n"
+        "commands:\n" + "\n".join(lines) + "\n\n"
+        "`modelyard <command> --help` lists every option of a command.\n"
+        "MLflow: $MLFLOW_TRACKING_URI, else an embedded store (./mlflow.db, ./mlartifacts).\n"
+        "Ray: $RAY_ADDRESS, else a local instance."
+    )
+
+
+def _setup_logging() -> None:
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    # Only rank 0 speaks; other ranks report warnings and errors.
+    level = logging.INFO if rank_zero_only.rank == 0 else logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("alembic", "urllib3", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from modelyard.config import ConfigError
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        print(_usage())
+        return 0 if args else 2
+    name, rest = args[0], args[1:]
+    if name not in COMMANDS:
+        print(f"modelyard: unknown command {name!r}; expected one of: {', '.join(COMMANDS)}\n\n{_usage()}",
+              file=sys.stderr)
+        return 2
+    _setup_logging()
+    try:
+        return COMMANDS[name].handler(rest)
+    except ConfigError as err:
+        print(f"modelyard {name}: {err}", file=sys.stderr)
+        return 2
+    except (ValueError, LookupError, FileNotFoundError) as err:
+        print(f"modelyard {name}: error: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

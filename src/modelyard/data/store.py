@@ -1,0 +1,288 @@
+"""Content-addressed snapshot store on the local filesystem.
+
+Layout under the store root (default ``data/store``, relative to the working directory)::
+
+    snapshots/<digest>/data.parquet        accepted rows, schema column order, canonical dtypes
+    snapshots/<digest>/schema.yaml
+    snapshots/<digest>/splits.parquet      one column "split" ("train"/"val"/"test"), row-aligned
+    snapshots/<digest>/manifest.json       provenance, counts, split settings
+    snapshots/<digest>/quarantine.parquet  rejected rows (only when there were any)
+    refs/<name>                            digest of the latest snapshot written under <name>
+
+A snapshot directory is written under a temporary name and renamed into place, so readers
+never see a half-written snapshot. The digest covers the content (see
+:mod:`modelyard.data.digest`); writing the same content again reuses the existing directory
+and its manifest, whose provenance is then that of the first write.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from modelyard._io import atomic_write_text
+from modelyard.data._coercion import canonical_frame
+from modelyard.data.digest import compute_digest, short_digest
+from modelyard.data.schema import Schema
+from modelyard.data.splits import SPLIT_NAMES, assign_splits
+
+__all__ = [
+    "DEFAULT_STORE",
+    "AmbiguousRefError",
+    "Snapshot",
+    "SnapshotNotFoundError",
+    "check_ref_name",
+    "list_refs",
+    "write_snapshot",
+]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_STORE = "data/store"
+_REF_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_HEX_PREFIX = re.compile(r"[0-9a-f]{6,64}")
+_MIN_PREFIX = 6
+
+
+class SnapshotNotFoundError(LookupError):
+    """A ref, digest or path does not name a snapshot in the store."""
+
+
+class AmbiguousRefError(LookupError):
+    """A digest prefix matches more than one snapshot."""
+
+
+def check_ref_name(name: str) -> str | None:
+    """Why ``name`` cannot be a ref file name, or None when it can."""
+    if isinstance(name, str) and _REF_NAME.fullmatch(name):
+        return None
+    return (
+        f"ref name {name!r} is not allowed: use 1-128 letters, digits, '.', '_' or '-', "
+        "starting with a letter or digit (no slashes), e.g. 'transactions_drifted'"
+    )
+
+
+def list_refs(store: str | Path = DEFAULT_STORE) -> dict[str, str]:
+    """Ref name -> digest for every ref in the store (empty if the store does not exist)."""
+    refs = Path(store) / "refs"
+    if not refs.is_dir():
+        return {}
+    return {p.name: p.read_text(encoding="utf-8").strip() for p in sorted(refs.iterdir()) if p.is_file()
+            and not p.name.startswith(".")}
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("modelyard")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _stratify(schema: Schema) -> bool:
+    # classification labels; a float label is a regression target and is split at random
+    return schema.column(schema.label).dtype in ("int", "bool", "category", "string")
+
+
+def write_snapshot(
+    data: pd.DataFrame,
+    schema: Schema,
+    *,
+    name: str,
+    store: str | Path = DEFAULT_STORE,
+    fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
+    seed: int = 0,
+    source: dict[str, Any] | None = None,
+    quarantine: pd.DataFrame | None = None,
+    quarantine_by_column: dict[str, int] | None = None,
+) -> Snapshot:
+    """Write ``data`` (already validated, ``N >= 1`` rows) as a snapshot and point ``refs/<name>`` at it.
+
+    Args:
+        data: valid rows holding the schema's columns; stored in schema order, canonical dtypes.
+        schema: the data's schema.
+        name: ref name to write (see :func:`check_ref_name`).
+        store: store root. Default ``data/store``.
+        fractions: (train, val, test) fractions summing to 1. Default (0.7, 0.15, 0.15).
+        seed: split seed. Default 0.
+        source: provenance recorded in the manifest (generator + params, or file path).
+        quarantine: rejected rows (see :func:`modelyard.data.validate.quarantine_frame`).
+        quarantine_by_column: column -> rejected row count, recorded in the manifest.
+
+    Returns:
+        The :class:`Snapshot` (new, or the existing one with the same digest).
+
+    Raises:
+        ValueError: on an invalid ref name, empty data, or bad split fractions.
+    """
+    problem = check_ref_name(name)
+    if problem:
+        raise ValueError(problem)
+    if len(data) == 0:
+        raise ValueError("refusing to write an empty snapshot: no rows were accepted")
+    frame = canonical_frame(data, schema)
+    labels = frame[schema.label] if _stratify(schema) else None
+    train, val, test = fractions
+    splits, split_info = assign_splits(labels, len(frame), train=train, val=val, test=test, seed=seed)
+    digest = compute_digest(frame, schema, splits)
+
+    root = Path(store)
+    final = root / "snapshots" / digest
+    if (final / "manifest.json").is_file():
+        logger.info("Snapshot %s already exists at %s; reusing it.", short_digest(digest), final)
+    else:
+        n_quarantined = 0 if quarantine is None else len(quarantine)
+        counts = {s: int((splits == s).sum()) for s in SPLIT_NAMES}
+        manifest = {
+            "digest": digest,
+            "short_digest": short_digest(digest),
+            "name": name,
+            "n_rows": len(frame),
+            "columns": schema.column_names,
+            "label": schema.label,
+            "splits": counts,
+            "split": split_info,
+            "source": source or {},
+            "quarantine": {
+                "n_rows": n_quarantined,
+                "path": "quarantine.parquet" if n_quarantined else None,
+                "by_column": dict(quarantine_by_column or {}),
+            },
+            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "modelyard_version": _version(),
+        }
+        tmp = root / "snapshots" / f".tmp-{short_digest(digest)}-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir(parents=True)
+        try:
+            frame.to_parquet(tmp / "data.parquet", index=False)
+            pd.DataFrame({"split": pd.Series(splits, dtype=object)}).to_parquet(tmp / "splits.parquet", index=False)
+            schema.to_yaml(tmp / "schema.yaml")
+            if n_quarantined:
+                quarantine.to_parquet(tmp / "quarantine.parquet", index=False)  # type: ignore[union-attr]
+            # the manifest goes last: a directory with a manifest is complete
+            (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+            try:
+                tmp.rename(final)
+            except OSError:
+                if not (final / "manifest.json").is_file():
+                    raise
+                # another writer renamed the same content into place first; theirs is as good
+                logger.info("Snapshot %s was written concurrently; reusing it.", short_digest(digest))
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    atomic_write_text(root / "refs" / name, digest + "\n")
+    return Snapshot(final)
+
+
+class Snapshot:
+    """A snapshot directory in the store; see the module docstring for its files.
+
+    Attributes:
+        path: the snapshot directory.
+        manifest: the parsed ``manifest.json``.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        manifest = self.path / "manifest.json"
+        if not manifest.is_file():
+            raise SnapshotNotFoundError(
+                f"{self.path} is not a snapshot directory (no manifest.json); "
+                "pass a ref name, a digest, or a directory under <store>/snapshots/"
+            )
+        self.manifest: dict[str, Any] = json.loads(manifest.read_text(encoding="utf-8"))
+        self._schema: Schema | None = None
+
+    @classmethod
+    def open(cls, ref: str | Path, store: str | Path = DEFAULT_STORE) -> Snapshot:
+        """Open a snapshot by (a) directory path, (b) ref name, or (c) digest or unique prefix (>= 6 hex).
+
+        Raises:
+            SnapshotNotFoundError: nothing matches; the message lists the store's refs.
+            AmbiguousRefError: a digest prefix matches several snapshots; they are listed.
+        """
+        text = str(ref)
+        as_path = Path(text)
+        if (as_path / "manifest.json").is_file():
+            return cls(as_path)
+        root = Path(store)
+        refs = list_refs(root)
+        if text in refs:
+            target = root / "snapshots" / refs[text]
+            if not (target / "manifest.json").is_file():
+                raise SnapshotNotFoundError(
+                    f"ref {text!r} points at digest {refs[text]} but {target} is missing; the store at "
+                    f"{root} is damaged. Re-run `modelyard data` to rewrite it, or delete refs/{text}."
+                )
+            return cls(target)
+        snapshots = root / "snapshots"
+        if _HEX_PREFIX.fullmatch(text.lower()) and snapshots.is_dir():
+            matches = sorted(d for d in snapshots.iterdir() if d.name.startswith(text.lower()) and d.is_dir())
+            if len(matches) == 1:
+                return cls(matches[0])
+            if len(matches) > 1:
+                raise AmbiguousRefError(
+                    f"digest prefix {text!r} matches {len(matches)} snapshots in {snapshots}: "
+                    f"{', '.join(short_digest(m.name) for m in matches)}; give more characters"
+                )
+        available = ", ".join(f"{n} ({short_digest(d)})" for n, d in refs.items()) or "none"
+        raise SnapshotNotFoundError(
+            f"no snapshot {text!r} in store {root.resolve()}: it is not a snapshot directory, not a "
+            f"ref, and not a digest (prefix of at least {_MIN_PREFIX} hex characters) of a stored "
+            f"snapshot. Available refs: {available}. Create one with `modelyard data`, or point "
+            "`store` at the right directory."
+        )
+
+    @property
+    def digest(self) -> str:
+        return str(self.manifest["digest"])
+
+    @property
+    def short_digest(self) -> str:
+        return short_digest(self.digest)
+
+    @property
+    def name(self) -> str:
+        return str(self.manifest["name"])
+
+    @property
+    def schema(self) -> Schema:
+        if self._schema is None:
+            self._schema = Schema.from_yaml(self.path / "schema.yaml")
+        return self._schema
+
+    def frame(self) -> pd.DataFrame:
+        """All ``N`` rows of ``data.parquet`` in canonical dtypes, index ``0..N-1``."""
+        return canonical_frame(pd.read_parquet(self.path / "data.parquet"), self.schema)
+
+    def splits(self) -> np.ndarray:
+        """``(N,)`` object array of split names, row-aligned with :meth:`frame`."""
+        return pd.read_parquet(self.path / "splits.parquet")["split"].to_numpy(dtype=object)
+
+    def split(self, name: str) -> pd.DataFrame:
+        """Rows of split ``name`` ("train", "val" or "test"), in stored order, index reset."""
+        if name not in SPLIT_NAMES:
+            raise ValueError(f"unknown split {name!r}; choose one of {', '.join(SPLIT_NAMES)}")
+        return self.frame()[self.splits() == name].reset_index(drop=True)
+
+    def verify(self) -> None:
+        """Recompute the digest from the stored files; raise ``ValueError`` if it does not match."""
+        actual = compute_digest(self.frame(), self.schema, self.splits())
+        if actual != self.digest:
+            raise ValueError(
+                f"snapshot {self.path} is corrupt: its files hash to {short_digest(actual)}, the "
+                f"manifest says {self.short_digest}. Re-create it with `modelyard data`."
+            )
+
+    def __repr__(self) -> str:
+        return f"Snapshot(name={self.name!r}, digest={self.short_digest}, path={str(self.path)!r})"

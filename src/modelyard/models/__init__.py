@@ -1,0 +1,12 @@
+"""Built-in LightningModules and the data spec that carries preprocessing into the model.
+
+Any LightningModule can be trained by ``modelyard train`` (``model.class_path`` in the config); if
+its ``__init__`` takes a ``data_spec`` argument it receives the fitted :class:`DataSpec`.
+Batches are ``(features (B, F) float32, target (B,) int64)``.
+"""
+
+from modelyard.models.spec import DataSpec, FeatureSpec, encode_features, encode_labels, fit_data_spec
+from modelyard.models.tabular import TabularMLP
+from modelyard.models.vision import SmallCNN
+
+__all__ = ["DataSpec", "FeatureSpec", "SmallCNN", "TabularMLP", "encode_features", "encode_labels", "fit_data_spec"]

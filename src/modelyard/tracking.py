@@ -1,0 +1,72 @@
+"""MLflow access with embedded defaults.
+
+With nothing configured, runs go to an embedded store in the working directory: ``mlflow.db``
+(SQLite) and ``mlartifacts/``. ``MLFLOW_TRACKING_URI`` (or ``mlflow.tracking_uri`` in a config)
+switches to a tracking server with the same code.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+__all__ = ["default_tracking_uri", "ensure_experiment", "git_commit", "resolve_tracking_uri"]
+
+logger = logging.getLogger(__name__)
+
+
+def default_tracking_uri() -> str:
+    return f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def resolve_tracking_uri(configured: str | None = None) -> str:
+    """``configured``, else ``$MLFLOW_TRACKING_URI``, else the embedded SQLite store."""
+    return configured or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
+
+
+def _artifact_location(uri: str) -> str | None:
+    # A server decides where artifacts go; an embedded SQLite store would otherwise put them in
+    # ./mlruns relative to whatever directory a later process runs in.
+    if uri.startswith("sqlite:"):
+        return (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").resolve().as_uri()
+    return None
+
+
+def ensure_experiment(client: MlflowClient, name: str) -> str:
+    """The experiment's id, creating it (with a stable artifact location) if needed."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        if experiment.lifecycle_stage == "deleted":
+            client.restore_experiment(experiment.experiment_id)
+        return experiment.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=_artifact_location(client.tracking_uri))
+    except Exception:  # noqa: BLE001 - another process created it first
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            raise
+        return experiment.experiment_id
+
+
+def client_for(uri: str) -> MlflowClient:
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def git_commit(cwd: Path | None = None) -> dict[str, Any]:
+    """``{"commit": sha, "dirty": bool}`` of the repository at ``cwd``, or ``{}`` outside git."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
+                             check=True, timeout=10).stdout.strip()
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+                                capture_output=True, text=True, check=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    return {"commit": sha, "dirty": bool(status.strip())}

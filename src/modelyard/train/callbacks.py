@@ -1,0 +1,100 @@
+"""Lightning plug-ins modelyard adds to every training job."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from lightning import Callback, LightningModule, Trainer
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from modelyard._io import atomic_open
+
+__all__ = ["AtomicCheckpointIO", "EpochSeedCallback", "PreemptionCheckpoint", "ThroughputCallback"]
+
+logger = logging.getLogger(__name__)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """``torch.save`` through :func:`modelyard._io.atomic_open`.
+
+    Lightning's own writer streams into the final path, so a process killed mid-write leaves a
+    truncated checkpoint under a name that ``--resume`` would trust.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any = None) -> None:
+        with atomic_open(path) as handle:
+            torch.save(checkpoint, handle)
+
+
+class EpochSeedCallback(Callback):
+    """Reseed torch, numpy and random at the first batch of every epoch from (seed, epoch, rank).
+
+    Lightning restores weights, optimiser and loop counters on resume but not the global RNGs that
+    dropout draws from, so a resumed job would diverge from an uninterrupted one. Reseeding makes an
+    epoch's randomness a function of its number alone: a job killed at any point and resumed from
+    its last epoch-end checkpoint ends with exactly the weights of an uninterrupted job. Saving the
+    RNG states in the checkpoint is not enough: on resume Lightning creates the epoch's DataLoader
+    iterator (which draws a seed from the global RNG) at a different point than in a continuous run,
+    so the reseed happens at the first batch, after that draw in both cases.
+    """
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        if batch_idx != 0:
+            return
+        epoch_seed = (self.seed * 1_000_003 + trainer.current_epoch * 10_007 + trainer.global_rank) % 2**32
+        torch.manual_seed(epoch_seed)
+        np.random.seed(epoch_seed)
+        random.seed(epoch_seed)
+
+
+class ThroughputCallback(Callback):
+    """Samples per second on the progress bar and in the tracked metrics (rank 0's view)."""
+
+    def __init__(self, log_every_n_steps: int = 10) -> None:
+        self.every = max(1, log_every_n_steps)
+        self._t0 = 0.0
+        self._samples = 0
+
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._t0, self._samples = time.perf_counter(), 0
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        self._samples += len(batch[0]) * trainer.world_size
+        elapsed = time.perf_counter() - self._t0
+        if (batch_idx + 1) % self.every == 0 and elapsed > 0:
+            pl_module.log("samples_per_sec", self._samples / elapsed, on_step=True, on_epoch=False,
+                          prog_bar=True, rank_zero_only=True)
+
+
+class PreemptionCheckpoint(Callback):
+    """On SIGTERM (preemption, ``scancel``, ``kubectl delete``) write ``last.ckpt`` and exit cleanly.
+
+    Lightning turns SIGTERM into a ``SIGTERMException`` at the next batch boundary and stops the
+    other ranks; rank 0 writes the checkpoint directly through the checkpoint IO (no barrier: the
+    other ranks may already be gone).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.saved = False
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        if not isinstance(exception, SIGTERMException) or trainer.global_rank != 0:
+            return
+        checkpoint = trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
+        trainer.strategy.checkpoint_io.save_checkpoint(checkpoint, self.path)
+        self.saved = True
+        logger.warning("SIGTERM received: checkpoint written to %s (step %d); continue with --resume",
+                       self.path, trainer.global_step)

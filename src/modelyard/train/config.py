@@ -1,0 +1,182 @@
+"""Typed configuration of ``modelyard train`` and the parser that builds it.
+
+The YAML layout follows LightningCLI: ``model`` is ``class_path`` + ``init_args`` (any
+LightningModule), ``trainer`` takes the keyword arguments of ``lightning.Trainer`` (validated against
+its signature), and every key can be overridden on the command line by its path
+(``--trainer.devices 2 --trainer.strategy ddp``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from jsonargparse import ArgumentParser
+
+__all__ = ["CheckpointConfig", "DataModuleConfig", "MlflowConfig", "ModelConfig", "TrainConfig",
+           "build_parser", "parse_train_args"]
+
+# Trainer arguments modelyard sets itself (from the sections below), so they are not user keys.
+_MANAGED_TRAINER_ARGS = {"callbacks", "logger", "plugins", "enable_checkpointing", "default_root_dir"}
+
+
+@dataclass
+class DataModuleConfig:
+    """Which dataset snapshot to train on and how to batch it.
+
+    Args:
+        snapshot: a ref name written by ``modelyard data`` (e.g. ``transactions``), a digest or
+            unique digest prefix, or a snapshot directory.
+        store: the data store root.
+        batch_size: training batch size per process.
+        eval_batch_size: validation/test batch size per process.
+        num_workers: DataLoader worker processes per training process.
+    """
+
+    snapshot: str = "transactions"
+    store: str = "data/store"
+    batch_size: int = 256
+    eval_batch_size: int = 1024
+    num_workers: int = 0
+
+
+@dataclass
+class CheckpointConfig:
+    """Best-checkpoint selection.
+
+    Args:
+        monitor: the logged validation metric that ranks checkpoints (``val_loss``, ``val_auroc``,
+            ``val_acc`` for the built-in models).
+        mode: ``min`` when lower is better, ``max`` when higher is better.
+        save_top_k: how many best checkpoints to keep (``last`` is kept as well).
+    """
+
+    monitor: str = "val_loss"
+    mode: Literal["min", "max"] = "min"
+    save_top_k: int = 2
+
+
+@dataclass
+class MlflowConfig:
+    """Where the run is tracked.
+
+    Args:
+        experiment: experiment name; default: the dataset's name.
+        tracking_uri: default: ``$MLFLOW_TRACKING_URI``, else the embedded store
+            ``sqlite:///mlflow.db`` with artifacts under ``mlartifacts/`` in the working directory.
+        run_name: display name of the run; default: the job id.
+    """
+
+    experiment: str | None = None
+    tracking_uri: str | None = None
+    run_name: str | None = None
+
+
+@dataclass
+class ModelConfig:
+    class_path: str
+    init_args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainConfig:
+    """Everything one training job needs; ``asdict`` of it is what gets logged and re-run."""
+
+    model: ModelConfig
+    data: DataModuleConfig = field(default_factory=DataModuleConfig)
+    trainer: dict[str, Any] = field(default_factory=dict)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+    seed_everything: int = 42
+    output_dir: str = "runs"
+    resume: str | None = None
+    launcher: Literal["lightning", "ray"] = "lightning"
+    num_workers: int = 2
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        return cls(
+            model=ModelConfig(**data["model"]),
+            data=DataModuleConfig(**data.get("data", {})),
+            trainer=dict(data.get("trainer", {})),
+            checkpoint=CheckpointConfig(**data.get("checkpoint", {})),
+            mlflow=MlflowConfig(**data.get("mlflow", {})),
+            **{k: data[k] for k in ("seed_everything", "output_dir", "resume", "launcher", "num_workers")
+               if k in data},
+        )
+
+
+def build_parser() -> ArgumentParser:
+    from jsonargparse import ActionConfigFile, ArgumentParser
+    from lightning import LightningModule, Trainer
+
+    parser = ArgumentParser(
+        prog="modelyard train",
+        description=(
+            "Train a LightningModule on a dataset snapshot, tracked as one MLflow run. Options come "
+            "from --config YAML files and can be overridden by their key path, e.g. "
+            "--trainer.devices 2 --trainer.strategy ddp."
+        ),
+        exit_on_error=False,
+    )
+    parser.add_argument("--config", action=ActionConfigFile, help="YAML config file (repeatable).")
+    parser.add_argument("--seed_everything", type=int, default=42, help="Seed of every RNG (torch, numpy, random).")
+    parser.add_class_arguments(DataModuleConfig, "data")
+    parser.add_subclass_arguments(
+        LightningModule, "model", required=True, skip={"data_spec"},
+        help="The LightningModule: class_path and init_args. Built-ins: modelyard.models.TabularMLP, "
+             "modelyard.models.SmallCNN. A data_spec argument, if present, is filled in by modelyard.",
+    )
+    parser.add_class_arguments(Trainer, "trainer", skip=_MANAGED_TRAINER_ARGS)
+    parser.add_class_arguments(CheckpointConfig, "checkpoint")
+    parser.add_class_arguments(MlflowConfig, "mlflow")
+    parser.add_argument("--output_dir", type=str, default="runs",
+                        help="Job folders (checkpoints, state) go under OUTPUT_DIR/<experiment>/<job id>.")
+    parser.add_argument("--resume", type=str | None, nargs="?", const="latest", default=None,
+                        help="Continue an interrupted job from its 'last' checkpoint in the same MLflow run: "
+                             "bare --resume takes the latest job of this experiment, or give a job folder.")
+    parser.add_argument("--launcher", type=Literal["lightning", "ray"], default="lightning",
+                        help="lightning: processes started by Lightning (trainer.devices/strategy) or by "
+                             "torchrun/SLURM. ray: Ray Train workers on the cluster at $RAY_ADDRESS "
+                             "(a local Ray instance when unset).")
+    parser.add_argument("--num-workers", "--num_workers", dest="num_workers", type=int, default=2,
+                        help="Ray Train workers (with --launcher ray).")
+    return parser
+
+
+def parse_train_args(argv: Sequence[str]) -> TrainConfig:
+    """Parse ``modelyard train`` arguments; raises :class:`modelyard.config.ConfigError`."""
+    from modelyard.config import ConfigError, parse_args
+
+    parser = build_parser()
+    ns = parse_args(parser, argv, "training configuration")
+    model = ns.model
+    if model is None or not getattr(model, "class_path", None):
+        raise ConfigError(["'model' is required: give model.class_path (e.g. modelyard.models.TabularMLP)"],
+                          "training configuration")
+    init_args = model.init_args.as_dict() if getattr(model, "init_args", None) is not None else {}
+    trainer = {k: v for k, v in ns.trainer.as_dict().items()}
+    problems = []
+    if ns.num_workers < 1:
+        problems.append(f"num_workers must be >= 1, got {ns.num_workers}")
+    if ns.data.batch_size < 1:
+        problems.append(f"data.batch_size must be >= 1, got {ns.data.batch_size}")
+    if problems:
+        raise ConfigError(problems, "training configuration")
+    return TrainConfig(
+        model=ModelConfig(class_path=model.class_path, init_args=init_args),
+        data=DataModuleConfig(**ns.data.as_dict()),
+        trainer=trainer,
+        checkpoint=CheckpointConfig(**ns.checkpoint.as_dict()),
+        mlflow=MlflowConfig(**ns.mlflow.as_dict()),
+        seed_everything=ns.seed_everything,
+        output_dir=ns.output_dir,
+        resume=ns.resume,
+        launcher=ns.launcher,
+        num_workers=ns.num_workers,
+    )

@@ -1,0 +1,89 @@
+"""The reference profile saved with every run: what "normal" input and output look like.
+
+The drift monitor compares live traffic with it, so it holds what the tests need: per numeric
+feature quantiles and an equal-frequency histogram (its edges double as PSI bins), per categorical
+feature the category frequencies, and the distribution of the model's predictions on validation data.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import torch
+
+    from modelyard.models.spec import DataSpec
+
+__all__ = ["PROFILE_VERSION", "build_reference_profile", "feature_profile", "prediction_profile"]
+
+PROFILE_VERSION = 1
+QUANTILES = [0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 1.0]
+HISTOGRAM_BINS = 10
+
+
+def feature_profile(frame: pd.DataFrame, spec: DataSpec) -> dict[str, Any]:
+    """Per-feature summary of ``frame`` (raw values, as they arrive at the model)."""
+    out: dict[str, Any] = {}
+    for feat in spec.features:
+        values = frame[feat.name]
+        missing = int(values.isna().sum())
+        if feat.kind == "categorical":
+            counts = values.dropna().map(str).value_counts()
+            out[feat.name] = {"kind": "categorical", "missing": missing, "count": int(counts.sum()),
+                              "frequencies": {str(k): int(v) for k, v in counts.sort_index().items()}}
+            continue
+        x = values.dropna().to_numpy(dtype=np.float64)
+        entry: dict[str, Any] = {"kind": "numeric", "missing": missing, "count": int(x.size)}
+        if x.size:
+            edges = np.unique(np.quantile(x, np.linspace(0, 1, HISTOGRAM_BINS + 1)))
+            if edges.size < 2:
+                edges = np.array([x.min() - 0.5, x.max() + 0.5])
+            counts, _ = np.histogram(x, bins=edges)
+            entry |= {
+                "mean": float(x.mean()), "std": float(x.std()),
+                "quantiles": {f"{q:g}": float(v) for q, v in zip(QUANTILES, np.quantile(x, QUANTILES))},
+                "histogram": {"edges": edges.tolist(), "counts": counts.tolist()},
+            }
+        out[feat.name] = entry
+    return out
+
+
+def prediction_profile(logits: torch.Tensor, classes: tuple[str, ...]) -> dict[str, Any]:
+    """Distribution of predictions from logits ``(N, C)`` (or regression outputs ``(N,)``/``(N, 1)``)."""
+    import torch
+
+    out = logits.detach().float()
+    if out.ndim == 2 and out.shape[1] > 1:
+        probs = torch.softmax(out, dim=1).numpy()  # (N, C)
+        predicted = probs.argmax(axis=1)
+        score = probs[:, 1] if probs.shape[1] == 2 else probs.max(axis=1)
+        counts, edges = np.histogram(score, bins=np.linspace(0.0, 1.0, 21))
+        names = list(classes) if len(classes) == probs.shape[1] else [str(i) for i in range(probs.shape[1])]
+        return {
+            "kind": "classification", "count": int(len(probs)),
+            "class_frequencies": {names[k]: int((predicted == k).sum()) for k in range(probs.shape[1])},
+            "mean_probabilities": {names[k]: float(probs[:, k].mean()) for k in range(probs.shape[1])},
+            "score": "probability of class " + (names[1] if probs.shape[1] == 2 else "predicted (max)"),
+            "score_histogram": {"edges": edges.tolist(), "counts": counts.tolist()},
+        }
+    values = out.reshape(len(out), -1)[:, 0].numpy().astype(np.float64)
+    counts, edges = np.histogram(values, bins=HISTOGRAM_BINS)
+    return {"kind": "regression", "count": int(values.size), "mean": float(values.mean()),
+            "std": float(values.std()), "histogram": {"edges": edges.tolist(), "counts": counts.tolist()}}
+
+
+def build_reference_profile(train_frame: pd.DataFrame, val_logits: torch.Tensor, spec: DataSpec,
+                            **meta: Any) -> dict[str, Any]:
+    """The profile document (JSON-serialisable)."""
+    return {
+        "version": PROFILE_VERSION,
+        "data_digest": spec.digest,
+        "features_from": {"split": "train", "rows": int(len(train_frame))},
+        "features": feature_profile(train_frame, spec),
+        "predictions_from": {"split": "val", "rows": int(len(val_logits))},
+        "predictions": prediction_profile(val_logits, spec.classes),
+        **meta,
+    }

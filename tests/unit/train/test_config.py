@@ -1,0 +1,76 @@
+"""Training configuration: every config file loads; unknown keys are named with suggestions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from modelyard.config import ConfigError
+from modelyard.train.config import parse_train_args
+
+ROOT = Path(__file__).resolve().parents[3]
+TRAIN_CONFIGS = sorted((ROOT / "configs" / "train").glob("*.yaml"))
+MODEL_CONFIGS = [p for p in TRAIN_CONFIGS if "model" in (yaml.safe_load(p.read_text()) or {})]
+
+
+@pytest.mark.parametrize("path", TRAIN_CONFIGS, ids=lambda p: p.name)
+def test_every_train_config_starts_with_its_command(path):
+    assert path.read_text().splitlines()[0].startswith("# modelyard train --config"), path
+
+
+@pytest.mark.parametrize("path", MODEL_CONFIGS, ids=lambda p: p.name)
+def test_every_train_config_parses(path):
+    cfg = parse_train_args(["--config", str(path)])
+    assert cfg.model.class_path.startswith("modelyard.models.")
+    assert cfg.trainer["max_epochs"] >= 1
+
+
+def test_layered_gpu_config_overrides_trainer_keys():
+    cfg = parse_train_args(["--config", str(ROOT / "configs/train/transactions.yaml"),
+                            "--config", str(ROOT / "configs/train/gpu.yaml")])
+    assert cfg.trainer["precision"] == "bf16-mixed"
+    assert cfg.trainer["accelerator"] == "gpu"
+
+
+def test_command_line_overrides_use_the_same_key_paths():
+    cfg = parse_train_args(["--config", str(ROOT / "configs/train/transactions.yaml"),
+                            "--trainer.devices", "1", "--trainer.strategy", "auto",
+                            "--model.init_args.lr", "0.05", "--launcher", "ray", "--num-workers", "3"])
+    assert cfg.trainer["devices"] in (1, "1")
+    assert cfg.trainer["strategy"] == "auto"
+    assert cfg.model.init_args["lr"] == 0.05
+    assert (cfg.launcher, cfg.num_workers) == ("ray", 3)
+
+
+def test_bare_resume_means_latest():
+    cfg = parse_train_args(["--config", str(ROOT / "configs/train/digits.yaml"), "--resume"])
+    assert cfg.resume == "latest"
+
+
+def test_unknown_keys_are_all_reported_with_suggestions(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({
+        "model": {"class_path": "modelyard.models.TabularMLP", "init_args": {"dropot": 0.2}},
+        "trainer": {"max_epoch": 3},
+        "checkpoint": {"monitr": "val_loss"},
+    }))
+    with pytest.raises(ConfigError) as info:
+        parse_train_args(["--config", str(bad), "--trainer.acelerator", "cpu"])
+    message = str(info.value)
+    assert "4 problem(s)" in message
+    assert "unknown key 'trainer.max_epoch'" in message and "did you mean 'trainer.max_epochs'" in message
+    assert "unknown key 'checkpoint.monitr'" in message and "'checkpoint.monitor'" in message
+    assert "unknown key 'trainer.acelerator' in command line" in message and "'trainer.accelerator'" in message
+    assert "unknown key 'model.init_args.dropot'" in message and "'model.init_args.dropout'" in message
+
+
+def test_wrong_type_names_the_key():
+    with pytest.raises(ConfigError, match="trainer.max_epochs"):
+        parse_train_args(["--model", "modelyard.models.TabularMLP", "--trainer.max_epochs", "many"])
+
+
+def test_missing_config_file_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        parse_train_args(["--config", str(tmp_path / "nope.yaml")])
