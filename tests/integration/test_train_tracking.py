@@ -95,3 +95,24 @@ def test_unknown_key_fails_before_any_work(store, tmp_path):
     assert proc.returncode == 2
     assert "unknown key 'trainer.max_epoch'" in proc.stderr and "trainer.max_epochs" in proc.stderr
     assert not (tmp_path / "runs").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_torchrun_launch_shares_one_job_and_one_run(store, tmp_path):
+    """The multi-GPU launcher path (scripts/train_torchrun.sh), on 2 CPU processes."""
+    import subprocess
+    import sys
+
+    from conftest import TRAIN_CONFIG, QUICK, cli_env
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "modelyard.cli", "train", "--config", str(TRAIN_CONFIG), "--data.store", str(store), *QUICK,
+         "--trainer.devices", "2", "--mlflow.experiment", "torchrun"],
+        cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=300)
+    print(proc.stdout[-3000:], proc.stderr[-6000:])
+    assert proc.returncode == 0
+    [job] = (tmp_path / "runs" / "torchrun").iterdir()
+    assert job.name.startswith("torchelastic-")
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = _only_run(client, "torchrun")
+    assert run.info.status == "FINISHED" and run.data.tags["modelyard.world_size"] == "2"

@@ -59,7 +59,11 @@ def _worker_loop(loop_config: dict[str, Any]) -> None:
 
     if Path(loop_config["cwd"]).is_dir():  # relative store/output paths mean what they mean on the driver
         os.chdir(loop_config["cwd"])
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    import ray.train
+
+    rank = ray.train.get_context().get_world_rank()
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = TrainConfig.from_dict(loop_config["config"])
     seed_everything(cfg.seed_everything, workers=True, verbose=False)
     datamodule = SnapshotDataModule(**vars(cfg.data), seed=cfg.seed_everything)
