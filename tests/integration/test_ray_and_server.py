@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from conftest import cli_env, run_cli, train_args
+from integration_helpers import cli_env, run_cli, train_args
 
 pytestmark = pytest.mark.slow
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from conftest import TRAIN_CONFIG, cli_env, modelyard_cmd, run_cli
+from integration_helpers import TRAIN_CONFIG, cli_env, modelyard_cmd, run_cli
 from modelyard.data import DataConfig
 from modelyard.data import run as make_snapshot
 

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
 import yaml
 from mlflow import MlflowClient
 
-from conftest import run_cli, train_args
+from integration_helpers import QUICK, TRAIN_CONFIG, cli_env, run_cli, train_args
 
 pytestmark = pytest.mark.slow
 
@@ -47,7 +49,8 @@ def test_ddp_two_processes_make_one_tracked_run(store, tmp_path):
 
     # artifacts: resolved config, best checkpoint, reference profile
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"config.yaml", "reference_profile.json", "data_spec.json", "checkpoints"} <= artifacts
+    assert {"config.yaml", "reference_profile.json", "reference_profile.png", "data_spec.json",
+            "checkpoints"} <= artifacts
     local = client.download_artifacts(run.info.run_id, "", str(tmp_path / "downloaded"))
     config = yaml.safe_load(open(f"{local}/config.yaml"))
     assert config["trainer"]["devices"] in (2, "2")
@@ -99,11 +102,6 @@ def test_unknown_key_fails_before_any_work(store, tmp_path):
 
 def test_torchrun_launch_shares_one_job_and_one_run(store, tmp_path):
     """The multi-GPU launcher path (scripts/train_torchrun.sh), on 2 CPU processes."""
-    import subprocess
-    import sys
-
-    from conftest import TRAIN_CONFIG, QUICK, cli_env
-
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
          "-m", "modelyard.cli", "train", "--config", str(TRAIN_CONFIG), "--data.store", str(store), *QUICK,

@@ -17,7 +17,8 @@ if TYPE_CHECKING:
 
     from modelyard.models.spec import DataSpec
 
-__all__ = ["PROFILE_VERSION", "build_reference_profile", "feature_profile", "prediction_profile"]
+__all__ = ["PROFILE_VERSION", "build_reference_profile", "feature_profile", "plot_reference_profile",
+           "prediction_profile"]
 
 PROFILE_VERSION = 1
 QUANTILES = [0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 1.0]
@@ -87,3 +88,38 @@ def build_reference_profile(train_frame: pd.DataFrame, val_logits: torch.Tensor,
         "predictions": prediction_profile(val_logits, spec.classes),
         **meta,
     }
+
+
+def plot_reference_profile(profile: dict[str, Any], path: str) -> None:
+    """One PNG with a panel per feature (histogram or category bars) and the prediction scores."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; no display on training machines
+    import matplotlib.pyplot as plt
+
+    panels = [*profile["features"].items(), ("predictions", profile["predictions"])]
+    panels = panels[:35] + panels[-1:] if len(panels) > 36 else panels  # keep the figure readable
+    cols = min(4, len(panels))
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.4 * rows), squeeze=False)
+    for ax, (name, entry) in zip(axes.flat, panels):
+        if entry.get("kind") == "categorical":
+            labels, counts = zip(*entry["frequencies"].items()) if entry["frequencies"] else ((), ())
+            ax.bar(range(len(counts)), counts, color="#4c72b0")
+            ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right", fontsize=7)
+        elif "histogram" in entry or "score_histogram" in entry:
+            hist = entry.get("score_histogram") or entry["histogram"]
+            edges, counts = np.asarray(hist["edges"]), np.asarray(hist["counts"], dtype=float)
+            # equal-frequency bins have unequal widths: draw densities, or every bar looks alike
+            heights = counts / max(counts.sum(), 1.0) / np.maximum(np.diff(edges), 1e-12)
+            ax.bar(edges[:-1], heights, width=np.diff(edges), align="edge",
+                   color="#dd8452" if name == "predictions" else "#4c72b0", edgecolor="white")
+        title = f"{name} ({entry.get('score', 'train split')})" if name == "predictions" else name
+        ax.set_title(title, fontsize=8)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    fig.suptitle(f"reference profile of data {profile.get('data_digest', '')[:12]}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)

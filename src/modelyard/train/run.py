@@ -42,6 +42,18 @@ logger = logging.getLogger(__name__)
 RUN_ID_ENV = "MODELYARD_MLFLOW_RUN_ID"
 
 
+class _DropLightningTips(logging.Filter):
+    # Lightning prints an advertisement for a hosted logger at every fit; the run is in MLflow.
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip")
+
+
+def quiet_lightning_tips() -> None:
+    tips = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _DropLightningTips) for f in tips.filters):
+        tips.addFilter(_DropLightningTips())
+
+
 @dataclass
 class TrainResult:
     """Identifiers the next stage needs (never in-memory objects)."""
@@ -106,6 +118,7 @@ def fit(cfg: TrainConfig, job: Job, run_id: str | None, uri: str, experiment: st
     from modelyard.train.callbacks import (AtomicCheckpointIO, EpochSeedCallback, PreemptionCheckpoint,
                                            ThroughputCallback)
 
+    quiet_lightning_tips()
     model = instantiate_model(cfg.model, spec)
     checkpoint = _checkpoint_callback(cfg, job)
     preemption = PreemptionCheckpoint(job.last_checkpoint)
@@ -270,7 +283,7 @@ def _finish_run(cfg: TrainConfig, job: Job, run_id: str | None, uri: str, model:
     """Rank 0, after fit: best checkpoint, reference profile and status to MLflow and job.json."""
     import torch
 
-    from modelyard.train.profile import build_reference_profile
+    from modelyard.train.profile import build_reference_profile, plot_reference_profile
 
     best = Path(checkpoint.best_model_path) if checkpoint.best_model_path else job.last_checkpoint
     score = float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else None
@@ -283,6 +296,7 @@ def _finish_run(cfg: TrainConfig, job: Job, run_id: str | None, uri: str, model:
     profile = build_reference_profile(datamodule.snapshot.split("train"), logits, spec, run_id=run_id,
                                       checkpoint=best.name)
     atomic_write_text(job.dir / "reference_profile.json", json.dumps(profile, indent=2))
+    plot_reference_profile(profile, str(job.dir / "reference_profile.png"))
     stable_best = job.checkpoint_dir / "best.ckpt"
     atomic_copy(best, stable_best)  # top-k files rotate; this name always means "the best"
     job.update(status="finished", best_checkpoint=str(stable_best.resolve()), best_source=best.name,
@@ -291,6 +305,7 @@ def _finish_run(cfg: TrainConfig, job: Job, run_id: str | None, uri: str, model:
         client = client_for(uri)
         client.log_artifact(run_id, str(stable_best), "checkpoints")
         client.log_artifact(run_id, str(job.dir / "reference_profile.json"))
+        client.log_artifact(run_id, str(job.dir / "reference_profile.png"))
         if score is not None:
             client.log_metric(run_id, f"best_{cfg.checkpoint.monitor}", score)
         client.set_tag(run_id, "modelyard.best_checkpoint", best.name)
