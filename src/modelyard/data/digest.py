@@ -56,14 +56,21 @@ def _strings(h: hashlib._Hash, values: Iterable[object], null: np.ndarray) -> No
     _field(h, b"".join(parts))
 
 
-def compute_digest(df: pd.DataFrame, schema: Schema, splits: np.ndarray | None = None) -> str:
-    """sha256 hex digest of ``df``'s schema columns (in schema order), ``splits`` and ``schema``.
+def compute_digest(df: pd.DataFrame, schema: Schema, splits: np.ndarray | None = None,
+                   quarantine: pd.DataFrame | None = None) -> str:
+    """sha256 hex digest of ``df``'s schema columns (in schema order), ``splits``, ``schema`` and the
+    rejected rows.
+
+    The quarantined rows are part of the identity: two inputs with the same good rows but
+    different bad ones must not share a snapshot folder, or the second input's rejected rows would
+    be recorded nowhere.
 
     Args:
         df: frame holding at least the schema's columns; any dtype that converts to the schema
             dtype gives the same digest as the canonical form (the index is ignored).
         schema: the schema; part of the digest.
         splits: optional ``(N,)`` split names row-aligned with ``df``.
+        quarantine: optional rejected rows (any columns; hashed as text).
 
     Raises:
         KeyError: if a schema column is missing from ``df``.
@@ -93,4 +100,10 @@ def compute_digest(df: pd.DataFrame, schema: Schema, splits: np.ndarray | None =
             raise ValueError(f"splits has {len(splits)} entries but the frame has {len(df)} rows")
         _field(h, b"__split__")
         _strings(h, splits.tolist(), np.zeros(len(splits), dtype=bool))
+    if quarantine is not None and len(quarantine):
+        _field(h, b"__quarantine__")
+        for name in quarantine.columns:
+            _field(h, str(name).encode("utf-8"))
+            values = quarantine[name]
+            _strings(h, values.tolist(), values.isna().to_numpy())
     return h.hexdigest()

@@ -115,7 +115,7 @@ def run(cfg: DataConfig) -> DataResult:
     check_config(cfg)
     frame, schema, source = _load(cfg)
     name = cfg.name or (schema.name if cfg.dataset == FILE_DATASET else cfg.dataset)
-    logger.info("Validating %d rows of %r against schema %r.", len(frame), cfg.dataset, schema.name)
+    logger.info("Validating %d rows of %r against schema %r.", len(frame), cfg.source or cfg.dataset, schema.name)
     report = validate(frame, schema)
     if not report.ok:
         if cfg.policy == "fail":

@@ -134,7 +134,7 @@ def write_snapshot(
     labels = frame[schema.label] if _stratify(schema) else None
     train, val, test = fractions
     splits, split_info = assign_splits(labels, len(frame), train=train, val=val, test=test, seed=seed)
-    digest = compute_digest(frame, schema, splits)
+    digest = compute_digest(frame, schema, splits, quarantine)
 
     root = Path(store)
     final = root / "snapshots" / digest
@@ -277,7 +277,9 @@ class Snapshot:
 
     def verify(self) -> None:
         """Recompute the digest from the stored files; raise ``ValueError`` if it does not match."""
-        actual = compute_digest(self.frame(), self.schema, self.splits())
+        rejected = self.path / "quarantine.parquet"
+        quarantine = pd.read_parquet(rejected) if rejected.is_file() else None
+        actual = compute_digest(self.frame(), self.schema, self.splits(), quarantine)
         if actual != self.digest:
             raise ValueError(
                 f"snapshot {self.path} is corrupt: its files hash to {short_digest(actual)}, the "

@@ -274,8 +274,9 @@ def _log_dataset_input(client: Any, run_id: str, snapshot: Any) -> None:
         dataset = mlflow.data.from_pandas(snapshot.frame(), source=str(Path(snapshot.path).resolve()),
                                           name=snapshot.name, digest=snapshot.short_digest,
                                           targets=snapshot.schema.label)
+        entity = dataset._to_mlflow_entity()  # the schema (and its hints) is computed here
     tags = [InputTag(key="mlflow.data.context", value="training")]
-    client.log_inputs(run_id, datasets=[DatasetInput(dataset=dataset._to_mlflow_entity(), tags=tags)])
+    client.log_inputs(run_id, datasets=[DatasetInput(dataset=entity, tags=tags)])
 
 
 def _finish_run(cfg: TrainConfig, job: Job, run_id: str | None, uri: str, model: LightningModule,

@@ -147,3 +147,24 @@ def test_file_config_problems(tmp_path, store) -> None:
         run(DataConfig(dataset="file", source=str(tmp_path / "gone.csv"), schema=SCHEMA_FILE, store=str(store)))
     with pytest.raises(ValueError, match="drift knobs only apply to dataset 'transactions'"):
         run(DataConfig(dataset="digits", drift=DriftConfig(positive_rate=0.2), store=str(store)))
+
+
+def test_same_good_rows_with_different_bad_rows_keep_both_quarantines(tmp_path):
+    """Rejected rows are part of a snapshot's identity, so no input's bad rows go unrecorded."""
+    from modelyard.data import DataConfig, Snapshot, make_transactions, run
+
+    good = make_transactions(n_rows=200, seed=1).astype(object)
+    schema = Path(__file__).resolve().parents[3] / "configs" / "data" / "schemas" / "transactions.yaml"
+    digests = []
+    for bad_amount in ("lots", "many"):
+        bad = good.iloc[:1].copy()
+        bad["amount"] = bad_amount
+        source = tmp_path / f"input-{bad_amount}.csv"
+        pd.concat([good, bad]).to_csv(source, index=False)
+        result = run(DataConfig(dataset="file", source=str(source), schema=str(schema), name="mine",
+                                store=str(tmp_path / "store")))
+        digests.append(result.digest)
+        quarantined = pd.read_parquet(result.path / "quarantine.parquet")
+        assert quarantined["amount"].tolist() == [bad_amount]
+        Snapshot(result.path).verify()
+    assert digests[0] != digests[1]
