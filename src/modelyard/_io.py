@@ -16,6 +16,11 @@ from typing import BinaryIO
 
 __all__ = ["atomic_copy", "atomic_open", "atomic_write_bytes", "atomic_write_text"]
 
+# mkstemp creates files readable by their owner only; a file written atomically should get the
+# permissions a plain open() would give (a Triton server in a container often runs as another user).
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 @contextmanager
 def atomic_open(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
@@ -31,6 +36,7 @@ def atomic_open(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
         with os.fdopen(fd, "wb") as handle:
             yield handle
             handle.flush()
+            os.fchmod(handle.fileno(), 0o666 & ~_UMASK)
             os.fsync(handle.fileno())
         os.replace(tmp, target)
     except BaseException:

@@ -53,9 +53,58 @@ def _train(argv: Sequence[str]) -> int:
     return 0
 
 
+def _export(argv: Sequence[str]) -> int:
+    from modelyard.export.config import parse_export_args
+    from modelyard.export.run import run
+
+    result = run(parse_export_args(argv))
+    for precision, report in result.reports.items():
+        out = report.outputs[0] if report.outputs else None
+        figures = f"max abs error {out.max_abs_error:.3g}, top-1 agreement {out.top1_agreement}" if out else ""
+        accuracy = (f", accuracy {report.accuracy_torch:.4f} -> {report.accuracy_onnx:.4f}"
+                    if report.accuracy_torch is not None else "")
+        print(f"{precision:<5} {report.status:<8} {report.file}: {figures}{accuracy}"
+              + (f" ({report.reason})" if report.reason else ""))
+    print(f"exported {result.name}: {result.export_dir}\n"
+          f"  triton:   {result.name} version {result.triton_version}\n"
+          f"  registry: {result.name} version {result.model_version or '(not registered)'}"
+          + (f", alias {result.alias}" if result.alias else ""))
+    return 1 if result.refused else 0
+
+
+def _registry(argv: Sequence[str]) -> int:
+    from modelyard.registry.cli import main as registry_main
+
+    return registry_main(argv)
+
+
+def _triton(argv: Sequence[str]) -> int:
+    if not argv or argv[0] in ("-h", "--help") or argv[0] != "validate":
+        print("usage: modelyard triton validate [REPO]\n\nChecks a Triton model repository offline: every "
+              "config.pbtxt against Triton's ModelConfig schema and against its ONNX model.")
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    from modelyard.export.triton_validate import main as validate_main
+
+    return validate_main(argv[1:])
+
+
+def _serve(argv: Sequence[str]) -> int:
+    if not argv or argv[0] in ("-h", "--help") or argv[0] != "triton":
+        print("usage: modelyard serve triton [--repo triton_models] [--model NAME] ...\n\n"
+              "Starts a real Triton Inference Server endpoint for a model of the repository.")
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    from modelyard.serve.triton import main as triton_main
+
+    return triton_main(argv[1:])
+
+
 COMMANDS: dict[str, Command] = {
     "data": Command("validate a dataset against its schema and store a content-addressed snapshot", _data),
     "train": Command("train a LightningModule on a snapshot (DDP, torchrun, Ray), tracked in MLflow", _train),
+    "export": Command("best checkpoint -> parity-gated ONNX (+int8/fp16) -> Triton repository -> registry", _export),
+    "triton": Command("`triton validate [REPO]`: check a Triton model repository offline", _triton),
+    "serve": Command("`serve triton`: a real Triton Inference Server endpoint for a model", _serve),
+    "registry": Command("model versions, audited champion/challenger moves, their history", _registry),
 }
 
 
@@ -78,12 +127,13 @@ def _setup_logging() -> None:
     # Only rank 0 speaks; other ranks report warnings and errors.
     level = logging.INFO if rank_zero_only.rank == 0 else logging.WARNING
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    for noisy in ("alembic", "urllib3", "filelock"):
+    for noisy in ("alembic", "urllib3", "filelock", "onnx_ir", "onnxscript"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     from modelyard.config import ConfigError
+    from modelyard.errors import ModelyardError
 
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help"):
@@ -100,7 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as err:
         print(f"modelyard {name}: {err}", file=sys.stderr)
         return 2
-    except (ValueError, LookupError, FileNotFoundError) as err:
+    except (ModelyardError, ValueError, LookupError, FileNotFoundError) as err:
         print(f"modelyard {name}: error: {err}", file=sys.stderr)
         return 1
 

@@ -1,0 +1,107 @@
+"""Configuration of ``modelyard export``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+__all__ = ["ExportConfig", "ToleranceConfig", "parse_export_args"]
+
+DEFAULT_LIMITATIONS = [
+    "Trained on one snapshot; performance on data that drifts from its reference profile is unknown.",
+    "Categorical values never seen in training map to a shared 'unknown' embedding.",
+    "Probabilities are not calibrated; choose decision thresholds on labelled data.",
+]
+
+
+@dataclass
+class ToleranceConfig:
+    """Parity tolerances of one precision: an element passes when ``|onnx - torch| <= atol + rtol *
+    |torch|``; top-1 agreement must reach ``min_top1_agreement``."""
+
+    atol: float
+    rtol: float
+    min_top1_agreement: float
+
+
+@dataclass
+class ExportConfig:
+    """What to export, how to check it, where it goes.
+
+    Args:
+        run: MLflow run id of a finished training run, or ``latest``.
+        checkpoint: a checkpoint inside a job folder, instead of ``run``.
+        experiment: with ``run: latest``, the experiment to take the latest run from.
+        name: model name in the Triton repository and the registry; default: the experiment name.
+        tracking_uri: default ``$MLFLOW_TRACKING_URI``, else ``./mlflow.db``.
+        opset: ONNX opset.
+        output_dir: export files go to ``OUTPUT_DIR/<name>/<run id>/``.
+        variants: extra precisions to produce and check: ``int8`` (CPU), ``fp16`` (GPU).
+        deploy: the precision written to the Triton repository and registered.
+        accuracy_budget: largest validation-accuracy drop a variant may cost (0.01 = 1 point).
+        tolerances: per precision (fp32, fp16, int8) overrides of the parity tolerances.
+        triton_repo: the Triton model repository.
+        target: Triton profile: ``cpu``, ``gpu`` or ``gpu-tensorrt``.
+        register: register the model version in MLflow.
+        alias: move this alias to the new version (audited), e.g. ``champion``.
+        intended_use: the model card's "intended use" text.
+        limitations: the model card's known limitations.
+    """
+
+    run: str | None = "latest"
+    checkpoint: str | None = None
+    experiment: str | None = None
+    name: str | None = None
+    tracking_uri: str | None = None
+    opset: int = 18
+    output_dir: str = "exports"
+    variants: list[Literal["int8", "fp16"]] = field(default_factory=list)
+    deploy: Literal["fp32", "int8", "fp16"] = "fp32"
+    accuracy_budget: float = 0.01
+    tolerances: dict[str, ToleranceConfig] = field(default_factory=dict)
+    triton_repo: str = "triton_models"
+    target: Literal["cpu", "gpu", "gpu-tensorrt"] = "cpu"
+    register: bool = True
+    alias: Literal["champion", "challenger"] | None = None
+    intended_use: str = ("Scoring inputs drawn from the same population as the training snapshot; a "
+                         "decision aid, to be monitored for drift, not a sole basis for decisions.")
+    limitations: list[str] = field(default_factory=lambda: list(DEFAULT_LIMITATIONS))
+
+
+def build_parser():  # -> jsonargparse.ArgumentParser
+    from jsonargparse import ActionConfigFile, ArgumentParser
+
+    parser = ArgumentParser(
+        prog="modelyard export",
+        description=("Export the best checkpoint of a training run to ONNX behind a parity gate against "
+                     "PyTorch on the run's validation data, write it into the Triton model repository and "
+                     "register it in MLflow with a model card."),
+        exit_on_error=False,
+    )
+    parser.add_argument("--config", action=ActionConfigFile, help="YAML config file (repeatable).")
+    parser.add_class_arguments(ExportConfig, None)
+    return parser
+
+
+def parse_export_args(argv: Sequence[str]) -> ExportConfig:
+    """Parse ``modelyard export`` arguments; raises :class:`modelyard.config.ConfigError`."""
+    from modelyard.config import ConfigError, parse_args
+
+    ns = parse_args(build_parser(), argv, "export configuration").as_dict()
+    ns.pop("config", None)
+    tolerances = {k: ToleranceConfig(**v) if isinstance(v, dict) else v for k, v in (ns.pop("tolerances") or {}).items()}
+    cfg = ExportConfig(**ns, tolerances=tolerances)
+    problems = []
+    if not cfg.run and not cfg.checkpoint:
+        problems.append("give --run (an id or 'latest') or --checkpoint PATH")
+    if cfg.deploy != "fp32" and cfg.deploy not in cfg.variants:
+        problems.append(f"deploy {cfg.deploy!r} needs that variant: add it to --variants")
+    unknown = sorted(set(cfg.tolerances) - {"fp32", "fp16", "int8"})
+    if unknown:
+        problems.append(f"tolerances for unknown precision(s) {unknown}; use fp32, fp16, int8")
+    if not 0 <= cfg.accuracy_budget <= 1:
+        problems.append(f"accuracy_budget must be within [0, 1], got {cfg.accuracy_budget}")
+    if problems:
+        raise ConfigError(problems, "export configuration")
+    return cfg

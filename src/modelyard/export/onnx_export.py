@@ -1,0 +1,166 @@
+"""PyTorch -> ONNX with a dynamic batch dimension, checked, optimised, and its int8/fp16 variants.
+
+The torch.export-based exporter is tried first; only when it cannot trace a module (data-dependent
+control flow, unsupported ops) does the TorchScript-based exporter take over, and the report says so.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from modelyard.export.parity import DEFAULT_TOLERANCES, ParityReport, Tolerance, compare_outputs
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["ExportedGraph", "evaluate", "export_onnx", "make_variant", "onnx_outputs", "torch_outputs"]
+
+logger = logging.getLogger(__name__)
+
+# Ops that have no float16 kernels in ONNX Runtime (IsInf/IsNaN come from torch.nan_to_num).
+_FP16_BLOCKED_OPS = ["IsInf", "IsNaN"]
+
+
+@dataclass
+class ExportedGraph:
+    path: Path
+    exporter: str  # "torch.export" | "torchscript"
+    fallback_reason: str
+    input_names: list[str]
+    output_names: list[str]
+    opset: int
+
+
+def export_onnx(model: torch.nn.Module, sample: torch.Tensor, path: Path, *, input_name: str = "features",
+                output_names: list[str] | None = None, opset: int = 18) -> ExportedGraph:
+    """Export ``model`` for inputs shaped like ``sample`` ``(B, ...)`` with a dynamic batch dim.
+
+    The file at ``path`` is checked with ``onnx.checker`` (full check) and rewritten with ONNX
+    Runtime's basic graph optimisations (constant folding, redundant node removal), which are
+    portable across execution providers; provider-specific fusions are left to the server.
+
+    Raises:
+        RuntimeError: neither exporter could export the module (both reasons given).
+    """
+    import torch
+
+    output_names = output_names or ["logits"]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    batch = torch.export.Dim("batch", min=1, max=1 << 16)
+    try:
+        torch.onnx.export(model, (sample,), str(path), input_names=[input_name], output_names=output_names,
+                          dynamic_shapes={_forward_arg(model): {0: batch}}, opset_version=opset, dynamo=True,
+                          optimize=True, verbose=False, external_data=False)
+        exporter, reason = "torch.export", ""
+    except Exception as err:  # noqa: BLE001 - any tracing failure falls back, and is reported
+        reason = f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"
+        logger.warning("torch.export could not trace the model (%s); using the TorchScript exporter", reason)
+        try:
+            axes = {input_name: {0: "batch"}} | {name: {0: "batch"} for name in output_names}
+            torch.onnx.export(model, (sample,), str(path), input_names=[input_name], output_names=output_names,
+                              dynamic_axes=axes, opset_version=opset, dynamo=False)
+        except Exception as err2:  # noqa: BLE001
+            raise RuntimeError(f"ONNX export failed with both exporters: torch.export: {reason}; "
+                               f"TorchScript: {type(err2).__name__}: {err2}") from err2
+        exporter = "torchscript"
+    _check_and_optimise(path)
+    return ExportedGraph(path=path, exporter=exporter, fallback_reason=reason, input_names=[input_name],
+                         output_names=output_names, opset=opset)
+
+
+def _forward_arg(model: torch.nn.Module) -> str:
+    import inspect
+
+    params = [p for p in inspect.signature(model.forward).parameters.values() if p.name != "self"]
+    return params[0].name if params else "x"
+
+
+def _check_and_optimise(path: Path) -> None:
+    import onnx
+    import onnxruntime as ort
+
+    onnx.checker.check_model(str(path), full_check=True)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    optimised = path.with_suffix(".opt.onnx")
+    options.optimized_model_filepath = str(optimised)
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    optimised.replace(path)
+    onnx.checker.check_model(str(path), full_check=True)
+
+
+def make_variant(fp32_path: Path, precision: str) -> Path:
+    """``model.int8.onnx`` (dynamic int8 quantisation, for CPUs) or ``model.fp16.onnx`` (float16
+    weights and activations with float32 inputs/outputs, for GPUs), beside ``fp32_path``."""
+    import onnx
+
+    target = fp32_path.with_name(f"{fp32_path.stem}.{precision}.onnx")
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.WARNING))  # the quantiser logs every tensor on the root logger
+    try:
+        if precision == "int8":
+            from onnxruntime.quantization import QuantType, quantize_dynamic
+
+            quantize_dynamic(str(fp32_path), str(target), weight_type=QuantType.QInt8)
+        elif precision == "fp16":
+            import onnx_ir
+            from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+
+            converted = convert_float_to_float16(onnx.load(str(fp32_path)), keep_io_types=True,
+                                                 op_block_list=list(DEFAULT_OP_BLOCK_LIST) + _FP16_BLOCKED_OPS)
+            # the converter appends its input casts at the end of the node list; the ONNX spec (and
+            # onnx.checker) wants nodes in topological order
+            graph = onnx_ir.from_proto(converted)
+            graph.graph.sort()
+            onnx.save(onnx_ir.to_proto(graph), str(target))
+        else:
+            raise ValueError(f"unknown variant {precision!r}; choose int8 or fp16")
+    finally:
+        root.setLevel(level)
+    onnx.checker.check_model(str(target), full_check=True)
+    return target
+
+
+def torch_outputs(model: torch.nn.Module, features: torch.Tensor, chunk: int = 4096) -> list[np.ndarray]:
+    """Eager PyTorch outputs for ``features`` ``(N, F)``, one array per output."""
+    import torch
+
+    parts: list[list[np.ndarray]] = []
+    with torch.no_grad():
+        for x in features.split(chunk):
+            out = model(x)
+            outs = list(out.values()) if isinstance(out, dict) else list(out) if isinstance(out, (tuple, list)) else [out]
+            parts.append([o.detach().float().cpu().numpy() for o in outs])
+    return [np.concatenate([p[i] for p in parts]) for i in range(len(parts[0]))]
+
+
+def onnx_outputs(path: Path, input_name: str, features: np.ndarray, chunk: int = 4096,
+                 providers: list[str] | None = None) -> list[np.ndarray]:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=providers or ["CPUExecutionProvider"])
+    parts = [session.run(None, {input_name: features[i:i + chunk]}) for i in range(0, len(features), chunk)]
+    return [np.concatenate([p[i] for p in parts]).astype(np.float32) for i in range(len(parts[0]))]
+
+
+def evaluate(precision: str, path: Path, graph: ExportedGraph, reference: list[np.ndarray],
+             features: np.ndarray, labels: np.ndarray, tolerance: Tolerance | None = None) -> ParityReport:
+    """Parity of the file at ``path`` against the PyTorch ``reference`` outputs, plus accuracy."""
+    tol = tolerance or DEFAULT_TOLERANCES[precision]
+    got = onnx_outputs(path, graph.input_names[0], features)
+    report = ParityReport(precision=precision, file=path.name, rows=len(features), tolerance=tol)
+    for name, ref, out in zip(graph.output_names, reference, got):
+        report.outputs.append(compare_outputs(name, ref, out, tol))
+    first_ref, first_out = reference[0], got[0]
+    if first_ref.ndim == 2 and first_ref.shape[1] > 1 and len(labels):
+        report.accuracy_torch = float((first_ref.argmax(1) == labels).mean())
+        report.accuracy_onnx = float((first_out.argmax(1) == labels).mean())
+    if not all(o.passed for o in report.outputs):
+        report.status = "failed"
+    return report

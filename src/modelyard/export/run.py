@@ -1,0 +1,195 @@
+"""``modelyard export``: checkpoint -> parity-gated ONNX -> Triton repository -> MLflow model version.
+
+Reads top to bottom: load the run's best checkpoint and validation data, export to ONNX, gate it on
+parity (a failure stops here: nothing written to Triton, nothing registered), produce and gate the
+requested variants, write the manifest and parity report beside the files, write a new Triton model
+version, register it with its tags and model card, and move an alias if asked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from modelyard._io import atomic_write_text
+from modelyard.export.config import ExportConfig
+from modelyard.export.parity import DEFAULT_TOLERANCES, ParityError, ParityReport, Tolerance
+
+__all__ = ["ExportResult", "apply_accuracy_budget", "run"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ExportResult:
+    name: str
+    export_dir: Path
+    onnx_path: Path
+    reports: dict[str, ParityReport]
+    triton_version: int | None = None
+    model_version: str | None = None
+    alias: str | None = None
+    refused: dict[str, str] = field(default_factory=dict)
+
+
+def run(cfg: ExportConfig) -> ExportResult:
+    """Export, check, write and register; see the module docstring.
+
+    Raises:
+        ParityError: the deployed precision failed the gate (the message names output, worst element
+            and tolerance); nothing was written to the Triton repository or the registry.
+    """
+    from modelyard.export.source import load_source
+    from modelyard.export.triton_repo import validate_model_name, write_model_version
+
+    source = load_source(cfg.run if not cfg.checkpoint else None, cfg.checkpoint, cfg.experiment, cfg.tracking_uri)
+    name = validate_model_name(cfg.name or source.experiment or source.spec.label)
+    export_dir = Path(cfg.output_dir) / name / (source.run_id or time.strftime("%Y%m%d-%H%M%S"))
+    staging = export_dir.with_name(f".{export_dir.name}.tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+
+    try:
+        reports, graph, x, reference, refused = _export_and_gate(cfg, source, staging)
+        manifest = _manifest(source, graph, staging, reports, name)
+        atomic_write_text(staging / "manifest.json", json.dumps(manifest, indent=2))
+        atomic_write_text(staging / "parity.json", json.dumps({k: r.to_dict() for k, r in reports.items()}, indent=2))
+        if export_dir.exists():
+            shutil.rmtree(export_dir)
+        staging.rename(export_dir)  # the export folder appears whole or not at all
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    deploy_file = export_dir / ("model.onnx" if cfg.deploy == "fp32" else f"model.{cfg.deploy}.onnx")
+    for report in reports.values():
+        logger.info("%s: %s, max abs error %.3g, top-1 agreement %s, accuracy %s", report.file, report.status,
+                    report.outputs[0].max_abs_error if report.outputs else float("nan"),
+                    report.outputs[0].top1_agreement if report.outputs else None, report.accuracy_onnx)
+
+    version = write_model_version(cfg.triton_repo, name, deploy_file, cfg.target, warmup_sample=x[:1],
+                                  extra_files={"manifest.json": export_dir / "manifest.json",
+                                               "parity.json": export_dir / "parity.json"})
+    result = ExportResult(name=name, export_dir=export_dir, onnx_path=deploy_file, reports=reports,
+                          triton_version=version.version, refused=refused)
+    if cfg.register:
+        result.model_version = _register(cfg, source, name, deploy_file, manifest, reports, x, reference,
+                                         version.version, export_dir)
+        if cfg.alias:
+            from modelyard.registry import set_alias
+
+            set_alias(name, cfg.alias, result.model_version, reason=f"export of run {source.run_id}",
+                      tracking_uri=source.tracking_uri)
+            result.alias = cfg.alias
+    return result
+
+
+def _export_and_gate(cfg: ExportConfig, source: Any, staging: Path) -> tuple[dict[str, ParityReport], Any, Any, Any,
+                                                                           dict[str, str]]:
+    """ONNX file(s) in ``staging`` and their parity reports; raises :class:`ParityError` when the
+    deployed precision fails."""
+    from modelyard.export.onnx_export import evaluate, export_onnx, make_variant, torch_outputs
+
+    features, labels = source.validation()
+    graph = export_onnx(source.model, features[:2], staging / "model.onnx", input_name=source.spec.input_name,
+                        opset=cfg.opset)
+    reference = torch_outputs(source.model, features)
+    x, y = features.numpy(), labels.numpy()
+    reports = {"fp32": evaluate("fp32", graph.path, graph, reference, x, y, _tolerance(cfg, "fp32"))}
+    if not reports["fp32"].passed:
+        raise ParityError(reports["fp32"])
+    refused: dict[str, str] = {}
+    for precision in cfg.variants:
+        path = make_variant(graph.path, precision)
+        report = apply_accuracy_budget(evaluate(precision, path, graph, reference, x, y, _tolerance(cfg, precision)),
+                                       cfg.accuracy_budget)
+        reports[precision] = report
+        if not report.passed:
+            refused[precision] = report.reason or report.failure_message()
+            logger.warning("%s variant refused: %s", precision, refused[precision])
+            path.unlink(missing_ok=True)
+    if not reports[cfg.deploy].passed:
+        raise ParityError(reports[cfg.deploy])
+    return reports, graph, x, reference, refused
+
+
+def apply_accuracy_budget(report: ParityReport, budget: float) -> ParityReport:
+    """Refuse a variant whose validation accuracy drops by more than ``budget`` (e.g. 0.01)."""
+    change = report.accuracy_change
+    if report.passed and change is not None and -change > budget:
+        report.status = "refused"
+        report.reason = (f"accuracy drops by {-change:.4f} ({report.accuracy_torch:.4f} -> "
+                         f"{report.accuracy_onnx:.4f}), more than the budget {budget:.4f}")
+    return report
+
+
+def _tolerance(cfg: ExportConfig, precision: str) -> Tolerance:
+    override = cfg.tolerances.get(precision)
+    return Tolerance(**vars(override)) if override else DEFAULT_TOLERANCES[precision]
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _manifest(source: Any, graph: Any, folder: Path, reports: dict[str, ParityReport], name: str) -> dict[str, Any]:
+    """Everything needed to trust and call the exported files (style: artifacts describe themselves)."""
+    import onnx
+    import onnxruntime
+    import torch
+
+    model = onnx.load(str(graph.path), load_external_data=False)
+
+    def tensors(values: Any) -> list[dict[str, Any]]:
+        return [{"name": v.name, "dtype": onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name,
+                 "shape": [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]} for v in values]
+
+    return {
+        "name": name,
+        "inputs": tensors(model.graph.input),
+        "outputs": tensors(model.graph.output),
+        "opset": graph.opset,
+        "exporter": graph.exporter,
+        "exporter_fallback_reason": graph.fallback_reason or None,
+        "files": {r.file: {"precision": p, "sha256": _sha256(folder / r.file), "parity": r.status}
+                  for p, r in reports.items() if (folder / r.file).exists()},
+        "versions": {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__},
+        "data_digest": source.data_digest,
+        "run_id": source.run_id,
+        "experiment": source.experiment,
+        "git_commit": source.git_commit,
+        "checkpoint": source.checkpoint.name,
+        "data_spec": source.spec.to_dict(),
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def _register(cfg: ExportConfig, source: Any, name: str, deploy_file: Path, manifest: dict[str, Any],
+              reports: dict[str, ParityReport], x: Any, reference: Any, triton_version: int, export_dir: Path) -> str:
+    from modelyard.registry import model_card, register_onnx, version_tags
+
+    snapshot = source.datamodule.snapshot
+    card = model_card(
+        name=name, version=None, intended_use=cfg.intended_use, limitations=cfg.limitations,
+        run_id=source.run_id, experiment=source.experiment,
+        data={"name": snapshot.name, "digest": source.data_digest, "splits": snapshot.manifest.get("splits", {}),
+              "label": source.spec.label, "classes": list(source.spec.classes),
+              "features": source.spec.feature_names},
+        metrics=source.metrics, parity=[r.to_dict() for r in reports.values()], manifest=manifest)
+    atomic_write_text(export_dir / "model_card.md", card)
+    deployed = reports[cfg.deploy]
+    tags = version_tags(run_id=source.run_id, data_digest=source.data_digest, git_commit=source.git_commit,
+                        parity=deployed.to_dict(), triton_version=triton_version, triton_repo=str(cfg.triton_repo),
+                        precision=cfg.deploy)
+    return register_onnx(name, deploy_file, tracking_uri=source.tracking_uri, run_id=source.run_id,
+                         experiment=source.experiment or name, input_example=x[:5], output_example=reference[0][:5],
+                         tags=tags, card=card,
+                         extra_artifacts=[export_dir / "manifest.json", export_dir / "parity.json",
+                                          *[export_dir / f for f in manifest["files"]]])

@@ -1,0 +1,299 @@
+"""Write a Triton model repository for the onnxruntime backend, TensorRT-ready.
+
+Layout, loaded by Triton as it is::
+
+    <repo>/<name>/config.pbtxt
+    <repo>/<name>/<version>/model.onnx      (+ its external data and extra files, e.g. manifest.json)
+    <repo>/<name>/warmup/<input name>       (raw little-endian tensor bytes, batch size 1)
+
+Inputs, outputs, dtypes and dims are read from the ONNX graph, so the config cannot drift from the
+model. A version folder appears by one rename of a fully written temp folder: no half-copied model.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from modelyard._io import atomic_copy, atomic_write_bytes
+from modelyard.export.triton_config import write_config
+
+if TYPE_CHECKING:
+    import numpy
+    from tritonclient.grpc import model_config_pb2
+
+    from modelyard.export.triton_validate import TensorSpec
+
+__all__ = ["TARGETS", "TargetKind", "TritonTarget", "TritonVersion", "build_config", "existing_versions",
+           "name_problem", "next_version", "validate_model_name", "write_model_version"]
+
+logger = logging.getLogger(__name__)
+
+TargetKind = Literal["cpu", "gpu", "gpu-tensorrt"]
+MODEL_FILENAME = "model.onnx"
+NAME_RULE = "1-128 characters from [A-Za-z0-9_.-], not starting with '.', without '..'"
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+VERSION_RE = re.compile(r"[1-9][0-9]*")  # Triton ignores version folders named otherwise (e.g. "01")
+
+
+@dataclass
+class TritonTarget:
+    """How Triton serves a model: device, batching, instances, TensorRT engine build; raises
+    ValueError on construction when a field is outside its allowed range."""
+
+    kind: TargetKind = "cpu"
+    max_batch_size: int = 64
+    preferred_batch_sizes: list[int] = field(default_factory=lambda: [8, 32])
+    max_queue_delay_us: int = 500
+    instance_count: int = 1  # instances per device (KIND_GPU) or in total (KIND_CPU)
+    gpus: list[int] | None = None  # KIND_GPU device ids; None = all visible GPUs
+    tensorrt_precision: Literal["FP32", "FP16"] = "FP16"
+    tensorrt_workspace_mb: int = 1024
+    tensorrt_engine_cache: bool = True
+    tensorrt_engine_cache_path: str = "/tmp/trt_cache"
+    version_policy_latest: int = 2  # keep the newest N versions loaded
+
+    def __post_init__(self) -> None:
+        choices = {"kind": ("cpu", "gpu", "gpu-tensorrt"), "tensorrt_precision": ("FP32", "FP16")}
+        minimum = {"max_batch_size": 1, "preferred_batch_sizes": 1, "max_queue_delay_us": 0, "instance_count": 1,
+                   "gpus": 0, "tensorrt_workspace_mb": 1, "version_policy_latest": 1}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"TritonTarget.{name}={getattr(self, name)!r} is not allowed; use one of {allowed}")
+        for name, low in minimum.items():
+            value = getattr(self, name)
+            if any(v < low for v in (value if isinstance(value, list) else [] if value is None else [value])):
+                raise ValueError(f"TritonTarget.{name}={value!r} is not allowed; use values >= {low}")
+
+
+TARGETS: dict[str, TritonTarget] = {kind: TritonTarget(kind=kind) for kind in ("cpu", "gpu", "gpu-tensorrt")}
+
+
+def name_problem(name: str) -> str | None:
+    """The first rule ``name`` breaks as a Triton model (and folder) name, None when it is safe."""
+    rules = [
+        (not name, "it is empty"),
+        (len(name) > 128, f"it is {len(name)} characters long, more than 128"),
+        ("\0" in name, "it contains a NUL character"),
+        (name.startswith(("/", "\\")) or re.match(r"[A-Za-z]:", name) is not None, "it is an absolute path"),
+        (":" in name, "it contains ':' (URL scheme or drive letter)"),
+        ("/" in name or "\\" in name, "it contains a path separator"),
+        (".." in name, "it contains '..'"),
+        (name.startswith("."), "it starts with '.' (hidden folder, ignored by Triton)"),
+        ("%" in name, "it contains '%' (percent-encoded characters such as %2e or %2f)"),
+        ("#" in name, "it contains '#'"),
+        (not _SAFE_NAME.fullmatch(name), "it contains characters outside [A-Za-z0-9_.-]"),
+    ]
+    return next((rule for broken, rule in rules if broken), None)
+
+
+def validate_model_name(name: str) -> str:
+    """Return ``name`` when it is a safe Triton model name.
+
+    Raises:
+        ValueError: naming the name, the rule it breaks and the allowed pattern.
+    """
+    if rule := name_problem(name):
+        raise ValueError(f"model name {name[:140]!r} is refused: {rule}; use {NAME_RULE}, e.g. 'fraud-detector'")
+    return name
+
+
+def build_config(name: str, onnx_path: str | Path, target: TritonTarget | str, *,
+                 warmup_file: str | Mapping[str, str] | None = None,
+                 warmup_dims: Mapping[str, Sequence[int]] | None = None) -> model_config_pb2.ModelConfig:
+    """Triton ``ModelConfig`` for the ONNX model at ``onnx_path`` (``target``: see :data:`TARGETS`).
+
+    Args:
+        warmup_file: file in ``<model>/warmup/`` with the batch-1 warmup tensor, for a one-input model
+            or ``{input: file}``; other inputs use ``zero_data``.
+        warmup_dims: ``{input: dims without batch}``, default the graph's; if some stay dynamic, no
+            ``model_warmup`` is written (Triton needs concrete shapes) and a warning is logged.
+
+    Raises:
+        ValueError: bad name or target, a fixed batch dim, an unsupported tensor type.
+    """
+    from tritonclient.grpc import model_config_pb2 as pb
+
+    from modelyard.export.triton_validate import graph_io, read_model
+
+    validate_model_name(name)
+    if isinstance(target, str) and target not in TARGETS:
+        raise ValueError(f"unknown Triton target {target!r}; use one of {sorted(TARGETS)} or a TritonTarget")
+    tgt = TARGETS[target] if isinstance(target, str) else target
+    inputs, outputs = graph_io(read_model(onnx_path), str(onnx_path))
+    for spec in (*inputs, *outputs):
+        if not spec.dims or spec.dims[0] >= 0:
+            raise ValueError(f"{onnx_path}: {spec.name!r} has shape {list(spec.dims)} but Triton batching "
+                             "(max_batch_size > 0) needs a dynamic first (batch) dim; export the model with a "
+                             "dynamic batch dimension, e.g. dynamic_shapes={'x': {0: torch.export.Dim('batch')}}")
+
+    config = pb.ModelConfig(name=name, backend="onnxruntime", max_batch_size=tgt.max_batch_size,
+                            default_model_filename=MODEL_FILENAME)
+    for specs, fields in ((inputs, config.input), (outputs, config.output)):
+        for spec in specs:
+            fields.add(name=spec.name, data_type=pb.DataType.Value(spec.data_type), dims=spec.dims[1:])
+
+    preferred = [s for s in tgt.preferred_batch_sizes if s <= tgt.max_batch_size]
+    if len(preferred) < len(tgt.preferred_batch_sizes):
+        logger.warning("%s: preferred batch sizes above max_batch_size %d dropped from %s",
+                       name, tgt.max_batch_size, tgt.preferred_batch_sizes)
+    config.dynamic_batching.preferred_batch_size.extend(preferred)
+    config.dynamic_batching.max_queue_delay_microseconds = tgt.max_queue_delay_us
+    group = config.instance_group.add(count=tgt.instance_count)
+    group.kind = pb.ModelInstanceGroup.KIND_CPU if tgt.kind == "cpu" else pb.ModelInstanceGroup.KIND_GPU
+    group.gpus.extend(tgt.gpus if tgt.kind != "cpu" and tgt.gpus else [])
+    config.version_policy.latest.num_versions = tgt.version_policy_latest
+
+    if isinstance(warmup_file, str) and len(inputs) != 1:
+        raise ValueError(f"{name}: warmup_file={warmup_file!r} is one file but the model has {len(inputs)} "
+                         "inputs; pass {input name: file}")
+    files = {inputs[0].name: warmup_file} if isinstance(warmup_file, str) else dict(warmup_file or {})
+    dims = {spec.name: list((warmup_dims or {}).get(spec.name, spec.dims[1:])) for spec in inputs}
+    if dynamic := [n for n, d in dims.items() if any(x < 0 for x in d)]:
+        logger.warning("%s: inputs %s have dynamic non-batch dims; no model_warmup written "
+                       "(pass a warmup sample to warm the model up)", name, dynamic)
+    else:
+        warmup = config.model_warmup.add(name="warmup_sample", batch_size=1)
+        for spec in inputs:  # Triton reads an input_data_file from <model>/warmup/
+            source = {"input_data_file": files[spec.name]} if spec.name in files else {"zero_data": True}
+            warmup.inputs[spec.name].CopyFrom(pb.ModelWarmup.Input(
+                data_type=pb.DataType.Value(spec.data_type), dims=dims[spec.name], **source))
+
+    if tgt.kind == "gpu-tensorrt":
+        # Keys documented in triton-inference-server/onnxruntime_backend README.md, section
+        # "ONNX Runtime with TensorRT optimization" (mapped onto ORT's trt_* EP options).
+        trt = config.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")
+        trt.parameters["precision_mode"] = tgt.tensorrt_precision
+        trt.parameters["max_workspace_size_bytes"] = str(tgt.tensorrt_workspace_mb * 2**20)
+        if tgt.tensorrt_engine_cache:  # without it every load rebuilds the engines (minutes)
+            trt.parameters["trt_engine_cache_enable"] = "true"
+            trt.parameters["trt_engine_cache_path"] = tgt.tensorrt_engine_cache_path
+    return config
+
+
+@dataclass
+class TritonVersion:
+    """One written model version; ``version_dir`` is ``model_dir / str(version)``."""
+
+    repo: Path
+    name: str
+    version: int
+    model_dir: Path
+    version_dir: Path
+    config_path: Path
+
+
+def existing_versions(model_dir: Path) -> list[int]:
+    """Sorted versions Triton sees in ``model_dir`` (folders ``1``, ``2``, ...); [] when none."""
+    names = [p.name for p in model_dir.iterdir() if p.is_dir()] if model_dir.is_dir() else []
+    return sorted(int(n) for n in names if VERSION_RE.fullmatch(n))
+
+
+def next_version(repo: str | Path, name: str) -> int:
+    """1 + the highest numeric version folder of ``repo/name``; 1 when there is none."""
+    versions = existing_versions(Path(repo) / validate_model_name(name))
+    return versions[-1] + 1 if versions else 1
+
+
+def _relative(name: str, what: str) -> Path:
+    if not name or Path(name).is_absolute() or ".." in Path(name).parts or "\\" in name:
+        raise ValueError(f"{what} {name!r} must be a relative path inside the version folder, e.g. 'manifest.json'")
+    return Path(name)
+
+
+def _warmup_payloads(inputs: list[TensorSpec], sample: Any, name: str) -> dict[str, tuple[str, bytes, list[int]]]:
+    """``{input: (file name, raw little-endian bytes, dims without batch)}`` for a batch-1 sample."""
+    import numpy as np
+
+    from modelyard.export.triton_validate import NUMPY_DTYPES
+
+    one = inputs[0].name if len(inputs) == 1 else "<one array>"
+    samples = dict(sample) if isinstance(sample, Mapping) else {one: sample}
+    if set(samples) != {s.name for s in inputs}:
+        raise ValueError(f"{name}: warmup_sample covers {sorted(samples)}; pass {{input name: array}} for "
+                         f"exactly the model inputs {sorted(s.name for s in inputs)}")
+    out = {}
+    for index, spec in enumerate(inputs):
+        arr = np.asarray(samples[spec.name])
+        arr = arr[None] if arr.ndim == len(spec.dims) - 1 else arr  # add the batch dim
+        dtype = NUMPY_DTYPES.get(spec.data_type)
+        if dtype is None or not np.can_cast(arr.dtype, dtype, "same_kind"):
+            raise ValueError(f"{name}: warmup sample {spec.name!r} has dtype {arr.dtype}; input is "
+                             f"{spec.data_type}, pass a {dtype or 'numeric'} array or no warmup_sample")
+        if arr.ndim != len(spec.dims) or arr.shape[0] != 1 or any(
+                d >= 0 and d != a for d, a in zip(spec.dims[1:], arr.shape[1:])):
+            raise ValueError(f"{name}: warmup sample {spec.name!r} has shape {arr.shape}; expected one "
+                             f"row of graph shape {list(spec.dims)} (-1 = any), e.g. sample[:1]")
+        safe = _SAFE_NAME.fullmatch(spec.name) and not spec.name.startswith(".")
+        out[spec.name] = (spec.name if safe else f"input_{index}", arr.astype(dtype).tobytes(), list(arr.shape[1:]))
+    return out
+
+
+def write_model_version(repo: str | Path, name: str, onnx_path: str | Path, target: TritonTarget | str = "cpu", *,
+                        warmup_sample: numpy.ndarray | dict[str, numpy.ndarray] | None = None, version: int | None = None,
+                        extra_files: dict[str, str | Path] | None = None) -> TritonVersion:
+    """Add ``onnx_path`` as a new version of model ``name`` in ``repo``, then rewrite its config.
+
+    The version folder is built as ``repo/name/.tmp-<version>-<random>`` and renamed into place:
+    an interrupted export leaves earlier versions untouched and no half-written version.
+
+    Args:
+        warmup_sample: batch-1 sample ``(1, *dims)`` or ``dims`` (or ``{input: array}``), to ``name/warmup/``.
+        version: default :func:`next_version`; must exceed every existing version.
+        extra_files: ``{path in the version folder: source file}``, e.g. ``manifest.json``.
+
+    Raises:
+        ValueError: bad name, an existing or lower version, a sample that does not fit the graph.
+    """
+    from modelyard.export.triton_validate import external_tensors, graph_io, read_model
+
+    repo, onnx_path = Path(repo), Path(onnx_path)
+    model_dir = repo / validate_model_name(name)
+    existing = existing_versions(model_dir)
+    version = (existing[-1] + 1 if existing else 1) if version is None else version
+    if version < 1 or (existing and version <= existing[-1]):
+        raise ValueError(f"{name}: version {version} is refused; existing versions are {existing or 'none'} "
+                         f"and versions only increase; use {existing[-1] + 1 if existing else 1} or higher")
+    model = read_model(onnx_path)
+    inputs, _ = graph_io(model, str(onnx_path))
+    payloads = _warmup_payloads(inputs, warmup_sample, name) if warmup_sample is not None else {}
+    extras = {_relative(k, "extra file"): Path(v) for k, v in (extra_files or {}).items()}
+    if Path(MODEL_FILENAME) in extras:
+        raise ValueError(f"{name}: extra_files may not replace {MODEL_FILENAME}; rename that extra file")
+    # External data sits next to the model; copying it at the same relative path keeps it resolving.
+    external = sorted({_relative(loc, "external data location") for _, loc in external_tensors(model)})
+    # Built before anything is written, so a model Triton cannot batch leaves no version behind.
+    config = build_config(name, onnx_path, target, warmup_file={k: v[0] for k, v in payloads.items()},
+                          warmup_dims={k: v[2] for k, v in payloads.items()})
+
+    model_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=model_dir))
+    final = model_dir / str(version)
+    try:
+        atomic_copy(onnx_path, tmp / MODEL_FILENAME)
+        for rel in external:
+            atomic_copy(onnx_path.parent / rel, tmp / rel)
+        for rel, source in extras.items():
+            atomic_copy(source, tmp / rel)
+        for path in (tmp, *(p for p in tmp.rglob("*") if p.is_dir())):  # mkdtemp makes owner-only folders;
+            path.chmod(0o755)                                             # Triton may run as another user
+        if final.exists():  # a concurrent export took this number; never replace a version
+            raise ValueError(f"{name}: version {version} appeared during the export; run it again")
+        os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+    for file, data, _ in payloads.values():
+        atomic_write_bytes(model_dir / "warmup" / file, data)
+    config_path = write_config(config, model_dir / "config.pbtxt")
+    logger.info("wrote Triton model %s version %d to %s", name, version, final)
+    return TritonVersion(repo=repo, name=name, version=version, model_dir=model_dir,
+                         version_dir=final, config_path=config_path)

@@ -1,0 +1,300 @@
+"""Check a Triton model repository offline, without a server (``modelyard triton validate``).
+
+What Triton itself would refuse at load time is found here, in CI: configs that do not parse as
+Triton's ``ModelConfig``, inputs/outputs that disagree with the ONNX graph, batching a model
+without a dynamic batch dim, missing versions or warmup files, and ONNX external data that
+points outside its version folder (a path-traversal hazard on a shared model store).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import logging
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path, PureWindowsPath
+from typing import TYPE_CHECKING
+
+from modelyard.export.triton_config import TritonConfigError, read_config
+from modelyard.export.triton_repo import MODEL_FILENAME, NAME_RULE, existing_versions, name_problem
+
+if TYPE_CHECKING:
+    import onnx
+    from tritonclient.grpc import model_config_pb2
+
+__all__ = ["RepoProblem", "TensorSpec", "external_tensors", "graph_io", "main", "read_model",
+           "validate_model", "validate_repository"]
+
+logger = logging.getLogger(__name__)
+
+# ONNX TensorProto elem type -> (Triton data type, numpy dtype of its raw little-endian bytes as
+# Triton reads them from a warmup file; None: no numpy dtype, STRING is length-prefixed).
+ONNX_TO_TRITON: dict[int, tuple[str, str | None]] = {
+    1: ("TYPE_FP32", "<f4"), 2: ("TYPE_UINT8", "u1"), 3: ("TYPE_INT8", "i1"), 4: ("TYPE_UINT16", "<u2"),
+    5: ("TYPE_INT16", "<i2"), 6: ("TYPE_INT32", "<i4"), 7: ("TYPE_INT64", "<i8"), 8: ("TYPE_STRING", None),
+    9: ("TYPE_BOOL", "b1"), 10: ("TYPE_FP16", "<f2"), 11: ("TYPE_FP64", "<f8"), 12: ("TYPE_UINT32", "<u4"),
+    13: ("TYPE_UINT64", "<u8"), 16: ("TYPE_BF16", None),
+}
+NUMPY_DTYPES = {t: code for t, code in ONNX_TO_TRITON.values() if code}
+ITEMSIZE = {**{t: int(code[-1]) for t, code in NUMPY_DTYPES.items()}, "TYPE_BF16": 2}  # bytes per element
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A graph input or output: ``dims`` is the full ONNX shape (batch dim included), -1 = dynamic."""
+
+    name: str
+    data_type: str  # Triton name, e.g. "TYPE_FP32"
+    dims: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class RepoProblem:
+    """One thing Triton would refuse (or misbehave on) in model ``model``."""
+
+    model: str
+    field: str
+    expected: str
+    found: str
+
+    def __str__(self) -> str:
+        return f"{self.model}: {self.field}: expected {self.expected}, found {self.found}"
+
+
+def read_model(path: str | Path) -> onnx.ModelProto:
+    """The ONNX graph at ``path`` without its external data (weights are never needed here)."""
+    import onnx
+
+    return onnx.load(str(path), load_external_data=False)
+
+
+def graph_io(model: onnx.ModelProto, source: str) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """``(inputs, outputs)`` of the graph; initializers listed as inputs (IR < 4) are left out.
+
+    Raises:
+        ValueError: a non-tensor or unsupported-dtype input/output, or one without a shape.
+    """
+    import onnx
+
+    def spec(value: onnx.ValueInfoProto) -> TensorSpec:
+        kind, elem = value.type.WhichOneof("value"), value.type.tensor_type.elem_type
+        if kind != "tensor_type" or elem not in ONNX_TO_TRITON:
+            found = kind if kind != "tensor_type" else onnx.TensorProto.DataType.Name(elem)
+            raise ValueError(f"{source}: {value.name!r} is {found}; Triton's onnxruntime backend serves "
+                             f"tensors of {sorted(t for t, _ in ONNX_TO_TRITON.values())}; change the export")
+        if not value.type.tensor_type.HasField("shape"):
+            raise ValueError(f"{source}: {value.name!r} has no shape (unknown rank); Triton needs dims, "
+                             "re-export with static ranks or run onnx.shape_inference")
+        dims = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in value.type.tensor_type.shape.dim)
+        return TensorSpec(value.name, ONNX_TO_TRITON[elem][0], dims)
+
+    initializers = {t.name for t in model.graph.initializer}
+    inputs = [spec(v) for v in model.graph.input if v.name not in initializers]
+    return inputs, [spec(v) for v in model.graph.output]
+
+
+def external_tensors(model: onnx.ModelProto) -> list[tuple[str, str]]:
+    """``(tensor name, location)`` of every tensor stored as external data, subgraphs included."""
+    import onnx
+
+    def in_graph(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+        yield from graph.initializer
+        for sparse in graph.sparse_initializer:
+            yield from (sparse.values, sparse.indices)
+        yield from in_nodes(graph.node)
+
+    def in_nodes(nodes: Sequence[onnx.NodeProto]) -> Iterator[onnx.TensorProto]:
+        for attr in (attr for node in nodes for attr in node.attribute):
+            yield from ([attr.t] if attr.HasField("t") else []) + list(attr.tensors)
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                yield from in_graph(sub)
+
+    tensors = itertools.chain(in_graph(model.graph), *(in_nodes(f.node) for f in model.functions))
+    return [(t.name, next((e.value for e in t.external_data if e.key == "location"), ""))
+            for t in tensors if t.data_location == onnx.TensorProto.EXTERNAL]
+
+
+Report = Callable[[str, object, object], None]
+
+
+def _check_config(config: model_config_pb2.ModelConfig, model_dir: Path, report: Report) -> None:
+    from tritonclient.grpc import model_config_pb2 as pb
+
+    if config.name != model_dir.name:
+        report("name", repr(model_dir.name) + " (the folder name)", repr(config.name))
+    if not (config.backend == "onnxruntime" or (config.platform == "onnxruntime_onnx" and not config.backend)):
+        report("backend", "backend 'onnxruntime' or platform 'onnxruntime_onnx'",
+               f"backend {config.backend!r}, platform {config.platform!r}")
+    if too_big := [s for s in config.dynamic_batching.preferred_batch_size if s > config.max_batch_size]:
+        report("dynamic_batching.preferred_batch_size", f"sizes <= max_batch_size {config.max_batch_size}", too_big)
+    for warmup in config.model_warmup:
+        batch = max(warmup.batch_size, 1)
+        for name, entry in sorted(warmup.inputs.items()):
+            where, file = f"model_warmup {warmup.name}.{name}", entry.input_data_file
+            dims, dtype = list(entry.dims), pb.DataType.Name(entry.data_type)
+            if any(d < 0 for d in dims):
+                report(f"{where}.dims", "concrete dims (Triton allocates the warmup tensor)", dims)
+            path = model_dir / "warmup" / file
+            if file in (".", "..") or "/" in file or "\\" in file:  # it must not escape warmup/
+                report(f"{where}.input_data_file", "a plain file name inside warmup/", repr(file))
+            elif file and not path.is_file():
+                report(f"{where}.input_data_file", f"file warmup/{file}", "missing")
+            elif file and ITEMSIZE.get(dtype) and all(d >= 0 for d in dims):
+                want = math.prod(dims) * ITEMSIZE[dtype] * batch
+                if path.stat().st_size != want:
+                    report(f"{where}.input_data_file", f"{want} bytes (batch {batch} x dims {dims} x "
+                           f"{ITEMSIZE[dtype]}-byte {dtype})", f"{path.stat().st_size} bytes in warmup/{file}")
+
+
+def _check_external(model: onnx.ModelProto, version_dir: Path, where: str, report: Report) -> bool:
+    root, ok = version_dir.resolve(), True
+    for tensor, location in external_tensors(model):
+        target = (version_dir / location).resolve()
+        bad = ("no location" if not location else
+               "an absolute path" if location.startswith(("/", "\\")) or PureWindowsPath(location).drive else
+               "'..'" if ".." in location.replace("\\", "/").split("/") else
+               "a link pointing outside the version folder" if not target.is_relative_to(root) else
+               "a missing file" if not target.is_file() else None)
+        if bad:
+            ok = False
+            report(f"{where}: external data of tensor {tensor}",
+                   "a relative path to a file inside the version folder", f"{location!r} ({bad})")
+    return ok
+
+
+def _check_io(config: model_config_pb2.ModelConfig, graph: tuple[list[TensorSpec], list[TensorSpec]],
+              where: str, report: Report) -> None:
+    from tritonclient.grpc import model_config_pb2 as pb
+
+    for kind, specs, entries in (("input", graph[0], config.input), ("output", graph[1], config.output)):
+        ours, declared = {s.name: s for s in specs}, {e.name: e for e in entries}
+        for name in sorted(ours.keys() - declared.keys()):
+            report(f"{kind} {name}", f"declared in config.pbtxt ({where} has it)", "missing")
+        for name in sorted(declared.keys() - ours.keys()):
+            report(f"{kind} {name}", f"one of the {kind}s of {where}: {sorted(ours)}", "not in the graph")
+        for name in sorted(ours.keys() & declared.keys()):
+            spec, entry = ours[name], declared[name]
+            if pb.DataType.Name(entry.data_type) != spec.data_type:
+                report(f"{kind} {name}.data_type", f"{spec.data_type} (from {where})",
+                       pb.DataType.Name(entry.data_type))
+            dims = list(spec.dims)
+            if config.max_batch_size > 0:
+                if not dims or dims[0] >= 0:
+                    report(f"{kind} {name}.batch dim", f"a dynamic first dim in {where} since max_batch_size="
+                           f"{config.max_batch_size} (re-export with a dynamic batch dim)", f"shape {dims}")
+                    continue
+                dims = dims[1:]
+            found = list(entry.dims)
+            if len(found) != len(dims) or any(g >= 0 and g != c for g, c in zip(dims, found)):
+                report(f"{kind} {name}.dims", f"{dims} as in {where} (batch dim excluded, -1 = any)", found)
+
+
+def _loaded(config: model_config_pb2.ModelConfig | None, versions: list[int]) -> list[int]:
+    """The versions Triton loads under the config's version_policy (default: the latest one)."""
+    choice = config.version_policy.WhichOneof("policy_choice") if config is not None else None
+    if choice in ("all", "specific"):
+        return versions if choice == "all" else [v for v in versions if v in config.version_policy.specific.versions]
+    count = config.version_policy.latest.num_versions if choice == "latest" else 1
+    return versions[-count:] if count > 0 else []
+
+
+def validate_model(model_dir: Path) -> list[RepoProblem]:
+    """Every problem of one model folder (see the module docstring); [] when Triton can load it."""
+    import onnx
+
+    problems: list[RepoProblem] = []
+
+    def report(field: str, expected: object, found: object) -> None:
+        problems.append(RepoProblem(model_dir.name, field, str(expected), str(found)))
+
+    if rule := name_problem(model_dir.name):
+        report("model name", NAME_RULE, f"{model_dir.name!r} ({rule})")
+    config = None
+    try:
+        config = read_config(model_dir / "config.pbtxt")
+        _check_config(config, model_dir, report)
+    except TritonConfigError as err:
+        exists = (model_dir / "config.pbtxt").is_file()
+        report("config.pbtxt", "a Triton ModelConfig in protobuf text format" if exists
+               else "a config.pbtxt file", str(err) if exists else "missing")
+    filename = (config.default_model_filename if config is not None else "") or MODEL_FILENAME
+    versions = existing_versions(model_dir)
+    if not versions:
+        others = sorted(p.name for p in model_dir.iterdir() if p.is_dir() and p.name[0] != "." and p.name != "warmup")
+        report("versions", "at least one version folder named 1, 2, ...", others or "none")
+    loaded = _loaded(config, versions)
+    for version in versions:
+        path = model_dir / str(version) / filename
+        where = f"{version}/{filename}"
+        if not path.is_file():
+            report(f"version {version}", f"model file {filename}", "missing")
+            continue
+        try:
+            model = read_model(path)
+            if not _check_external(model, path.parent, where, report):
+                continue  # the checker would follow the bad location
+            onnx.checker.check_model(str(path))
+            graph = graph_io(model, where)
+        except Exception as err:  # noqa: BLE001 - any load/check failure is this version's problem
+            report(where, "an ONNX model that loads and passes onnx.checker", str(err).strip().splitlines()[0])
+            continue
+        if config is not None and version in loaded:
+            _check_io(config, graph, where, report)
+    return problems
+
+
+def _model_dirs(repo: Path) -> Iterator[Path]:
+    return (p for p in sorted(repo.iterdir()) if p.is_dir() and not p.name.startswith("."))
+
+
+def validate_repository(repo: str | Path) -> list[RepoProblem]:
+    """Problems of every model folder in ``repo``; top-level files and dot-folders are ignored.
+
+    Raises:
+        FileNotFoundError: ``repo`` is not a folder.
+    """
+    repo = Path(repo)
+    if not repo.is_dir():
+        raise FileNotFoundError(f"Triton model repository {repo} is not a folder; pass the repository path")
+    problems = [problem for model_dir in _model_dirs(repo) for problem in validate_model(model_dir)]
+    logger.debug("validated Triton repository %s: %d problem(s)", repo, len(problems))
+    return problems
+
+
+def _summary(model_dir: Path) -> str:
+    from tritonclient.grpc import model_config_pb2 as pb
+
+    config = read_config(model_dir / "config.pbtxt")
+    batch = [-1] if config.max_batch_size > 0 else []
+    inputs, outputs = ([f"{e.name}[{','.join(map(str, batch + list(e.dims)))}] "
+                        f"{pb.DataType.Name(e.data_type).removeprefix('TYPE_')}" for e in entries]
+                       for entries in (config.input, config.output))
+    versions = ",".join(map(str, existing_versions(model_dir)))
+    return f"{model_dir.name}  versions {versions}  inputs {', '.join(inputs)} -> {', '.join(outputs)}"
+
+
+def main(argv: Sequence[str]) -> int:
+    """``modelyard triton validate [REPO]``: 0 when clean, 1 with problems, 2 without the folder."""
+    parser = argparse.ArgumentParser(
+        prog="modelyard triton validate",
+        description="Check a Triton model repository offline, without a server: each config.pbtxt parses as "
+                    "Triton's ModelConfig and agrees with its ONNX graphs (names, dtypes, dims, batch dim), versions "
+                    "and warmup files exist, external data stays in its version folder. Exit status: 0 clean, "
+                    "1 problems found, 2 no such folder.")
+    parser.add_argument("repo", nargs="?", default="triton_models",
+                        help="model repository folder (default: triton_models)")
+    repo = Path(parser.parse_args(list(argv)).repo)
+    if not repo.is_dir():
+        print(f"modelyard triton validate: {repo} is not a folder; pass the Triton model repository path")
+        return 2
+    total, count = 0, 0
+    for model_dir in _model_dirs(repo):
+        problems, count = validate_model(model_dir), count + 1
+        total += len(problems)
+        print(f"ok  {_summary(model_dir)}" if not problems else f"FAIL  {model_dir.name}  {len(problems)} problem(s)")
+        for problem in problems:
+            print(f"  {problem}")
+    print(f"{repo}: {count} model(s), {total} problem(s)")
+    return 1 if total else 0

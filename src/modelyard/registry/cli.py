@@ -1,0 +1,61 @@
+"""``modelyard registry``: versions, audited alias moves and their history."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+from modelyard.registry.store import ALIASES, history, set_alias
+from modelyard.tracking import client_for, resolve_tracking_uri
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="modelyard registry",
+        description="The MLflow Model Registry as modelyard manages it: every alias move is audited.")
+    parser.add_argument("--tracking_uri", default=None, help="default: $MLFLOW_TRACKING_URI, else ./mlflow.db")
+    sub = parser.add_subparsers(dest="action", required=True)
+    show = sub.add_parser("show", help="versions of a model with their aliases, parity and lineage tags")
+    show.add_argument("name")
+    hist = sub.add_parser("history", help="every alias move of a model: who, when, alias, from, to, reason")
+    hist.add_argument("name")
+    for action, text in (("promote", "point an alias at a version (refused unless its parity gate passed)"),
+                         ("demote", "remove an alias")):
+        p = sub.add_parser(action, help=text)
+        p.add_argument("name")
+        if action == "promote":
+            p.add_argument("--version", required=True, help="the model version to point the alias at")
+        p.add_argument("--alias", choices=ALIASES, default="champion")
+        p.add_argument("--reason", required=True, help="why; recorded in the audit trail")
+        p.add_argument("--who", default=None, help="recorded as the author (default: the login name)")
+    return parser
+
+
+def main(argv: Sequence[str]) -> int:
+    args = _parser().parse_args(list(argv))
+    if args.action == "history":
+        moves = history(args.name, args.tracking_uri)
+        print(f"{'seq':>4}  {'when':<24}  {'alias':<10}  {'from -> to':<10}  {'who':<12}  reason")
+        for move in moves:
+            print(move.line())
+        if not moves:
+            print(f"(no alias moves recorded for {args.name})")
+    elif args.action == "show":
+        client = client_for(resolve_tracking_uri(args.tracking_uri))
+        found = client.search_model_versions(f"name='{args.name}'")
+        if not found:
+            raise LookupError(f"no versions of {args.name!r} in {client.tracking_uri}")
+        for v in sorted(found, key=lambda v: int(v.version)):
+            v = client.get_model_version(args.name, v.version)  # search results carry no aliases
+            aliases = ",".join(v.aliases) or "-"
+            print(f"v{v.version:<4} aliases {aliases:<20} parity {v.tags.get('modelyard.parity', 'missing'):<8} "
+                  f"run {v.run_id}  data {v.tags.get('modelyard.data_digest', '')[:12]}  "
+                  f"triton v{v.tags.get('modelyard.triton_version', '-')}")
+    else:
+        version = args.version if args.action == "promote" else None
+        move = set_alias(args.name, args.alias, version, reason=args.reason, who=args.who,
+                         tracking_uri=args.tracking_uri)
+        print(f"{args.name}: {move.alias} {move.from_version or '-'} -> {move.to_version or '-'}")
+    return 0

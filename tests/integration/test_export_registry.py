@@ -1,0 +1,134 @@
+"""Export of a real training run: parity-gated ONNX, Triton repository, MLflow registry and aliases."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import onnxruntime as ort
+import pytest
+from mlflow import MlflowClient
+
+from integration_helpers import run_cli, train_args
+from modelyard.export.triton_config import read_config
+from modelyard.export.triton_validate import validate_repository
+from modelyard.registry import PromotionRefused, history, set_alias
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def trained(store, tmp_path_factory) -> Path:
+    """A working folder holding one finished training run (embedded MLflow store)."""
+    work = tmp_path_factory.mktemp("export")
+    proc = run_cli(*train_args(store, "--trainer.devices", "1", "--trainer.strategy", "auto",
+                               "--mlflow.experiment", "fraud-exp"), cwd=work)
+    assert proc.returncode == 0
+    return work
+
+
+@pytest.fixture(scope="module")
+def exported(trained) -> Path:
+    proc = run_cli("export", "--run", "latest", "--name", "fraud", "--variants", "[int8, fp16]",
+                   "--alias", "champion", cwd=trained)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "registry: fraud version 1, alias champion" in proc.stdout
+    return trained
+
+
+def _client(work: Path) -> MlflowClient:
+    return MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
+
+
+def test_export_writes_parity_report_and_manifest_beside_the_models(exported, store):
+    client = _client(exported)
+    run = client.search_runs([client.get_experiment_by_name("fraud-exp").experiment_id])[0]
+    folder = exported / "exports" / "fraud" / run.info.run_id
+    parity = json.loads((folder / "parity.json").read_text())
+    assert set(parity) == {"fp32", "int8", "fp16"}
+    fp32 = parity["fp32"]
+    val_rows = json.loads(next(store.glob("snapshots/*/manifest.json")).read_text())["splits"]["val"]
+    assert fp32["status"] == "passed" and fp32["rows"] == val_rows  # the run's whole validation split
+    assert fp32["outputs"][0]["name"] == "logits" and fp32["outputs"][0]["max_abs_error"] < 1e-4
+    assert fp32["outputs"][0]["top1_agreement"] == 1.0
+    for variant in ("int8", "fp16"):
+        assert parity[variant]["accuracy_change"] is not None
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["inputs"] == [{"name": "features", "dtype": "float32", "shape": ["batch", 8]}]
+    assert manifest["outputs"][0]["name"] == "logits"
+    assert manifest["run_id"] == run.info.run_id and manifest["data_digest"] == run.data.tags["modelyard.data_digest"]
+    assert manifest["exporter"] == "torch.export" and manifest["opset"] == 18
+    assert set(manifest["versions"]) == {"torch", "onnx", "onnxruntime"}
+    assert {"model.onnx", "model.int8.onnx", "model.fp16.onnx"} <= set(manifest["files"])
+
+
+def test_the_triton_repository_is_valid_and_matches_the_graph(exported):
+    repo = exported / "triton_models"
+    assert validate_repository(repo) == []
+    config = read_config(repo / "fraud" / "config.pbtxt")
+    assert config.backend == "onnxruntime" and config.max_batch_size > 0
+    assert [i.name for i in config.input] == ["features"] and list(config.input[0].dims) == [8]
+    assert config.dynamic_batching.max_queue_delay_microseconds > 0
+    assert (repo / "fraud" / "1" / "model.onnx").is_file() and (repo / "fraud" / "1" / "manifest.json").is_file()
+    proc = run_cli("triton", "validate", str(repo), cwd=exported)
+    assert proc.returncode == 0 and "ok  fraud" in proc.stdout
+
+
+def test_plain_mlflow_loads_the_champion_and_predicts_like_onnx_runtime(exported):
+    mlflow.set_tracking_uri(f"sqlite:///{exported / 'mlflow.db'}")
+    model = mlflow.pyfunc.load_model("models:/fraud@champion")
+    x = np.random.default_rng(0).random((6, 8), dtype=np.float32) * 10
+    predicted = model.predict(x)
+    logits = predicted["logits"] if isinstance(predicted, dict) else np.asarray(predicted)
+    session = ort.InferenceSession(str(exported / "triton_models" / "fraud" / "1" / "model.onnx"))
+    np.testing.assert_allclose(logits, session.run(None, {"features": x})[0], rtol=1e-5, atol=1e-6)
+
+
+def test_version_tags_and_model_card(exported):
+    client = _client(exported)
+    version = client.get_model_version("fraud", "1")
+    tags = version.tags
+    assert tags["modelyard.parity"] == "passed" and tags["modelyard.triton_version"] == "1"
+    assert tags["modelyard.run_id"] == version.run_id and len(tags["modelyard.data_digest"]) == 64
+    assert tags["modelyard.git_commit"] and float(tags["modelyard.parity.max_abs_error"]) < 1e-4
+    card = version.description
+    for section in ("## Intended use", "## Training data", "## Metrics", "## Export parity", "## Known limitations"):
+        assert section in card
+    assert tags["modelyard.data_digest"] in card and "model.int8.onnx" in card
+    assert "model_card" in {a.path for a in client.list_artifacts(version.run_id)}
+
+
+def test_alias_moves_are_audited_and_unverified_versions_refused(exported):
+    uri = f"sqlite:///{exported / 'mlflow.db'}"
+    client = _client(exported)
+    # a version registered behind modelyard's back: no parity verdict
+    rogue = client.create_model_version("fraud", client.get_model_version("fraud", "1").source,
+                                        run_id=client.get_model_version("fraud", "1").run_id)
+    with pytest.raises(PromotionRefused, match="parity report is missing"):
+        set_alias("fraud", "champion", rogue.version, reason="try", tracking_uri=uri)
+    assert str(client.get_model_version_by_alias("fraud", "champion").version) == "1"
+
+    set_alias("fraud", "challenger", "1", reason="shadow test", who="alice", tracking_uri=uri)
+    moves = history("fraud", uri)
+    assert [(m.alias, m.from_version, m.to_version) for m in moves] == [("champion", None, "1"),
+                                                                        ("challenger", None, "1")]
+    assert moves[1].who == "alice" and moves[1].reason == "shadow test"
+    proc = run_cli("registry", "history", "fraud", cwd=exported)
+    assert proc.returncode == 0 and "shadow test" in proc.stdout and "champion" in proc.stdout
+    refused = run_cli("registry", "promote", "fraud", "--version", str(rogue.version), "--alias", "champion",
+                      "--reason", "cli", cwd=exported)
+    assert refused.returncode == 1 and "parity report is missing" in refused.stderr
+
+
+def test_a_parity_failure_registers_nothing_and_names_the_worst_element(trained, tmp_path):
+    # a zero tolerance that float32 kernels cannot meet: the gate must fail loudly
+    proc = run_cli("export", "--run", "latest", "--name", "strict", "--triton_repo", str(tmp_path / "repo"),
+                   "--tolerances", "{fp32: {atol: 0.0, rtol: 0.0, min_top1_agreement: 1.0}}", cwd=trained)
+    assert proc.returncode == 1
+    assert "failed the parity gate" in proc.stderr and "output 'logits'" in proc.stderr
+    assert "worst element [" in proc.stderr and "atol 0 + rtol 0" in proc.stderr
+    assert not (tmp_path / "repo").exists()
+    assert not list((trained / "exports").glob("strict/*")) and not list((trained / "exports").glob("strict/.*"))
+    assert not _client(trained).search_registered_models(filter_string="name='strict'")
