@@ -89,13 +89,22 @@ def _triton(argv: Sequence[str]) -> int:
 
 
 def _serve(argv: Sequence[str]) -> int:
-    if not argv or argv[0] in ("-h", "--help") or argv[0] != "triton":
-        print("usage: modelyard serve triton [--repo triton_models] [--model NAME] ...\n\n"
-              "Starts a real Triton Inference Server endpoint for a model of the repository.")
+    targets = {"triton": "modelyard.serve.triton", "ray": "modelyard.serve.ray_app"}
+    if not argv or argv[0] not in targets:
+        print("usage: modelyard serve {triton,ray} [options]\n\n"
+              "  triton  a real Triton Inference Server endpoint for a model of the repository\n"
+              "  ray     the Ray Serve application (KServe v2 protocol, dynamic batching, canary/shadow)\n\n"
+              "`modelyard serve triton --help` and `modelyard serve ray --help` list the options.")
         return 0 if argv and argv[0] in ("-h", "--help") else 2
-    from modelyard.serve.triton import main as triton_main
+    import importlib
 
-    return triton_main(argv[1:])
+    return importlib.import_module(targets[argv[0]]).main(argv[1:])
+
+
+def _rollout(argv: Sequence[str]) -> int:
+    from modelyard.rollout.cli import main as rollout_main
+
+    return rollout_main(argv)
 
 
 COMMANDS: dict[str, Command] = {
@@ -103,7 +112,8 @@ COMMANDS: dict[str, Command] = {
     "train": Command("train a LightningModule on a snapshot (DDP, torchrun, Ray), tracked in MLflow", _train),
     "export": Command("best checkpoint -> parity-gated ONNX (+int8/fp16) -> Triton repository -> registry", _export),
     "triton": Command("`triton validate [REPO]`: check a Triton model repository offline", _triton),
-    "serve": Command("`serve triton`: a real Triton Inference Server endpoint for a model", _serve),
+    "serve": Command("`serve triton`: a Triton endpoint; `serve ray`: Ray Serve with canary/shadow traffic", _serve),
+    "rollout": Command("progressive canary rollout: start, status, abort, promote", _rollout),
     "registry": Command("model versions, audited champion/challenger moves, their history", _registry),
 }
 

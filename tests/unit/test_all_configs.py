@@ -15,6 +15,7 @@ def test_config_loads_with_the_command_it_names(path):
     from modelyard.data import Schema
     from modelyard.data.cli import parse_data_args
     from modelyard.export.config import parse_export_args
+    from modelyard.rollout.config import parse_rollout_args
     from modelyard.train.config import parse_train_args
 
     first = path.read_text().splitlines()[0]
@@ -24,7 +25,8 @@ def test_config_loads_with_the_command_it_names(path):
     assert first.startswith("# modelyard "), f"{path}: first line must be the command that uses it"
     command = first.split()[2]
     argv = first.split("modelyard", 1)[1].split()[1:]  # the config files the command line names
-    parse = {"data": parse_data_args, "train": parse_train_args, "export": parse_export_args}[command]
+    parse = {"data": parse_data_args, "train": parse_train_args, "export": parse_export_args,
+             "rollout": parse_rollout_args}[command]
     argv = [str(ROOT / a) if a.endswith(".yaml") else a for a in argv]
     parse(argv)
 

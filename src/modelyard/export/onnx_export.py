@@ -152,9 +152,16 @@ def onnx_outputs(path: Path, input_name: str, features: np.ndarray, chunk: int =
 def evaluate(precision: str, path: Path, graph: ExportedGraph, reference: list[np.ndarray],
              features: np.ndarray, labels: np.ndarray, tolerance: Tolerance | None = None) -> ParityReport:
     """Parity of the file at ``path`` against the PyTorch ``reference`` outputs, plus accuracy."""
+    import onnxruntime as ort
+
     tol = tolerance or DEFAULT_TOLERANCES[precision]
-    got = onnx_outputs(path, graph.input_names[0], features)
-    report = ParityReport(precision=precision, file=path.name, rows=len(features), tolerance=tol)
+    # fp16 is meant for GPUs: measure it where it will run when this machine has one
+    providers = (["CUDAExecutionProvider", "CPUExecutionProvider"]
+                 if precision == "fp16" and "CUDAExecutionProvider" in ort.get_available_providers()
+                 else ["CPUExecutionProvider"])
+    got = onnx_outputs(path, graph.input_names[0], features, providers=providers)
+    report = ParityReport(precision=precision, file=path.name, rows=len(features), tolerance=tol,
+                          provider=providers[0])
     for name, ref, out in zip(graph.output_names, reference, got):
         report.outputs.append(compare_outputs(name, ref, out, tol))
     first_ref, first_out = reference[0], got[0]

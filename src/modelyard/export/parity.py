@@ -62,6 +62,7 @@ class ParityReport:
     file: str
     rows: int
     tolerance: Tolerance
+    provider: str = "CPUExecutionProvider"  # the ONNX Runtime execution provider that was measured
     outputs: list[OutputParity] = field(default_factory=list)
     accuracy_torch: float | None = None
     accuracy_onnx: float | None = None

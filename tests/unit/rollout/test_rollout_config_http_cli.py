@@ -1,0 +1,151 @@
+"""Rollout configuration, the HTTP traffic control against a local http.server, and the CLI handler."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from modelyard.config import ConfigError
+from modelyard.rollout import HttpTrafficControl, RolloutError, TrafficError, parse_rollout_args, parse_rollout_command, parse_steps
+from modelyard.rollout.cli import main
+
+ROOT = Path(__file__).resolve().parents[3]
+DEFAULT = ROOT / "configs/rollout/default.yaml"
+
+
+def test_default_config_loads_with_the_command_on_its_first_line():
+    first = DEFAULT.read_text().splitlines()[0]
+    assert first == "# modelyard rollout start --config configs/rollout/default.yaml"
+    cfg = parse_rollout_args(["start", "--config", str(DEFAULT)])
+    assert cfg.model == "fraud" and cfg.candidate == "@challenger" and cfg.steps == [0.05, 0.25, 0.5, 1.0]
+    # Every key of the file carries a comment.
+    for line in DEFAULT.read_text().splitlines()[2:]:
+        assert "#" in line, line
+
+
+@pytest.mark.parametrize(("given", "expected"), [
+    ("5,25,50,100", [0.05, 0.25, 0.5, 1.0]), ("0.1,1", [0.1, 1.0]), ([10, 100], [0.1, 1.0]), ("1", [1.0])])
+def test_steps_as_percents_or_fractions(given, expected):
+    assert parse_steps(given) == pytest.approx(expected)
+
+
+def test_steps_override_on_the_command_line():
+    cfg = parse_rollout_args(["start", "--config", str(DEFAULT), "--steps", "10,50,100", "--candidate", "7"])
+    assert cfg.steps == pytest.approx([0.1, 0.5, 1.0]) and cfg.candidate == "7"
+
+
+@pytest.mark.parametrize(("argv", "words"), [
+    (["--steps", "50,25,100"], ["steps", "strictly increasing"]),
+    (["--steps", "0.5,1.5,2"], ["steps", "end at 1.0"]),  # read as percents (one is above 1): ends at 2%
+    (["--steps", "[0.5, 1.2]"], ["steps", "end at 1.0"]),
+    (["--steps", "-5,100"], ["steps", "out of range"]),
+    (["--min_agreement", "1.5"], ["min_agreement", "1.5"]),
+    (["--max_latency_ratio_p95", "0.5"], ["max_latency_ratio_p95"]),
+    (["--min_requests", "0"], ["min_requests"]),
+    (["--max_wait_s", "5"], ["max_wait_s", "interval_s"]),
+    (["--min_requets", "5"], ["min_requets", "min_requests"]),
+])
+def test_config_errors_name_the_key(argv, words):
+    with pytest.raises(ConfigError) as err:
+        parse_rollout_args(["start", "--config", str(DEFAULT), *argv])
+    for word in words:
+        assert word in str(err.value)
+
+
+def test_model_is_required_and_abort_needs_a_reason():
+    with pytest.raises(ConfigError, match="model is required"):
+        parse_rollout_args(["start"])
+    with pytest.raises(ConfigError, match="reason is required"):
+        parse_rollout_command(["abort", "--model", "fraud"])
+    action, cfg, extras = parse_rollout_command(["abort", "--model", "fraud", "--reason", "pager"])
+    assert action == "abort" and extras["reason"] == "pager"
+
+
+class _Ingress(BaseHTTPRequestHandler):
+    received: list[tuple[str, str, object]] = []
+
+    def log_message(self, *args):  # keep pytest output clean
+        pass
+
+    def _reply(self, code: int, body: object) -> None:
+        raw = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(raw)))
+        self.end_headers()
+        self.wfile.write(raw)
+
+    def do_GET(self):
+        self.received.append(("GET", self.path, None))
+        self._reply(200, {"weights": {"canary": 0.25, "shadow": 0.0},
+                          "versions": {"stable": {"version": "1"}, "canary": {"version": "2"}}})
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"null")
+        self.received.append(("POST", self.path, body))
+        if self.path == "/-/promote" and self.headers.get("X-Fail"):
+            self._reply(500, {"error": "boom"})
+        elif self.path.startswith("/-/"):
+            self._reply(200, {"ok": True})
+        else:
+            self._reply(404, {"error": f"no route {self.path}"})
+
+
+@pytest.fixture
+def ingress():
+    _Ingress.received = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Ingress)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", _Ingress.received
+    server.shutdown()
+    server.server_close()
+
+
+def test_http_traffic_control_posts_the_expected_json(ingress):
+    url, received = ingress
+    control = HttpTrafficControl(url + "/", timeout_s=5)
+    assert control.status()["weights"]["canary"] == 0.25
+    control.set_weights(0.5, 0.1)
+    control.promote()
+    control.rollback()
+    assert received == [("GET", "/-/status", None),
+                        ("POST", "/-/traffic", {"canary_weight": 0.5, "shadow_weight": 0.1}),
+                        ("POST", "/-/promote", {}), ("POST", "/-/rollback", {})]
+    with pytest.raises(ValueError, match="canary_weight must be within"):
+        control.set_weights(1.5)
+
+
+def test_http_traffic_control_errors_say_what_happened(ingress):
+    url, _ = ingress
+    with pytest.raises(TrafficError, match="HTTP 404.*no route"):
+        HttpTrafficControl(url + "/nope")._call("POST", "/x", {})
+    with pytest.raises(TrafficError, match="is the serving ingress running"):
+        HttpTrafficControl("http://127.0.0.1:9", timeout_s=2).status()
+
+
+def test_cli_help_start_status_abort(tmp_path, capsys):
+    from test_rollout_controller import FakeClock, FakeRegistry, FakeServing
+
+    assert main(["--help"]) == 0 and "start" in capsys.readouterr().out
+    assert main(["nope"]) == 2
+    assert main(["start", "--help"]) == 0 and "--min_requests" in capsys.readouterr().out
+    common = ["--model", "fraud", "--state_dir", str(tmp_path)]
+    assert main(["status", *common]) == 1
+    serving = FakeServing()
+    assert main(["start", *common, "--steps", "50,100"], control=serving, registry=FakeRegistry(),
+                clock=FakeClock(serving)) == 0
+    out = capsys.readouterr().out
+    assert "ADVANCE" in out and "PROMOTE" in out and "ended promoted" in out
+    assert main(["status", *common]) == 0
+    assert "state      promoted" in capsys.readouterr().out
+    with pytest.raises(RolloutError, match="already promoted"):
+        main(["abort", *common, "--reason", "test"], control=FakeServing(), registry=FakeRegistry())
+    serving = FakeServing()
+    other = ["--model", "fraud", "--state_dir", str(tmp_path / "other")]
+    assert main(["abort", *other, "--reason", "test"], control=serving, registry=FakeRegistry()) == 0
+    assert serving.calls == [("rollback",)]
