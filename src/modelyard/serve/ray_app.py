@@ -1,0 +1,208 @@
+"""``modelyard serve ray``: a Ray Serve application speaking KServe v2, with canary and shadow traffic.
+
+One :class:`~modelyard.serve.ray_models.ModelVersion` deployment per model version (ONNX Runtime,
+dynamic batching) behind one :class:`~modelyard.serve.ray_ingress.KServeIngress` (FastAPI) that
+validates requests, splits traffic, mirrors shadow traffic and keeps the statistics that
+``GET /-/status`` reports. Weights change at run time through ``POST /-/traffic`` (or
+:func:`update_traffic`), ``/-/promote`` and ``/-/rollback``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import signal
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from modelyard.serve.ray_config import RayServeConfig, parse_ray_serve_args
+
+__all__ = ["RayServeConfig", "build_app", "deploy", "main", "run", "serving_ray", "update_traffic"]
+
+logger = logging.getLogger(__name__)
+
+# Ingress-level headroom over the in-flight limit: requests beyond the limit must reach our handler
+# (which answers 503 at once) rather than wait in Ray's queue; control routes must always get through.
+INGRESS_HEADROOM = 64
+
+
+def _deployment_name(model: str, label: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]", "_", f"{model}-v{label}")
+
+
+def build_app(cfg: RayServeConfig) -> Any:
+    """The bound Ray Serve application of ``cfg`` (references resolved and specs read here, in the driver).
+
+    Raises:
+        ValueError: a bad configuration or model reference, or stable and canary with different inputs.
+    """
+    from modelyard.serve.ray_ingress import KServeIngress
+    from modelyard.serve.ray_models import ModelVersion, read_specs, resolve_reference
+
+    problems = cfg.problems()
+    if problems:
+        raise ValueError("; ".join(problems))
+    stable = resolve_reference(cfg.stable, cfg.model, cfg.tracking_uri)
+    inputs, outputs = read_specs(stable.path)
+    canary = resolve_reference(cfg.canary, cfg.model, cfg.tracking_uri) if cfg.canary else None
+    canary_label = None
+    if canary is not None:
+        c_inputs, c_outputs = read_specs(canary.path)
+        if (c_inputs, [o.name for o in c_outputs]) != (inputs, [o.name for o in outputs]):
+            raise ValueError(f"canary {cfg.canary!r} has inputs {c_inputs} / outputs {c_outputs}; expected the "
+                             f"stable's {inputs} / {outputs}: the ingress validates against one signature")
+        canary_label = canary.label if canary.label != stable.label else f"{canary.label}-canary"
+
+    def model_deployment(label: str, path: str) -> Any:
+        options: dict[str, Any] = {"name": _deployment_name(cfg.model, label),
+                                   # Batching needs at least a batch's worth of requests in the replica.
+                                   "max_ongoing_requests": max(cfg.max_ongoing_requests, cfg.max_batch_size)}
+        if cfg.autoscaling_config:
+            options["autoscaling_config"] = cfg.autoscaling_config
+        else:
+            options["num_replicas"] = cfg.num_replicas
+        return ModelVersion.options(**options).bind(cfg.model, label, path, cfg.max_batch_size,
+                                                     cfg.batch_wait_timeout_s)
+
+    stable_app = model_deployment(stable.label, stable.path)
+    canary_app = model_deployment(canary_label, canary.path) if canary is not None else None
+    ingress = KServeIngress.options(name=f"{cfg.model}-ingress",
+                                    max_ongoing_requests=cfg.max_ongoing_requests + INGRESS_HEADROOM)
+    return ingress.bind(cfg.model, stable_app, stable.label, canary_app, canary_label, inputs, outputs,
+                        cfg.canary_weight, cfg.shadow_weight, cfg.sticky_header, cfg.max_body_bytes,
+                        cfg.max_ongoing_requests)
+
+
+def _ensure_ray() -> bool:
+    """Connect to ``$RAY_ADDRESS`` or start a local Ray; True when this call started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=False)
+    else:
+        ray.init(num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False, log_to_driver=False)
+    return True
+
+
+def deploy(cfg: RayServeConfig, app_name: str = "modelyard", route_prefix: str = "/") -> str:
+    """Deploy ``cfg`` as application ``app_name`` on the running Serve instance; the base URL.
+
+    Serve itself (and its HTTP host/port) must already be started, e.g. by :func:`serving_ray`.
+    """
+    from ray import serve
+
+    serve.run(build_app(cfg), name=app_name, route_prefix=route_prefix, blocking=False)
+    base = f"http://{cfg.host}:{cfg.port}{route_prefix.rstrip('/')}"
+    wait_ready(base, cfg.model)
+    return base
+
+
+def wait_ready(base_url: str, model: str, timeout_s: float = 60.0) -> None:
+    """Poll ``/v2/models/{model}/ready`` until it answers 200 (the proxy may lag the deployment)."""
+    deadline = time.monotonic() + timeout_s
+    last: object = None
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{base_url}/v2/models/{model}/ready", timeout=5) as resp:
+                if resp.status == 200:
+                    return
+        except (urllib.error.URLError, OSError) as err:
+            last = err
+        time.sleep(0.2)
+    raise TimeoutError(f"{base_url}: model {model!r} not ready after {timeout_s:.0f}s (last error: {last})")
+
+
+@contextmanager
+def serving_ray(cfg: RayServeConfig, app_name: str = "modelyard") -> Iterator[str]:
+    """Start Ray (if needed) and Serve on ``cfg.host:cfg.port``, deploy, yield the base URL, shut down."""
+    import ray
+    from ray import serve
+
+    started_ray = _ensure_ray()
+    try:
+        serve.start(http_options={"host": cfg.host, "port": cfg.port})
+        url = deploy(cfg, app_name)
+        logger.info("serving %s (KServe v2) at %s", cfg.model, url)
+        yield url
+    finally:
+        try:
+            serve.shutdown()
+        finally:
+            if started_ray:
+                ray.shutdown()
+
+
+def update_traffic(base_url: str, timeout_s: float = 10.0, **weights: float) -> dict[str, Any]:
+    """``POST /-/traffic`` with ``canary_weight=``/``shadow_weight=``; returns the new status.
+
+    Raises:
+        ValueError: the server refused the weights (its message says why).
+    """
+    return _post(f"{base_url.rstrip('/')}/-/traffic", weights, timeout_s)
+
+
+def _post(url: str, payload: dict[str, Any] | None, timeout_s: float) -> dict[str, Any]:
+    data = json.dumps(payload or {}).encode()
+    request = urllib.request.Request(url, data=data, method="POST", headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as resp:
+            return json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        detail = err.read().decode(errors="replace")
+        raise ValueError(f"{url} answered {err.code}: {detail}") from None
+
+
+def run(cfg: RayServeConfig) -> None:
+    """Serve until SIGINT/SIGTERM, then shut down what was started."""
+    import ray
+
+    stop = threading.Event()
+
+    def _stop(signum: int, _frame: Any) -> None:
+        logger.info("signal %d: shutting down", signum)
+        stop.set()
+
+    started_ray = _ensure_ray()
+    # After ray.init: Ray's core worker installs its own SIGTERM handler (abort with a stack dump),
+    # which would otherwise replace ours and skip the clean shutdown.
+    previous = {s: signal.signal(s, _stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with serving_ray(cfg) as url:
+            logger.info("ready: %s/v2/models/%s/infer (status: %s/-/status)", url, cfg.model, url)
+            while not stop.wait(1.0):
+                pass
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if started_ray:
+            ray.shutdown()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI handler of ``modelyard serve ray``; 0 on a clean shutdown, 2 on a configuration problem."""
+    from modelyard.config import ConfigError
+
+    argv = list(argv or [])
+    if argv[:1] == ["ray"]:  # tolerate being handed the sub-command word too
+        argv = argv[1:]
+    try:
+        cfg = parse_ray_serve_args(argv)
+    except ConfigError as err:
+        print(f"modelyard serve ray: {err}")
+        return 2
+    try:
+        run(cfg)
+    except ValueError as err:
+        print(f"modelyard serve ray: {err}")
+        return 2
+    return 0

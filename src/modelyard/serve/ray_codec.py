@@ -1,0 +1,189 @@
+"""KServe v2 (Open Inference Protocol) tensor codec: JSON request -> numpy, numpy -> JSON response.
+
+Pure functions, no Ray: the ingress validates every request here *before* it joins a dynamic batch,
+so one malformed request is answered 400 on its own instead of failing the batch it would join.
+Supports the JSON tensor form and the binary tensor extension of requests
+(``Inference-Header-Content-Length``: a JSON header followed by raw little-endian tensor bytes).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+__all__ = ["DATATYPES", "InferRequest", "KServeError", "TensorSpec", "decode_request", "encode_response",
+           "spec_from_ort"]
+
+# KServe datatype <-> numpy dtype.
+DATATYPES: dict[str, np.dtype] = {
+    "BOOL": np.dtype(bool), "UINT8": np.dtype(np.uint8), "UINT16": np.dtype(np.uint16),
+    "UINT32": np.dtype(np.uint32), "UINT64": np.dtype(np.uint64), "INT8": np.dtype(np.int8),
+    "INT16": np.dtype(np.int16), "INT32": np.dtype(np.int32), "INT64": np.dtype(np.int64),
+    "FP16": np.dtype(np.float16), "FP32": np.dtype(np.float32), "FP64": np.dtype(np.float64),
+}
+_ORT_TYPES = {"tensor(float)": "FP32", "tensor(double)": "FP64", "tensor(float16)": "FP16",
+              "tensor(int64)": "INT64", "tensor(int32)": "INT32", "tensor(int16)": "INT16",
+              "tensor(int8)": "INT8", "tensor(uint8)": "UINT8", "tensor(bool)": "BOOL"}
+
+
+class KServeError(ValueError):
+    """A request the server refuses; ``status`` is the HTTP status, the message goes to ``{"error"}``."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Name, KServe datatype and shape (``-1`` = any size) of a model input or output."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+    def as_json(self) -> dict[str, Any]:
+        return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
+
+
+def spec_from_ort(args: list[Any]) -> list[TensorSpec]:
+    """TensorSpecs of ``session.get_inputs()``/``get_outputs()``; symbolic dimensions become -1."""
+    return [TensorSpec(a.name, _ORT_TYPES.get(a.type, a.type),
+                       tuple(d if isinstance(d, int) and d >= 0 else -1 for d in a.shape)) for a in args]
+
+
+@dataclass
+class InferRequest:
+    """A decoded, validated request: inputs by name, requested output names (None = all), id."""
+
+    inputs: dict[str, np.ndarray]
+    outputs: list[str] | None
+    id: str | None
+    rows: int
+
+
+def _parse_header(body: bytes, header_length: int | None) -> tuple[dict[str, Any], bytes]:
+    if header_length is not None:
+        if not 0 < header_length <= len(body):
+            raise KServeError(f"Inference-Header-Content-Length is {header_length}, but the body has "
+                              f"{len(body)} bytes; expected a JSON header length within the body")
+        head, rest = body[:header_length], body[header_length:]
+    else:
+        head, rest = body, b""
+    try:
+        doc = json.loads(head)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise KServeError(f"request body is not valid JSON ({err}); expected "
+                          '{"inputs": [{"name", "shape", "datatype", "data"}]}') from None
+    if not isinstance(doc, dict):
+        raise KServeError(f"request body must be a JSON object with 'inputs', got {type(doc).__name__}")
+    return doc, rest
+
+
+def decode_request(body: bytes, inputs: list[TensorSpec], outputs: list[TensorSpec],
+                   header_length: int | None = None) -> InferRequest:
+    """Decode and validate a KServe v2 infer request against the model's input/output specs.
+
+    Raises:
+        KServeError: naming the input, what was expected and what was received.
+    """
+    doc, binary = _parse_header(body, header_length)
+    given = doc.get("inputs")
+    if not isinstance(given, list) or not given:
+        raise KServeError(f"'inputs' must be a non-empty list of tensors, got {_short(given)}")
+    specs = {s.name: s for s in inputs}
+    arrays: dict[str, np.ndarray] = {}
+    offset = 0
+    for i, tensor in enumerate(given):
+        if not isinstance(tensor, dict):
+            raise KServeError(f"inputs[{i}] must be an object with name/shape/datatype/data, got {_short(tensor)}")
+        name = tensor.get("name")
+        if name not in specs:
+            raise KServeError(f"unknown input {name!r}; the model's inputs are {sorted(specs)}")
+        if name in arrays:
+            raise KServeError(f"input {name!r} given twice")
+        array, offset = _decode_tensor(tensor, specs[name], binary, offset)
+        arrays[name] = array
+    missing = sorted(set(specs) - set(arrays))
+    if missing:
+        raise KServeError(f"missing input(s) {missing}; the model expects "
+                          + ", ".join(f"{s.name} {s.datatype} {list(s.shape)}" for s in inputs))
+    rows = {a.shape[0] for a in arrays.values()}
+    if len(rows) != 1:
+        raise KServeError(f"all inputs must have the same batch size, got {sorted(rows)}")
+    requested = _requested_outputs(doc.get("outputs"), outputs)
+    request_id = doc.get("id")
+    return InferRequest(arrays, requested, None if request_id is None else str(request_id), rows.pop())
+
+
+def _decode_tensor(tensor: dict[str, Any], spec: TensorSpec, binary: bytes, offset: int) -> tuple[np.ndarray, int]:
+    name, datatype, shape = spec.name, tensor.get("datatype"), tensor.get("shape")
+    if datatype != spec.datatype:
+        raise KServeError(f"input {name!r}: datatype {datatype!r} received, expected {spec.datatype!r}")
+    if not isinstance(shape, list) or not all(
+            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        raise KServeError(f"input {name!r}: shape must be a list of non-negative integers, got {_short(shape)}")
+    if len(shape) != len(spec.shape) or any(e != -1 and e != d for e, d in zip(spec.shape, shape)):
+        raise KServeError(f"input {name!r}: shape {shape} received, expected {list(spec.shape)} (-1 = any size)")
+    if shape[0] == 0:
+        raise KServeError(f"input {name!r}: shape {shape} has an empty batch; expected at least one row")
+    count = math.prod(shape)
+    dtype = DATATYPES[spec.datatype]
+    params = tensor.get("parameters") or {}
+    if isinstance(params, dict) and "binary_data_size" in params:
+        size = params["binary_data_size"]
+        if not isinstance(size, int) or size != count * dtype.itemsize or offset + size > len(binary):
+            raise KServeError(f"input {name!r}: binary_data_size {size!r} received, expected "
+                              f"{count * dtype.itemsize} bytes for shape {shape} {spec.datatype} "
+                              f"({len(binary) - offset} bytes left in the body)")
+        array = np.frombuffer(binary, dtype=dtype.newbyteorder("<"), count=count, offset=offset)
+        return array.astype(dtype).reshape(shape), offset + size
+    data = tensor.get("data")
+    if not isinstance(data, list):
+        raise KServeError(f"input {name!r}: 'data' must be a list (row-major, flat or nested), got {_short(data)}")
+    try:
+        array = np.asarray(data, dtype=dtype)
+    except (TypeError, ValueError, OverflowError) as err:
+        raise KServeError(f"input {name!r}: data is not convertible to {spec.datatype} ({err})") from None
+    if array.size != count:
+        raise KServeError(f"input {name!r}: {array.size} values received, shape {shape} needs {count}")
+    if dtype.kind == "f" and array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise KServeError(f"input {name!r}: data contains NaN or infinity; expected finite values")
+    return array.reshape(shape), offset
+
+
+def _requested_outputs(requested: Any, outputs: list[TensorSpec]) -> list[str] | None:
+    if requested is None:
+        return None
+    known = [o.name for o in outputs]
+    if not isinstance(requested, list):
+        raise KServeError(f"'outputs' must be a list of {{'name': ...}}, got {_short(requested)}")
+    names = []
+    for item in requested:
+        name = item.get("name") if isinstance(item, dict) else None
+        if name not in known:
+            raise KServeError(f"unknown output {name!r} requested; the model's outputs are {known}")
+        names.append(name)
+    return names
+
+
+def encode_response(model: str, version: str, request_id: str | None, results: dict[str, np.ndarray],
+                    outputs: list[TensorSpec], requested: list[str] | None) -> dict[str, Any]:
+    """The KServe v2 JSON response (data flattened row-major)."""
+    types = {o.name: o.datatype for o in outputs}
+    names = requested if requested is not None else [o.name for o in outputs]
+    body: dict[str, Any] = {"model_name": model, "model_version": version, "outputs": [
+        {"name": n, "datatype": types[n], "shape": list(results[n].shape), "data": results[n].reshape(-1).tolist()}
+        for n in names]}
+    if request_id is not None:
+        body["id"] = request_id
+    return body
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -1,0 +1,268 @@
+"""The KServe v2 HTTP ingress of ``modelyard serve ray``: validation, canary/shadow routing, status.
+
+It runs as ONE replica on purpose: the traffic weights, the keyless-request blocks, the statistics
+and the shadow log live in its memory, and ``/-/status`` must see all of them. The ingress does
+little work per request (decode, route, await a model handle); the model deployments scale.
+"""
+
+# No `from __future__ import annotations`: FastAPI must see the real `Request` annotation of
+# methods that Ray Serve wraps, or it treats `request` as a required query parameter (422).
+import asyncio
+import logging
+import time
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from ray import serve
+
+from modelyard.serve.ray_codec import InferRequest, KServeError, TensorSpec, decode_request, encode_response
+from modelyard.serve.ray_router import TrafficRouter, validate_weights
+from modelyard.serve.ray_stats import ShadowLog, VersionStats
+
+__all__ = ["KServeIngress", "predicted_classes"]
+
+logger = logging.getLogger(__name__)
+
+app = FastAPI(title="modelyard serve ray (KServe v2)")
+
+SHADOW_TIMEOUT_S = 10.0
+RETRY_AFTER_S = "1"
+
+
+def predicted_classes(outputs: dict[str, np.ndarray]) -> list[int] | None:
+    """Argmax per row of the first 2-D output (class scores), None when the model has no such output."""
+    for array in outputs.values():
+        if array.ndim == 2:
+            return [int(c) for c in np.argmax(array, axis=1)]
+    return None
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def _int_header(value: str | None, name: str = "Inference-Header-Content-Length") -> int | None:
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise KServeError(f"{name} header {value!r} received; expected an integer") from None
+
+
+# Helpers above stay above the class: Ray pickles the ingress class by value with the globals that
+# exist when it is decorated.
+@serve.deployment(ray_actor_options={"num_cpus": 0}, num_replicas=1)
+@serve.ingress(app)
+class KServeIngress:
+    """Routes ``/v2/models/{model}/infer`` to the stable or canary model deployment."""
+
+    def __init__(self, model: str, stable: Any, stable_label: str, canary: Any | None, canary_label: str | None,
+                 inputs: list[TensorSpec], outputs: list[TensorSpec], canary_weight: float, shadow_weight: float,
+                 sticky_header: str, max_body_bytes: int, max_inflight: int) -> None:
+        from ray.serve.metrics import Counter, Histogram
+
+        self.model, self.inputs, self.outputs = model, inputs, outputs
+        self.handles: dict[str, Any] = {"stable": stable}
+        self.labels: dict[str, str] = {"stable": stable_label}
+        if canary is not None:
+            self.handles["canary"], self.labels["canary"] = canary, canary_label or "canary"
+        self.router = TrafficRouter(has_canary=canary is not None)
+        self.router.set_weights(canary_weight=canary_weight, shadow_weight=shadow_weight)
+        self.sticky_header, self.max_body_bytes, self.max_inflight = sticky_header.lower(), max_body_bytes, max_inflight
+        self.stats = {label: VersionStats(label) for label in self.labels.values()}
+        self.shadow = ShadowLog()
+        self.inflight = 0
+        self.rejected: dict[str, int] = {}
+        self._background: set[asyncio.Task] = set()  # strong references: the loop keeps only weak ones
+        self._retired: list[tuple[str, Any]] = []
+        tags = ("model", "version", "role")
+        self.m_requests = Counter("modelyard_serve_requests_total", "Inference requests per version.", tag_keys=tags)
+        self.m_errors = Counter("modelyard_serve_errors_total", "Failed inference requests per version.", tag_keys=tags)
+        self.m_latency = Histogram("modelyard_serve_latency_ms", "Inference latency seen by the ingress (ms).",
+                                   boundaries=[1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 5000], tag_keys=tags)
+        self.m_classes = Counter("modelyard_serve_predicted_class_total", "Predicted class per row.",
+                                 tag_keys=(*tags, "class"))
+
+    # --- KServe v2 metadata -------------------------------------------------------------------------
+    @app.get("/v2")
+    async def server_metadata(self) -> dict[str, Any]:
+        import ray
+
+        return {"name": "modelyard-ray-serve", "version": ray.__version__, "extensions": ["binary_tensor_data"]}
+
+    @app.get("/v2/health/live")
+    async def live(self) -> dict[str, bool]:
+        return {"live": True}
+
+    @app.get("/v2/health/ready")
+    async def ready(self) -> dict[str, bool]:
+        # serve.run returns only once every model replica finished __init__ (incl. warm-up).
+        return {"ready": True}
+
+    @app.get("/v2/models/{name}")
+    async def model_metadata(self, name: str) -> JSONResponse:
+        if name != self.model:
+            return _error(404, f"unknown model {name!r}; this server serves {self.model!r}")
+        return JSONResponse({"name": self.model, "versions": list(self.labels.values()), "platform": "onnxruntime_onnx",
+                             "inputs": [s.as_json() for s in self.inputs],
+                             "outputs": [s.as_json() for s in self.outputs]})
+
+    @app.get("/v2/models/{name}/ready")
+    async def model_ready(self, name: str) -> JSONResponse:
+        if name != self.model:
+            return _error(404, f"unknown model {name!r}; this server serves {self.model!r}")
+        return JSONResponse({"name": name, "ready": True})
+
+    # --- inference ----------------------------------------------------------------------------------
+    @app.post("/v2/models/{name}/infer")
+    async def infer(self, name: str, request: Request) -> JSONResponse:
+        return await self._infer(name, None, request)
+
+    @app.post("/v2/models/{name}/versions/{version}/infer")
+    async def infer_version(self, name: str, version: str, request: Request) -> JSONResponse:
+        return await self._infer(name, version, request)
+
+    async def _infer(self, name: str, version: str | None, request: Request) -> JSONResponse:
+        if name != self.model:
+            return self._reject(404, f"unknown model {name!r}; this server serves {self.model!r}")
+        # Our own in-flight bound answers overload at once; Ray's queue would only make callers wait.
+        if self.inflight >= self.max_inflight:
+            return self._reject(503, f"overloaded: {self.inflight} requests in flight (limit {self.max_inflight}); "
+                                "retry later", {"Retry-After": RETRY_AFTER_S})
+        self.inflight += 1
+        try:
+            try:
+                body = await self._read_body(request)
+                header = request.headers.get("inference-header-content-length")
+                decoded = decode_request(body, self.inputs, self.outputs, _int_header(header))
+            except KServeError as err:
+                return self._reject(err.status, str(err))
+            return await self._run(decoded, version, request.headers.get(self.sticky_header))
+        finally:
+            self.inflight -= 1
+
+    async def _read_body(self, request: Request) -> bytes:
+        length = request.headers.get("content-length")
+        if length is not None:
+            size = _int_header(length, "Content-Length")
+            if size > self.max_body_bytes:  # refuse before reading a byte of it
+                raise KServeError(f"request body of {size} bytes received; the limit is {self.max_body_bytes}", 413)
+        chunks, size = [], 0
+        async for chunk in request.stream():  # chunked uploads have no Content-Length: count as we go
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                raise KServeError(f"request body over {self.max_body_bytes} bytes received; that is the limit", 413)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def _run(self, req: InferRequest, version: str | None, key: str | None) -> JSONResponse:
+        from ray.serve.exceptions import BackPressureError
+
+        if version is not None:
+            roles = [r for r, label in self.labels.items() if label == version]
+            if not roles:
+                return self._reject(404, f"model {self.model!r} has no version {version!r}; "
+                                    f"versions: {list(self.labels.values())}")
+            role, shadow = roles[0], False
+        else:
+            route = self.router.choose(key)
+            role, shadow = route.target, route.shadow
+        # Local references: a promote/rollback during the await does not change this request's target.
+        handle, label = self.handles[role], self.labels[role]
+        tags = {"model": self.model, "version": label, "role": role}
+        started = time.perf_counter()
+        try:
+            result = await handle.remote({"inputs": req.inputs, "role": role})
+        except BackPressureError as err:
+            return self._reject(503, f"overloaded: {err}", {"Retry-After": RETRY_AFTER_S})
+        except Exception as err:  # noqa: BLE001 - a model failure is answered, counted and logged
+            self.stats[label].record(time.perf_counter() - started, error=True)
+            self.m_requests.inc(tags=tags)
+            self.m_errors.inc(tags=tags)
+            logger.exception("%s v%s failed", self.model, label)
+            return _error(500, f"model {self.model} version {label} failed: {type(err).__name__}: {err}")
+        elapsed = time.perf_counter() - started
+        classes = predicted_classes(result["outputs"])
+        self.stats[label].record(elapsed, classes, result.get("batch_size"))
+        self.m_requests.inc(tags=tags)
+        self.m_latency.observe(elapsed * 1000.0, tags=tags)
+        for c in classes or []:
+            self.m_classes.inc(tags={**tags, "class": str(c)})
+        if shadow and "canary" in self.handles and classes is not None:
+            task = asyncio.create_task(self._shadow(req, classes, label))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+        body = encode_response(self.model, label, req.id, result["outputs"], self.outputs, req.outputs)
+        return JSONResponse(body, headers={"x-model-version": label})
+
+    async def _shadow(self, req: InferRequest, stable_classes: list[int], stable_label: str) -> None:
+        """Send a copy to the canary; record both predictions. Never raises: the caller is long gone."""
+        handle, label = self.handles.get("canary"), self.labels.get("canary")
+        if handle is None or label is None:
+            return
+        tags = {"model": self.model, "version": label, "role": "shadow"}
+        started = time.perf_counter()
+        try:
+            result = await asyncio.wait_for(handle.remote({"inputs": req.inputs, "role": "shadow"}), SHADOW_TIMEOUT_S)
+            canary_classes = predicted_classes(result["outputs"]) or []
+            self.shadow.record(stable_classes, canary_classes, stable_label, label)
+            self.m_requests.inc(tags=tags)
+            self.m_latency.observe((time.perf_counter() - started) * 1000.0, tags=tags)
+        except Exception as err:  # noqa: BLE001 - shadow failures are counted, never propagated
+            self.shadow.record_failure()
+            self.m_errors.inc(tags=tags)
+            logger.warning("shadow request to %s v%s failed: %s", self.model, label, err)
+
+    def _reject(self, status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+        self.rejected[str(status)] = self.rejected.get(str(status), 0) + 1
+        return _error(status, message, headers)
+
+    # --- run-time control ---------------------------------------------------------------------------
+    # Weights change through a route, not a redeploy: redeploying the app (even with only new init
+    # args) restarts the ingress replica, losing its statistics and dropping connections mid-flight.
+    @app.post("/-/traffic")
+    async def traffic(self, request: Request) -> JSONResponse:
+        try:
+            weights = validate_weights(await request.json())
+            self.router.set_weights(**weights)
+        except ValueError as err:  # also json.JSONDecodeError
+            return _error(400, f"bad traffic update: {err}")
+        logger.info("traffic: canary %.3f shadow %.3f", self.router.canary_weight, self.router.shadow_weight)
+        return JSONResponse(self.status_json())
+
+    @app.post("/-/promote")
+    async def promote(self) -> JSONResponse:
+        if "canary" not in self.handles:
+            return _error(409, "no canary to promote; deploy one with --canary")
+        # Keep the old stable handle referenced: requests already awaiting it still hold it locally
+        # and finish there; new requests go to the promoted version.
+        self._retired.append((self.labels["stable"], self.handles["stable"]))
+        self.handles["stable"], self.labels["stable"] = self.handles.pop("canary"), self.labels.pop("canary")
+        self.router.promote()
+        logger.info("promoted %s v%s to stable", self.model, self.labels["stable"])
+        return JSONResponse(self.status_json())
+
+    @app.post("/-/rollback")
+    async def rollback(self) -> JSONResponse:
+        self.router.rollback()
+        logger.info("rollback: canary and shadow weight 0")
+        return JSONResponse(self.status_json())
+
+    @app.get("/-/status")
+    async def status(self) -> JSONResponse:
+        return JSONResponse(self.status_json())
+
+    def status_json(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "versions": {role: self.stats[label].as_json(role) for role, label in self.labels.items()},
+            "weights": {"canary": self.router.canary_weight, "shadow": self.router.shadow_weight},
+            "shadow": self.shadow.as_json(),
+            "inflight": self.inflight,
+            "rejected": dict(self.rejected),
+            "retired": [label for label, _ in self._retired],
+        }
+

@@ -1,0 +1,147 @@
+"""Model references and the per-version model deployment of ``modelyard serve ray``.
+
+A reference is ``@champion``/``@challenger`` (registry alias), a registry version number (``"3"``) or
+``path:FILE.onnx``. Registry versions resolve to the Triton repository copy named by the version's
+``modelyard.triton_repo``/``modelyard.triton_version`` tags, else to the ONNX file among the
+version's artifacts.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from ray import serve
+
+from modelyard.serve.ray_codec import TensorSpec, spec_from_ort
+
+__all__ = ["ModelSource", "ModelVersion", "read_specs", "resolve_reference"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """An ONNX file and the version label it is served under."""
+
+    reference: str
+    path: str
+    label: str
+
+
+def resolve_reference(reference: str, model: str, tracking_uri: str | None = None) -> ModelSource:
+    """The ONNX file and version label of a model reference.
+
+    Raises:
+        ValueError: the reference is malformed, or names a file/version/alias that does not exist.
+    """
+    if reference.startswith("path:"):
+        path = Path(reference.removeprefix("path:")).expanduser().resolve()
+        if not path.is_file():
+            raise ValueError(f"model reference {reference!r}: no file at {path}; expected path:FILE.onnx")
+        # triton_models/<name>/<version>/model.onnx -> that version number; else the file's stem.
+        label = path.parent.name if path.parent.name.isdigit() else path.stem
+        return ModelSource(reference, str(path), label)
+    if reference.startswith("@") or reference.isdigit():
+        return _from_registry(reference, model, tracking_uri)
+    raise ValueError(f"model reference {reference!r} not understood; expected @champion, @challenger, a registry "
+                     "version number such as 3, or path:FILE.onnx")
+
+
+def _from_registry(reference: str, model: str, tracking_uri: str | None) -> ModelSource:
+    from modelyard.tracking import client_for, resolve_tracking_uri
+
+    client = client_for(resolve_tracking_uri(tracking_uri))
+    try:
+        if reference.startswith("@"):
+            mv = client.get_model_version_by_alias(model, reference[1:])
+        else:
+            mv = client.get_model_version(model, reference)
+    except Exception as err:  # noqa: BLE001 - MlflowException for an unknown alias/version/model
+        raise ValueError(f"model reference {reference!r}: registry model {model!r} has no such "
+                         f"{'alias' if reference.startswith('@') else 'version'} ({err})") from None
+    version = str(mv.version)
+    tags = mv.tags or {}
+    repo, triton_version = tags.get("modelyard.triton_repo"), tags.get("modelyard.triton_version")
+    if repo and triton_version:
+        candidate = Path(repo) / model / triton_version / "model.onnx"
+        if candidate.is_file():
+            return ModelSource(reference, str(candidate.resolve()), version)
+        logger.warning("%s v%s: Triton copy %s is missing; using the version's artifacts", model, version, candidate)
+    import mlflow.artifacts
+
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=mv.source, tracking_uri=client.tracking_uri))
+    files = [local] if local.is_file() else sorted(local.rglob("*.onnx"))
+    if not files:
+        raise ValueError(f"model reference {reference!r}: {model} v{version} has no Triton copy "
+                         f"({repo}/{model}/{triton_version}) and no .onnx artifact under {mv.source}")
+    return ModelSource(reference, str(files[0]), version)
+
+
+def _session(path: str) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    # Replicas share few cores; one intra-op thread each avoids oversubscription under batching.
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(path, sess_options=options, providers=["CPUExecutionProvider"])
+
+
+def read_specs(path: str) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """Input and output specs of an ONNX file (read in the driver, so the ingress validates up front)."""
+    session = _session(path)
+    return spec_from_ort(session.get_inputs()), spec_from_ort(session.get_outputs())
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0}, health_check_period_s=5)
+class ModelVersion:
+    """One model version: an ONNX Runtime session behind Ray Serve dynamic batching."""
+
+    def __init__(self, model: str, label: str, path: str, max_batch_size: int, batch_wait_timeout_s: float) -> None:
+        from ray.serve.metrics import Histogram
+
+        self.model, self.label = model, label
+        self.session = _session(path)
+        self.inputs = spec_from_ort(self.session.get_inputs())
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.predict.set_max_batch_size(max_batch_size)
+        self.predict.set_batch_wait_timeout_s(batch_wait_timeout_s)
+        self.batch_hist = Histogram("modelyard_serve_batch_size", "Rows per dynamic batch run by ONNX Runtime.",
+                                    boundaries=[1, 2, 4, 8, 16, 32, 64, 128, 256],
+                                    tag_keys=("model", "version", "role"))
+        # Warm up before reporting ready: the first run allocates and plans, and would otherwise land on
+        # the first real request's latency.
+        started = time.perf_counter()
+        dummy = {s.name: np.zeros([1 if d < 0 else d for d in s.shape], dtype=_np_dtype(s.datatype))
+                 for s in self.inputs}
+        self.session.run(self.output_names, dummy)
+        logger.info("%s v%s ready (%s), warm-up %.1f ms", model, label, path, (time.perf_counter() - started) * 1e3)
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
+    async def predict(self, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Run a batch: concatenate each input along the batch dimension, split the outputs back.
+
+        Each request is ``{"inputs": {name: array}, "role": str}`` already validated by the ingress.
+        """
+        counts = [next(iter(r["inputs"].values())).shape[0] for r in requests]
+        feed = {s.name: np.concatenate([r["inputs"][s.name] for r in requests]) for s in self.inputs}
+        results = self.session.run(self.output_names, feed)
+        rows = sum(counts)
+        self.batch_hist.observe(rows, tags={"model": self.model, "version": self.label, "role": requests[0]["role"]})
+        bounds = np.cumsum([0, *counts])
+        return [{"outputs": {n: r[bounds[i]:bounds[i + 1]] for n, r in zip(self.output_names, results)},
+                 "version": self.label, "batch_size": rows} for i in range(len(requests))]
+
+    async def __call__(self, request: dict[str, Any]) -> dict[str, Any]:
+        return await self.predict(request)
+
+
+def _np_dtype(datatype: str) -> np.dtype:
+    from modelyard.serve.ray_codec import DATATYPES
+
+    return DATATYPES.get(datatype, np.dtype(np.float32))

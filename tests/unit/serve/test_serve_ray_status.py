@@ -1,0 +1,94 @@
+"""Status aggregation of `serve ray`: percentiles, per-version counters, shadow agreement, config (no Ray)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from modelyard.serve.ray_stats import ShadowLog, VersionStats, percentile
+
+
+def test_percentile_matches_numpy_and_handles_empty():
+    values = [float(v) for v in range(1, 101)]
+    assert percentile(values, 50) == pytest.approx(np.percentile(values, 50))
+    assert percentile(values, 99) == pytest.approx(99.01)
+    assert percentile([], 50) is None
+
+
+def test_version_stats_window_counts_and_json_shape():
+    stats = VersionStats("3", window=100)
+    for i in range(150):
+        stats.record(i / 1000, classes=[i % 2], batch_size=4)
+    stats.record(0.5, error=True)
+    out = stats.as_json("canary")
+    assert out["requests"] == 151 and out["errors"] == 1 and out["rows"] == 150
+    assert out["latency_window"] == 100  # only the most recent requests count
+    assert out["latency_p50_ms"] == pytest.approx(np.percentile([*range(51, 150), 500], 50))
+    assert out["latency_p50_ms"] <= out["latency_p95_ms"] <= out["latency_p99_ms"]
+    assert out["predicted_classes"] == {"0": 75, "1": 75} and out["batch_sizes"] == {"4": 150}
+    assert out["role"] == "canary" and out["version"] == "3"
+
+
+def test_empty_stats_have_null_latencies():
+    out = VersionStats("1").as_json("stable")
+    assert out["latency_p99_ms"] is None and out["requests"] == 0
+
+
+def test_shadow_log_agreement_over_rows_and_bounded_history():
+    log = ShadowLog(keep=3)
+    assert log.agreement is None
+    log.record([0, 1], [0, 0], "1", "2")
+    log.record([1], [1], "1", "2")
+    log.record_failure()
+    assert log.agreement == pytest.approx(2 / 3)
+    for _ in range(5):
+        log.record([0], [0], "1", "2")
+    out = log.as_json()
+    assert out["pairs"] == 7 and out["failures"] == 1 and len(out["recent"]) == 3
+    with pytest.raises(ValueError, match="2 stable and 1 canary"):
+        log.record([0, 1], [0], "1", "2")
+
+
+def test_config_parses_and_reports_problems(tmp_path):
+    from modelyard.config import ConfigError
+    from modelyard.serve.ray_config import parse_ray_serve_args
+
+    cfg = parse_ray_serve_args(["--stable", "path:m.onnx", "--canary", "@challenger", "--canary_weight", "0.1"])
+    assert cfg.canary == "@challenger" and cfg.canary_weight == 0.1 and cfg.sticky_header == "x-routing-key"
+    with pytest.raises(ConfigError) as err:
+        parse_ray_serve_args(["--canary_weight", "2", "--max_batch_size", "0"])
+    text = str(err.value)
+    assert "canary_weight must be within [0, 1], got 2.0" in text and "need a canary" in text
+    assert "max_batch_size must be >= 1, got 0" in text
+    with pytest.raises(ConfigError, match="did you mean 'canary_weight'"):
+        parse_ray_serve_args(["--canary_wieght", "0.1"])
+
+
+def test_shipped_config_parses():
+    from pathlib import Path
+
+    from modelyard.serve.ray_config import parse_ray_serve_args
+
+    path = Path(__file__).resolve().parents[3] / "configs" / "serve" / "fraud.yaml"
+    assert path.read_text().splitlines()[0] == "# modelyard serve ray --config configs/serve/fraud.yaml"
+    assert parse_ray_serve_args(["--config", str(path)]).model == "fraud"
+
+
+def test_path_reference_resolution(tmp_path):
+    from modelyard.serve.ray_models import resolve_reference
+
+    model = tmp_path / "4" / "model.onnx"
+    model.parent.mkdir()
+    model.write_bytes(b"")
+    assert resolve_reference(f"path:{model}", "fraud").label == "4"
+    with pytest.raises(ValueError, match="no file at"):
+        resolve_reference(f"path:{tmp_path}/missing.onnx", "fraud")
+    with pytest.raises(ValueError, match="not understood"):
+        resolve_reference("latest", "fraud")
+
+
+def test_main_reports_config_problems(capsys):
+    from modelyard.serve.ray_app import main
+
+    assert main(["--canary_weight", "3"]) == 2
+    assert "canary_weight" in capsys.readouterr().out
