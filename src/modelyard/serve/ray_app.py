@@ -60,7 +60,7 @@ def build_app(cfg: RayServeConfig) -> Any:
                              f"stable's {inputs} / {outputs}: the ingress validates against one signature")
         canary_label = canary.label if canary.label != stable.label else f"{canary.label}-canary"
 
-    def model_deployment(label: str, path: str) -> Any:
+    def model_deployment(label: str, path: str, faults: tuple[float, float] = (0.0, 0.0)) -> Any:
         options: dict[str, Any] = {"name": _deployment_name(cfg.model, label),
                                    # Batching needs at least a batch's worth of requests in the replica.
                                    "max_ongoing_requests": max(cfg.max_ongoing_requests, cfg.max_batch_size)}
@@ -69,10 +69,11 @@ def build_app(cfg: RayServeConfig) -> Any:
         else:
             options["num_replicas"] = cfg.num_replicas
         return ModelVersion.options(**options).bind(cfg.model, label, path, cfg.max_batch_size,
-                                                     cfg.batch_wait_timeout_s)
+                                                     cfg.batch_wait_timeout_s, *faults)
 
     stable_app = model_deployment(stable.label, stable.path)
-    canary_app = model_deployment(canary_label, canary.path) if canary is not None else None
+    canary_faults = (cfg.canary_fault_error_rate, cfg.canary_fault_delay_ms)
+    canary_app = model_deployment(canary_label, canary.path, canary_faults) if canary is not None else None
     ingress = KServeIngress.options(name=f"{cfg.model}-ingress",
                                     max_ongoing_requests=cfg.max_ongoing_requests + INGRESS_HEADROOM)
     return ingress.bind(cfg.model, stable_app, stable.label, canary_app, canary_label, inputs, outputs,

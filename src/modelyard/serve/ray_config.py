@@ -33,6 +33,9 @@ class RayServeConfig:
         port: HTTP port.
         tracking_uri: MLflow tracking URI for registry references; default ``$MLFLOW_TRACKING_URI``,
             else ``./mlflow.db``.
+        canary_fault_error_rate: share of canary requests that fail on purpose (rollout drills and
+            tests of the rollback path; keep 0 in production).
+        canary_fault_delay_ms: extra latency added to every canary request (drills and tests).
     """
 
     model: str = "fraud"
@@ -50,11 +53,13 @@ class RayServeConfig:
     host: str = "127.0.0.1"
     port: int = 8000
     tracking_uri: str | None = None
+    canary_fault_error_rate: float = 0.0
+    canary_fault_delay_ms: float = 0.0
 
     def problems(self) -> list[str]:
         """Every invalid value, each naming what was received and what is expected."""
         out = []
-        for key in ("canary_weight", "shadow_weight"):
+        for key in ("canary_weight", "shadow_weight", "canary_fault_error_rate"):
             value = getattr(self, key)
             if not 0.0 <= value <= 1.0:
                 out.append(f"{key} must be within [0, 1], got {value}")
@@ -64,6 +69,8 @@ class RayServeConfig:
         for key in ("max_batch_size", "num_replicas", "max_ongoing_requests", "max_body_bytes"):
             if getattr(self, key) < 1:
                 out.append(f"{key} must be >= 1, got {getattr(self, key)}")
+        if self.canary_fault_delay_ms < 0:
+            out.append(f"canary_fault_delay_ms must be >= 0, got {self.canary_fault_delay_ms}")
         if self.batch_wait_timeout_s < 0:
             out.append(f"batch_wait_timeout_s must be >= 0, got {self.batch_wait_timeout_s}")
         if not 0 <= self.port <= 65535:

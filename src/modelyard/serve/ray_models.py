@@ -8,7 +8,9 @@ version's artifacts.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,10 +104,15 @@ def read_specs(path: str) -> tuple[list[TensorSpec], list[TensorSpec]]:
 class ModelVersion:
     """One model version: an ONNX Runtime session behind Ray Serve dynamic batching."""
 
-    def __init__(self, model: str, label: str, path: str, max_batch_size: int, batch_wait_timeout_s: float) -> None:
+    def __init__(self, model: str, label: str, path: str, max_batch_size: int, batch_wait_timeout_s: float,
+                 fault_error_rate: float = 0.0, fault_delay_ms: float = 0.0) -> None:
         from ray.serve.metrics import Histogram
 
         self.model, self.label = model, label
+        self.fault_error_rate, self.fault_delay_s = fault_error_rate, fault_delay_ms / 1000.0
+        if fault_error_rate or fault_delay_ms:
+            logger.warning("%s v%s injects faults: %.0f%% errors, +%.0f ms latency (drill configuration)",
+                           model, label, fault_error_rate * 100, fault_delay_ms)
         self.session = _session(path)
         self.inputs = spec_from_ort(self.session.get_inputs())
         self.output_names = [o.name for o in self.session.get_outputs()]
@@ -138,6 +145,10 @@ class ModelVersion:
                  "version": self.label, "batch_size": rows} for i in range(len(requests))]
 
     async def __call__(self, request: dict[str, Any]) -> dict[str, Any]:
+        if self.fault_delay_s:
+            await asyncio.sleep(self.fault_delay_s)
+        if self.fault_error_rate and random.random() < self.fault_error_rate:
+            raise RuntimeError(f"injected fault in {self.model} v{self.label} (canary_fault_error_rate)")
         return await self.predict(request)
 
 

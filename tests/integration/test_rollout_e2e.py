@@ -1,0 +1,131 @@
+"""A progressive rollout end to end: real Ray Serve ingress, real MLflow registry, the controller.
+
+A healthy candidate is promoted and `champion` moves (audited) with zero failed requests under
+load; a candidate that fails 10% of its requests is rolled back after its first judged window.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from ray_serve_helpers import STABLE_ONNX, features, free_port, make_canary
+from modelyard.registry import history, set_alias
+from modelyard.rollout import HttpTrafficControl, MlflowRegistry, RolloutConfig, RolloutController
+from modelyard.serve.ray_app import RayServeConfig, serving_ray
+
+pytestmark = pytest.mark.slow
+
+
+class Load:
+    """Steady bounded traffic to the ingress from 4 threads, counting every failure."""
+
+    def __init__(self, base_url: str, max_seconds: float = 120) -> None:
+        self.url = f"{base_url}/v2/models/fraud/infer"
+        self.deadline = time.monotonic() + max_seconds
+        self.stop = threading.Event()
+        self.ok = 0
+        self.failed: list[str] = []
+        self.lock = threading.Lock()
+        self.body = json.dumps({"inputs": [{"name": "features", "shape": [2, 8], "datatype": "FP32",
+                                            "data": features(2).ravel().tolist()}]}).encode()
+        self.threads = [threading.Thread(target=self._loop, daemon=True) for _ in range(4)]
+
+    def _loop(self) -> None:
+        while not self.stop.is_set() and time.monotonic() < self.deadline:
+            request = urllib.request.Request(self.url, data=self.body, headers={"Content-Type": "application/json"})
+            try:
+                with urllib.request.urlopen(request, timeout=10) as response:
+                    response.read()
+                with self.lock:
+                    self.ok += 1
+            except (urllib.error.URLError, OSError) as err:
+                with self.lock:
+                    self.failed.append(str(err))
+            time.sleep(0.005)
+
+    def __enter__(self) -> Load:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(timeout=15)
+
+
+@pytest.fixture
+def registry(tmp_path) -> str:
+    """`fraud` v1 (champion) and v2 registered with passed parity verdicts, in a fresh SQLite store."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    client.create_registered_model("fraud")
+    for _ in range(2):
+        version = client.create_model_version("fraud", source=str(STABLE_ONNX.parent))
+        client.set_model_version_tag("fraud", str(version.version), "modelyard.parity", "passed")
+    set_alias("fraud", "champion", "1", reason="initial deployment", tracking_uri=uri)
+    return uri
+
+
+def _rollout(tmp_path: Path, base_url: str, uri: str) -> RolloutController:
+    cfg = RolloutConfig(model="fraud", candidate="2", steps=[0.25, 1.0], interval_s=2.0, min_requests=40,
+                        max_wait_s=60, state_dir=str(tmp_path / "rollouts"), serve_url=base_url, tracking_uri=uri,
+                        max_latency_ratio_p95=5.0, max_latency_ratio_p99=10.0, min_agreement=0.5)
+    return RolloutController(cfg, HttpTrafficControl(base_url), registry=MlflowRegistry(uri))
+
+
+def _serve(tmp_path: Path, uri: str, **faults: float) -> RayServeConfig:
+    canary = make_canary(tmp_path / "canary", scale=0.01)
+    return RayServeConfig(model="fraud", stable=f"path:{STABLE_ONNX}", canary=f"path:{canary}", canary_weight=0.0,
+                          port=free_port(), tracking_uri=uri, **faults)
+
+
+def test_a_healthy_candidate_is_promoted_with_no_failed_requests(tmp_path, registry):
+    with serving_ray(_serve(tmp_path, registry)) as base_url, Load(base_url) as load:
+        time.sleep(1.0)
+        state = _rollout(tmp_path, base_url, registry).run()
+        time.sleep(1.0)  # traffic goes on after the promotion
+    assert state.state == "promoted", state.decisions
+    assert load.failed == [] and load.ok > 100
+    assert str(MlflowClient(registry).get_model_version_by_alias("fraud", "champion").version) == "2"
+    last = history("fraud", registry)[-1]
+    assert (last.alias, last.from_version, last.to_version) == ("champion", "1", "2")
+    decisions = [json.loads(line) for line in (tmp_path / "rollouts" / "fraud.decisions.jsonl").read_text().splitlines()]
+    assert [d["action"] for d in decisions][-1] == "promote"
+    assert all(d["window"]["requests"] for d in decisions if d["action"] == "advance")
+
+
+def test_a_candidate_failing_ten_percent_is_rolled_back(tmp_path, registry):
+    with serving_ray(_serve(tmp_path, registry, canary_fault_error_rate=0.1)) as base_url, Load(base_url):
+        time.sleep(1.0)
+        started = time.monotonic()
+        state = _rollout(tmp_path, base_url, registry).run()
+        took = time.monotonic() - started
+        status = HttpTrafficControl(base_url).status()
+    assert state.state == "rolled_back", state.decisions
+    rollback = state.decisions[-1]
+    failed = [c for c in rollback["checks"] if c.get("passed") is False]
+    assert rollback["action"] == "rollback" and [c["name"] for c in failed] == ["error_rate_increase"], rollback
+    assert state.step_index == 0 and took < 30  # judged in the first step's window, not later
+    assert status["weights"]["canary"] == 0.0
+    assert str(MlflowClient(registry).get_model_version_by_alias("fraud", "champion").version) == "1"
+
+
+def test_a_slow_candidate_is_rolled_back_on_latency(tmp_path, registry):
+    with serving_ray(_serve(tmp_path, registry, canary_fault_delay_ms=60.0)) as base_url, Load(base_url):
+        time.sleep(1.0)
+        controller = _rollout(tmp_path, base_url, registry)
+        controller.cfg.max_latency_ratio_p95, controller.cfg.max_latency_ratio_p99 = 3.0, 3.0
+        state = controller.run()
+    assert state.state == "rolled_back", state.decisions
+    failed = {c["name"] for c in state.decisions[-1]["checks"] if c.get("passed") is False}
+    assert failed & {"latency_ratio_p95", "latency_ratio_p99"}, state.decisions[-1]
+    assert str(MlflowClient(registry).get_model_version_by_alias("fraud", "champion").version) == "1"
