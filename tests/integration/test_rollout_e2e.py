@@ -7,10 +7,7 @@ load; a candidate that fails 10% of its requests is rolled back after its first 
 from __future__ import annotations
 
 import json
-import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -19,47 +16,10 @@ from mlflow import MlflowClient
 from ray_serve_helpers import STABLE_ONNX, features, free_port, make_canary
 from modelyard.registry import history, set_alias
 from modelyard.rollout import HttpTrafficControl, MlflowRegistry, RolloutConfig, RolloutController
+from modelyard.serve.load import LoadGenerator
 from modelyard.serve.ray_app import RayServeConfig, serving_ray
 
 pytestmark = pytest.mark.slow
-
-
-class Load:
-    """Steady bounded traffic to the ingress from 4 threads, counting every failure."""
-
-    def __init__(self, base_url: str, max_seconds: float = 120) -> None:
-        self.url = f"{base_url}/v2/models/fraud/infer"
-        self.deadline = time.monotonic() + max_seconds
-        self.stop = threading.Event()
-        self.ok = 0
-        self.failed: list[str] = []
-        self.lock = threading.Lock()
-        self.body = json.dumps({"inputs": [{"name": "features", "shape": [2, 8], "datatype": "FP32",
-                                            "data": features(2).ravel().tolist()}]}).encode()
-        self.threads = [threading.Thread(target=self._loop, daemon=True) for _ in range(4)]
-
-    def _loop(self) -> None:
-        while not self.stop.is_set() and time.monotonic() < self.deadline:
-            request = urllib.request.Request(self.url, data=self.body, headers={"Content-Type": "application/json"})
-            try:
-                with urllib.request.urlopen(request, timeout=10) as response:
-                    response.read()
-                with self.lock:
-                    self.ok += 1
-            except (urllib.error.URLError, OSError) as err:
-                with self.lock:
-                    self.failed.append(str(err))
-            time.sleep(0.005)
-
-    def __enter__(self) -> Load:
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for t in self.threads:
-            t.join(timeout=15)
 
 
 @pytest.fixture
@@ -89,7 +49,7 @@ def _serve(tmp_path: Path, uri: str, **faults: float) -> RayServeConfig:
 
 
 def test_a_healthy_candidate_is_promoted_with_no_failed_requests(tmp_path, registry):
-    with serving_ray(_serve(tmp_path, registry)) as base_url, Load(base_url) as load:
+    with serving_ray(_serve(tmp_path, registry)) as base_url, LoadGenerator(base_url, "fraud", features(2)) as load:
         time.sleep(1.0)
         state = _rollout(tmp_path, base_url, registry).run()
         time.sleep(1.0)  # traffic goes on after the promotion
@@ -104,7 +64,8 @@ def test_a_healthy_candidate_is_promoted_with_no_failed_requests(tmp_path, regis
 
 
 def test_a_candidate_failing_ten_percent_is_rolled_back(tmp_path, registry):
-    with serving_ray(_serve(tmp_path, registry, canary_fault_error_rate=0.1)) as base_url, Load(base_url):
+    with (serving_ray(_serve(tmp_path, registry, canary_fault_error_rate=0.1)) as base_url,
+          LoadGenerator(base_url, "fraud", features(2))):
         time.sleep(1.0)
         started = time.monotonic()
         state = _rollout(tmp_path, base_url, registry).run()
@@ -120,7 +81,8 @@ def test_a_candidate_failing_ten_percent_is_rolled_back(tmp_path, registry):
 
 
 def test_a_slow_candidate_is_rolled_back_on_latency(tmp_path, registry):
-    with serving_ray(_serve(tmp_path, registry, canary_fault_delay_ms=60.0)) as base_url, Load(base_url):
+    with (serving_ray(_serve(tmp_path, registry, canary_fault_delay_ms=60.0)) as base_url,
+          LoadGenerator(base_url, "fraud", features(2))):
         time.sleep(1.0)
         controller = _rollout(tmp_path, base_url, registry)
         controller.cfg.max_latency_ratio_p95, controller.cfg.max_latency_ratio_p99 = 3.0, 3.0
