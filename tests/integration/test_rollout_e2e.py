@@ -91,3 +91,30 @@ def test_a_slow_candidate_is_rolled_back_on_latency(tmp_path, registry):
     failed = {c["name"] for c in state.decisions[-1]["checks"] if c.get("passed") is False}
     assert failed & {"latency_ratio_p95", "latency_ratio_p99"}, state.decisions[-1]
     assert str(MlflowClient(registry).get_model_version_by_alias("fraud", "champion").version) == "1"
+
+
+def test_rollback_and_promotion_under_load_fail_no_request_and_metrics_reach_prometheus(tmp_path, registry):
+    import urllib.request
+
+    metrics_port = free_port()
+    cfg = _serve(tmp_path, registry)
+    cfg.metrics_port = metrics_port
+    with serving_ray(cfg) as base_url, LoadGenerator(base_url, "fraud", features(2)) as load:
+        control = HttpTrafficControl(base_url)
+        control.set_weights(0.5)
+        time.sleep(1.5)
+        control.rollback()
+        time.sleep(1.0)
+        control.set_weights(0.5)
+        time.sleep(1.0)
+        control.promote()
+        time.sleep(1.5)
+        # Ray exports metrics every few seconds: poll the node's Prometheus endpoint, bounded
+        deadline, series = time.monotonic() + 40, []
+        while time.monotonic() < deadline and not series:
+            body = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+            series = [line for line in body.splitlines() if line.startswith("ray_modelyard_serve_requests_total")]
+            time.sleep(2)
+    assert load.failed == [] and load.ok > 100
+    assert set(load.by_version) == {"1", "2"}
+    assert any('version="1"' in line for line in series) and any('version="2"' in line for line in series), series

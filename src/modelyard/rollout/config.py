@@ -144,14 +144,34 @@ def build_parser(action: str = "start"):  # -> jsonargparse.ArgumentParser
     return parser
 
 
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(value: str) -> float:
+    """``"30s"``, ``"2m"``, ``"500ms"`` or plain seconds ``"30"`` -> seconds; ``ValueError`` otherwise."""
+    text = value.strip().lower()
+    for unit in ("ms", "s", "m", "h"):
+        if text.endswith(unit) and text[: -len(unit)].replace(".", "", 1).isdigit():
+            return float(text[: -len(unit)]) * _DURATION_UNITS[unit]
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"interval {value!r} is not a duration; expected e.g. 30s, 2m, 500ms or seconds") from None
+
+
 def _steps_argv(argv: Sequence[str]) -> list[str]:
     # jsonargparse reads a list option as YAML (`[5, 25]`); `--steps 5,25,50,100` is friendlier.
-    out = list(argv)
+    # The short spellings of the docs (`--interval 30s`, `--min-requests 200`) map onto the keys.
+    out = [a.replace("--min-requests", "--min_requests", 1) if a.startswith("--min-requests") else a for a in argv]
     for i, arg in enumerate(out):
         if arg == "--steps" and i + 1 < len(out) and not out[i + 1].lstrip().startswith("["):
             out[i + 1] = f"[{out[i + 1]}]"
         elif arg.startswith("--steps=") and not arg[8:].lstrip().startswith("["):
             out[i] = f"--steps=[{arg[8:]}]"
+        elif arg == "--interval" and i + 1 < len(out):
+            out[i], out[i + 1] = "--interval_s", str(parse_duration(out[i + 1]))
+        elif arg.startswith("--interval="):
+            out[i] = f"--interval_s={parse_duration(arg.split('=', 1)[1])}"
     return out
 
 
@@ -164,7 +184,11 @@ def parse_rollout_command(argv: Sequence[str]) -> tuple[str, RolloutConfig, dict
 
     argv = list(argv)
     action = argv.pop(0) if argv and argv[0] in ACTIONS else "start"
-    ns = parse_args(build_parser(action), _steps_argv(argv), "rollout configuration").as_dict()
+    try:
+        argv = _steps_argv(argv)
+    except ValueError as err:
+        raise ConfigError([str(err)], "rollout configuration") from None
+    ns = parse_args(build_parser(action), argv, "rollout configuration").as_dict()
     ns.pop("config", None)
     extras = {k: ns.pop(k, None) for k in ("reason", "who")}
     try:

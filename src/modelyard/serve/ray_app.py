@@ -81,8 +81,11 @@ def build_app(cfg: RayServeConfig) -> Any:
                         cfg.max_ongoing_requests)
 
 
-def _ensure_ray() -> bool:
-    """Connect to ``$RAY_ADDRESS`` or start a local Ray; True when this call started it."""
+def _ensure_ray(metrics_port: int | None = None) -> bool:
+    """Connect to ``$RAY_ADDRESS`` or start a local Ray; True when this call started it.
+
+    ``metrics_port``: where a local Ray exposes its Prometheus metrics (modelyard's per-version
+    series included); a cluster's nodes keep their own."""
     import ray
 
     if ray.is_initialized():
@@ -91,7 +94,8 @@ def _ensure_ray() -> bool:
     if address:
         ray.init(address=address, log_to_driver=False)
     else:
-        ray.init(num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False, log_to_driver=False)
+        extra = {"_metrics_export_port": metrics_port} if metrics_port else {}
+        ray.init(num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False, log_to_driver=False, **extra)
     return True
 
 
@@ -129,7 +133,7 @@ def serving_ray(cfg: RayServeConfig, app_name: str = "modelyard") -> Iterator[st
     import ray
     from ray import serve
 
-    started_ray = _ensure_ray()
+    started_ray = _ensure_ray(cfg.metrics_port)
     try:
         serve.start(http_options={"host": cfg.host, "port": cfg.port})
         url = deploy(cfg, app_name)
@@ -173,7 +177,7 @@ def run(cfg: RayServeConfig) -> None:
         logger.info("signal %d: shutting down", signum)
         stop.set()
 
-    started_ray = _ensure_ray()
+    started_ray = _ensure_ray(cfg.metrics_port)
     # After ray.init: Ray's core worker installs its own SIGTERM handler (abort with a stack dump),
     # which would otherwise replace ours and skip the clean shutdown.
     previous = {s: signal.signal(s, _stop) for s in (signal.SIGINT, signal.SIGTERM)}

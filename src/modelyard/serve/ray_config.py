@@ -33,6 +33,8 @@ class RayServeConfig:
         port: HTTP port.
         tracking_uri: MLflow tracking URI for registry references; default ``$MLFLOW_TRACKING_URI``,
             else ``./mlflow.db``.
+        metrics_port: port of the local Ray node's Prometheus endpoint (``/metrics``), where the
+            per-version series (``ray_modelyard_serve_*``) appear; ``None`` lets Ray choose.
         canary_fault_error_rate: share of canary requests that fail on purpose (rollout drills and
             tests of the rollback path; keep 0 in production).
         canary_fault_delay_ms: extra latency added to every canary request (drills and tests).
@@ -53,6 +55,7 @@ class RayServeConfig:
     host: str = "127.0.0.1"
     port: int = 8000
     tracking_uri: str | None = None
+    metrics_port: int | None = None
     canary_fault_error_rate: float = 0.0
     canary_fault_delay_ms: float = 0.0
 

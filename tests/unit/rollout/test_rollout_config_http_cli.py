@@ -149,3 +149,15 @@ def test_cli_help_start_status_abort(tmp_path, capsys):
     other = ["--model", "fraud", "--state_dir", str(tmp_path / "other")]
     assert main(["abort", *other, "--reason", "test"], control=serving, registry=FakeRegistry()) == 0
     assert serving.calls == [("rollback",)]
+
+
+def test_the_documented_spellings_interval_with_unit_and_min_requests():
+    from modelyard.rollout.config import parse_duration, parse_rollout_command
+
+    action, cfg, _ = parse_rollout_command(["start", "--model", "fraud", "--candidate", "@challenger",
+                                            "--steps", "5,25,50,100", "--interval", "30s", "--min-requests", "50"])
+    assert action == "start" and cfg.interval_s == 30.0 and cfg.min_requests == 50
+    assert cfg.steps == [0.05, 0.25, 0.5, 1.0]
+    assert parse_duration("2m") == 120.0 and parse_duration("500ms") == 0.5 and parse_duration("7") == 7.0
+    with pytest.raises(Exception, match="not a duration"):
+        parse_rollout_command(["start", "--model", "fraud", "--candidate", "2", "--interval", "soon"])
