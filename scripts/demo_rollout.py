@@ -12,15 +12,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import tempfile
 from pathlib import Path
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from modelyard._net import free_port
 
 
 def main() -> None:
@@ -45,7 +40,7 @@ def main() -> None:
     rows = encode_features(Snapshot.open(args.snapshot).split("test").head(4), spec)
 
     cfg = RayServeConfig(model=args.model, stable="@champion", canary="@challenger", canary_weight=0.0,
-                         port=_free_port())
+                         port=free_port())
     with serving_ray(cfg) as base_url, LoadGenerator(base_url, args.model, rows, threads=3) as load:
         print(f"Ray Serve at {base_url}: stable v{stable.label} (champion), canary v{canary.label} (challenger)")
         rollout = RolloutConfig(model=args.model, candidate=canary.label, steps=parse_steps(args.steps),

@@ -11,17 +11,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from modelyard._net import free_port
 
 
 def main() -> None:
@@ -50,8 +45,8 @@ def main() -> None:
     features = encode_features(rows, spec)  # (N, F) float32, categorical columns as codes
     expected = ort.InferenceSession(str(version_dir / "model.onnx")).run(None, {"features": features})[0]
 
-    cfg = TritonServeConfig(repo=args.repo, model=args.model, http_port=_free_port(), grpc_port=_free_port(),
-                            metrics_port=_free_port())
+    cfg = TritonServeConfig(repo=args.repo, model=args.model, http_port=free_port(), grpc_port=free_port(),
+                            metrics_port=free_port())
     with serving(cfg) as endpoint:
         print(f"Triton is serving {endpoint.model} v{endpoint.version} at {endpoint.http_url} and {endpoint.grpc_url}")
         for name, module, url in (("HTTP", httpclient, endpoint.http_address), ("gRPC", grpcclient, endpoint.grpc_address)):

@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import numpy as np
 
+from modelyard._net import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 STABLE_ONNX = ROOT / "triton_models" / "example_fraud" / "1" / "model.onnx"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def make_canary(folder: Path, scale: float = 0.05, seed: int = 0) -> Path:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ import pytest
 from mlflow import MlflowClient
 
 from integration_helpers import cli_env, run_cli, train_args
+from modelyard._net import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -35,16 +35,10 @@ def test_ray_train_with_two_workers_makes_one_run(store, tmp_path):
     assert json.loads((job / "job.json").read_text())["status"] == "finished"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def mlflow_server(tmp_path):
     """A real tracking server on 127.0.0.1 (SQLite backend, proxied artifacts), stopped afterwards."""
-    port = _free_port()
+    port = free_port()
     root = tmp_path / "server"
     root.mkdir()
     mlflow_bin = Path(sys.executable).with_name("mlflow")

@@ -275,10 +275,10 @@ def test_fuzz_never_5xx_and_server_stays_healthy(server):
         return json.dumps({"inputs": [{"name": "features", "shape": [1, 8], "datatype": "FP32",
                                        "data": [float("nan")] * 8}], "outputs": [{"name": "nope"}]}).encode()
 
-    bodies = [garbage(i) for i in range(1000)]
+    bodies = [garbage(i) for i in range(3000)]  # bounded: a few seconds on 2 cores
     codes = Counter(_fan_out(lambda b: _thread_session().post(infer, data=b, timeout=30).status_code, bodies))
     assert not [c for c in codes if c >= 500], codes
-    assert codes[400] > 900, codes
+    assert codes[400] > 2700, codes
     assert requests.get(f"{url}/v2/health/ready", timeout=10).status_code == 200
     assert _infer(requests.Session(), url, features(1)).status_code == 200
 
