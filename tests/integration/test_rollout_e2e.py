@@ -35,8 +35,8 @@ def registry(tmp_path) -> str:
     return uri
 
 
-def _rollout(tmp_path: Path, base_url: str, uri: str) -> RolloutController:
-    cfg = RolloutConfig(model="fraud", candidate="2", steps=[0.25, 1.0], interval_s=2.0, min_requests=40,
+def _rollout(tmp_path: Path, base_url: str, uri: str, min_requests: int = 40) -> RolloutController:
+    cfg = RolloutConfig(model="fraud", candidate="2", steps=[0.25, 1.0], interval_s=2.0, min_requests=min_requests,
                         max_wait_s=60, state_dir=str(tmp_path / "rollouts"), serve_url=base_url, tracking_uri=uri,
                         max_latency_ratio_p95=5.0, max_latency_ratio_p99=10.0, min_agreement=0.5)
     return RolloutController(cfg, HttpTrafficControl(base_url), registry=MlflowRegistry(uri))
@@ -68,24 +68,27 @@ def test_a_candidate_failing_ten_percent_is_rolled_back(tmp_path, registry):
           LoadGenerator(base_url, "fraud", features(2))):
         time.sleep(1.0)
         started = time.monotonic()
-        state = _rollout(tmp_path, base_url, registry).run()
+        # 150 canary requests at 10% errors: fewer than 2 errors (a rate under the 1-point
+        # threshold) has a probability of about 1e-6, so the verdict does not depend on luck
+        state = _rollout(tmp_path, base_url, registry, min_requests=150).run()
         took = time.monotonic() - started
         status = HttpTrafficControl(base_url).status()
     assert state.state == "rolled_back", state.decisions
     rollback = state.decisions[-1]
     failed = [c for c in rollback["checks"] if c.get("passed") is False]
     assert rollback["action"] == "rollback" and [c["name"] for c in failed] == ["error_rate_increase"], rollback
-    assert state.step_index == 0 and took < 30  # judged in the first step's window, not later
+    assert state.step_index == 0 and took < 60  # judged in the first step's window, not later
     assert status["weights"]["canary"] == 0.0
     assert str(MlflowClient(registry).get_model_version_by_alias("fraud", "champion").version) == "1"
 
 
 def test_a_slow_candidate_is_rolled_back_on_latency(tmp_path, registry):
-    with (serving_ray(_serve(tmp_path, registry, canary_fault_delay_ms=60.0)) as base_url,
+    # A delay far above stable's latency even on a loaded 2-core machine, so the verdict is certain.
+    with (serving_ray(_serve(tmp_path, registry, canary_fault_delay_ms=250.0)) as base_url,
           LoadGenerator(base_url, "fraud", features(2))):
         time.sleep(1.0)
         controller = _rollout(tmp_path, base_url, registry)
-        controller.cfg.max_latency_ratio_p95, controller.cfg.max_latency_ratio_p99 = 3.0, 3.0
+        controller.cfg.max_latency_ratio_p95, controller.cfg.max_latency_ratio_p99 = 2.0, 2.0
         state = controller.run()
     assert state.state == "rolled_back", state.decisions
     failed = {c["name"] for c in state.decisions[-1]["checks"] if c.get("passed") is False}
