@@ -20,7 +20,7 @@ import yaml
 if TYPE_CHECKING:
     from jsonargparse import ArgumentParser, Namespace
 
-__all__ = ["ConfigError", "flatten", "parse_args", "suggest"]
+__all__ = ["ConfigError", "dataclass_parser", "flatten", "parse_args", "parse_dataclass_args", "suggest"]
 
 
 class ConfigError(ValueError):
@@ -159,3 +159,21 @@ def parse_args(parser: ArgumentParser, argv: Sequence[str], source: str) -> Name
         return parser.parse_args(list(argv))
     except ArgumentError as err:
         raise ConfigError([str(err).strip()], source) from None
+
+
+def dataclass_parser(cls: type, prog: str, description: str) -> ArgumentParser:
+    """A stage parser whose options are the fields of dataclass ``cls`` at the top level, plus
+    ``--config`` (repeatable YAML files); errors are raised, not printed and exited on."""
+    from jsonargparse import ActionConfigFile, ArgumentParser
+
+    parser = ArgumentParser(prog=prog, description=description, exit_on_error=False)
+    parser.add_argument("--config", action=ActionConfigFile, help="YAML config file (repeatable).")
+    parser.add_class_arguments(cls, None)
+    return parser
+
+
+def parse_dataclass_args(parser: ArgumentParser, argv: Sequence[str], source: str) -> dict[str, Any]:
+    """:func:`parse_args`, as a plain dict of the dataclass fields (``config`` removed)."""
+    values = parse_args(parser, argv, source).as_dict()
+    values.pop("config", None)
+    return values

@@ -10,26 +10,21 @@ __all__ = ["build_parser", "parse_data_args"]
 
 
 def build_parser():  # -> jsonargparse.ArgumentParser
-    from jsonargparse import ActionConfigFile, ArgumentParser
+    from modelyard.config import dataclass_parser
 
-    parser = ArgumentParser(
-        prog="modelyard data",
-        description=(
+    return dataclass_parser(
+        DataConfig, "modelyard data",
+        (
             "Generate or read a dataset, validate it against its schema, and store it as a "
             "content-addressed snapshot with recorded train/val/test splits. Rejected rows go to a "
             "quarantine file (policy quarantine) or stop the command with a report (policy fail)."
         ),
-        exit_on_error=False,
     )
-    parser.add_argument("--config", action=ActionConfigFile, help="YAML config file (repeatable).")
-    parser.add_class_arguments(DataConfig, None)
-    return parser
 
 
 def parse_data_args(argv: Sequence[str]) -> DataConfig:
     """Parse ``modelyard data`` arguments; raises :class:`modelyard.config.ConfigError`."""
-    from modelyard.config import parse_args
+    from modelyard.config import parse_dataclass_args
 
-    ns = parse_args(build_parser(), argv, "data configuration").as_dict()
-    ns.pop("config", None)
+    ns = parse_dataclass_args(build_parser(), argv, "data configuration")
     return DataConfig(**{**ns, "drift": DriftConfig(**ns["drift"]), "split": SplitConfig(**ns["split"])})

@@ -70,26 +70,21 @@ class ExportConfig:
 
 
 def build_parser():  # -> jsonargparse.ArgumentParser
-    from jsonargparse import ActionConfigFile, ArgumentParser
+    from modelyard.config import dataclass_parser
 
-    parser = ArgumentParser(
-        prog="modelyard export",
-        description=("Export the best checkpoint of a training run to ONNX behind a parity gate against "
+    return dataclass_parser(
+        ExportConfig, "modelyard export",
+        ("Export the best checkpoint of a training run to ONNX behind a parity gate against "
                      "PyTorch on the run's validation data, write it into the Triton model repository and "
                      "register it in MLflow with a model card."),
-        exit_on_error=False,
     )
-    parser.add_argument("--config", action=ActionConfigFile, help="YAML config file (repeatable).")
-    parser.add_class_arguments(ExportConfig, None)
-    return parser
 
 
 def parse_export_args(argv: Sequence[str]) -> ExportConfig:
     """Parse ``modelyard export`` arguments; raises :class:`modelyard.config.ConfigError`."""
-    from modelyard.config import ConfigError, parse_args
+    from modelyard.config import ConfigError, parse_dataclass_args
 
-    ns = parse_args(build_parser(), argv, "export configuration").as_dict()
-    ns.pop("config", None)
+    ns = parse_dataclass_args(build_parser(), argv, "export configuration")
     tolerances = {k: ToleranceConfig(**v) if isinstance(v, dict) else v for k, v in (ns.pop("tolerances") or {}).items()}
     cfg = ExportConfig(**ns, tolerances=tolerances)
     problems = []

@@ -84,26 +84,20 @@ class RayServeConfig:
 
 
 def build_parser():  # -> jsonargparse.ArgumentParser
-    from jsonargparse import ActionConfigFile, ArgumentParser
+    from modelyard.config import dataclass_parser
 
-    parser = ArgumentParser(
-        prog="modelyard serve ray",
-        description=("Serve a model with Ray Serve over the KServe v2 HTTP protocol, with dynamic batching, "
-                     "a weighted or sticky canary, shadow traffic and run-time traffic changes."),
-        exit_on_error=False,
+    return dataclass_parser(
+        RayServeConfig, "modelyard serve ray",
+        ("Serve a model with Ray Serve over the KServe v2 HTTP protocol, with dynamic batching, "
+         "a weighted or sticky canary, shadow traffic and run-time traffic changes."),
     )
-    parser.add_argument("--config", action=ActionConfigFile, help="YAML config file (repeatable).")
-    parser.add_class_arguments(RayServeConfig, None)
-    return parser
 
 
 def parse_ray_serve_args(argv: Sequence[str]) -> RayServeConfig:
     """Parse ``modelyard serve ray`` arguments; raises :class:`modelyard.config.ConfigError`."""
-    from modelyard.config import ConfigError, parse_args
+    from modelyard.config import ConfigError, parse_dataclass_args
 
-    ns = parse_args(build_parser(), argv, "serve ray configuration").as_dict()
-    ns.pop("config", None)
-    cfg = RayServeConfig(**ns)
+    cfg = RayServeConfig(**parse_dataclass_args(build_parser(), argv, "serve ray configuration"))
     problems = cfg.problems()
     if problems:
         raise ConfigError(problems, "serve ray configuration")

@@ -222,31 +222,25 @@ def run(cfg: TritonServeConfig) -> None:
 
 
 def build_parser():  # -> jsonargparse.ArgumentParser
-    from jsonargparse import ActionConfigFile, ArgumentParser
+    from modelyard.config import dataclass_parser
 
-    parser = ArgumentParser(
-        prog="modelyard serve triton",
-        description=(
+    return dataclass_parser(
+        TritonServeConfig, "modelyard serve triton",
+        (
             "Serve one model of a Triton repository (triton_models/<model>/<version>/model.onnx + "
             "config.pbtxt) on a real Triton Inference Server: HTTP, gRPC and Prometheus metrics, "
             "with config.pbtxt's name, tensors, max_batch_size and dynamic batching. Uses the "
             "tritonserver from nvidia-pytriton with ONNX Runtime; on GPU machines "
             "scripts/triton_container.sh runs NVIDIA's container on the same repository."
         ),
-        exit_on_error=False,
     )
-    parser.add_argument("--config", action=ActionConfigFile, help="YAML config file (repeatable).")
-    parser.add_class_arguments(TritonServeConfig, None)
-    return parser
 
 
 def parse_triton_args(argv: Sequence[str]) -> TritonServeConfig:
     """Parse ``modelyard serve triton`` arguments; raises :class:`modelyard.config.ConfigError`."""
-    from modelyard.config import parse_args
+    from modelyard.config import parse_dataclass_args
 
-    ns = parse_args(build_parser(), argv, "serve triton configuration").as_dict()
-    ns.pop("config", None)
-    return TritonServeConfig(**ns)
+    return TritonServeConfig(**parse_dataclass_args(build_parser(), argv, "serve triton configuration"))
 
 
 def main(argv: Sequence[str]) -> int:
