@@ -10,13 +10,15 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
-__all__ = ["default_tracking_uri", "ensure_experiment", "git_commit", "resolve_tracking_uri"]
+__all__ = ["default_tracking_uri", "ensure_experiment", "git_commit", "resolve_tracking_uri", "tracking_uri_scope"]
 
 logger = logging.getLogger(__name__)
 
@@ -70,3 +72,23 @@ def git_commit(cwd: Path | None = None) -> dict[str, Any]:
     except (OSError, subprocess.SubprocessError):
         return {}
     return {"commit": sha, "dirty": bool(status.strip())}
+
+
+@contextmanager
+def tracking_uri_scope(uri: str) -> Iterator[None]:
+    """MLflow's fluent API pointed at ``uri`` for the block only.
+
+    ``mlflow.set_tracking_uri`` also writes ``$MLFLOW_TRACKING_URI``, which every later
+    subprocess would inherit; both are put back on exit.
+    """
+    import mlflow
+
+    previous_env = os.environ.get("MLFLOW_TRACKING_URI")
+    previous = mlflow.get_tracking_uri() if previous_env else None
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous)  # None: back to MLflow's own default
+        if previous_env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +19,9 @@ SCHEMA = ROOT / "configs" / "data" / "schemas" / "transactions.yaml"
 
 
 def modelyard(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([MODELYARD, *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+    # the embedded defaults, as on a fresh machine: no tracking server or Ray cluster from outside
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
+    proc = subprocess.run([MODELYARD, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
     print(proc.stdout[-4000:], proc.stderr[-4000:], sep="\n")
     return proc
 

@@ -1,12 +1,10 @@
-"""Helpers of test_serve_ray: a canary ONNX file, free ports, in-process ONNX Runtime reference."""
+"""Helpers of the Ray Serve tests: a canary ONNX file, features, in-process ONNX Runtime reference."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
-
-from modelyard._net import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 STABLE_ONNX = ROOT / "triton_models" / "example_fraud" / "1" / "model.onnx"

@@ -15,6 +15,7 @@ from integration_helpers import run_cli, train_args
 from modelyard.export.triton_config import read_config
 from modelyard.export.triton_validate import validate_repository
 from modelyard.registry import PromotionRefused, history, set_alias
+from modelyard.tracking import tracking_uri_scope
 
 pytestmark = pytest.mark.slow
 
@@ -77,8 +78,8 @@ def test_the_triton_repository_is_valid_and_matches_the_graph(exported):
 
 
 def test_plain_mlflow_loads_the_champion_and_predicts_like_onnx_runtime(exported):
-    mlflow.set_tracking_uri(f"sqlite:///{exported / 'mlflow.db'}")
-    model = mlflow.pyfunc.load_model("models:/fraud@champion")
+    with tracking_uri_scope(f"sqlite:///{exported / 'mlflow.db'}"):
+        model = mlflow.pyfunc.load_model("models:/fraud@champion")
     x = np.random.default_rng(0).random((6, 8), dtype=np.float32) * 10
     predicted = model.predict(x)
     logits = predicted["logits"] if isinstance(predicted, dict) else np.asarray(predicted)
@@ -104,8 +105,9 @@ def test_alias_moves_are_audited_and_unverified_versions_refused(exported):
     uri = f"sqlite:///{exported / 'mlflow.db'}"
     client = _client(exported)
     # a version registered behind modelyard's back: no parity verdict
-    rogue = client.create_model_version("fraud", client.get_model_version("fraud", "1").source,
-                                        run_id=client.get_model_version("fraud", "1").run_id)
+    with tracking_uri_scope(uri):  # MLflow resolves a models:/ source through its global URI
+        rogue = client.create_model_version("fraud", client.get_model_version("fraud", "1").source,
+                                            run_id=client.get_model_version("fraud", "1").run_id)
     with pytest.raises(PromotionRefused, match="parity report is missing"):
         set_alias("fraud", "champion", rogue.version, reason="try", tracking_uri=uri)
     assert str(client.get_model_version_by_alias("fraud", "champion").version) == "1"

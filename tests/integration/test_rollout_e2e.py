@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from ray_serve_helpers import STABLE_ONNX, features, free_port, make_canary
+from modelyard._net import free_port
+from ray_serve_helpers import STABLE_ONNX, features, make_canary
 from modelyard.registry import history, set_alias
 from modelyard.rollout import HttpTrafficControl, MlflowRegistry, RolloutConfig, RolloutController
 from modelyard.serve.load import LoadGenerator

@@ -8,7 +8,8 @@ import pytest
 import tritonclient.http as httpclient
 from mlflow import MlflowClient
 
-from ray_serve_helpers import ROOT, features, free_port
+from modelyard._net import free_port
+from ray_serve_helpers import ROOT, features
 from modelyard.registry import set_alias
 from modelyard.serve.ray_app import RayServeConfig, serving_ray
 from modelyard.serve.triton import TritonServeConfig, serving

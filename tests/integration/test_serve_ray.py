@@ -11,13 +11,13 @@ import random
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import pytest
 import requests
 
-from ray_serve_helpers import ROOT, STABLE_ONNX, features, free_port, make_canary, ort_predict
+from modelyard._net import free_port
+from ray_serve_helpers import ROOT, STABLE_ONNX, features, make_canary, ort_predict
 
 pytest.importorskip("ray.serve")
 tritonclient_http = pytest.importorskip("tritonclient.http")

@@ -17,6 +17,7 @@ and its manifest, whose provenance is then that of the first write.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -201,7 +202,6 @@ class Snapshot:
                 "pass a ref name, a digest, or a directory under <store>/snapshots/"
             )
         self.manifest: dict[str, Any] = json.loads(manifest.read_text(encoding="utf-8"))
-        self._schema: Schema | None = None
 
     @classmethod
     def open(cls, ref: str | Path, store: str | Path = DEFAULT_STORE) -> Snapshot:
@@ -255,25 +255,33 @@ class Snapshot:
     def name(self) -> str:
         return str(self.manifest["name"])
 
-    @property
+    # A snapshot's files never change (the folder is named by their digest), so each is read once
+    # per Snapshot object however many splits a caller asks for.
+    @functools.cached_property
     def schema(self) -> Schema:
-        if self._schema is None:
-            self._schema = Schema.from_yaml(self.path / "schema.yaml")
-        return self._schema
+        return Schema.from_yaml(self.path / "schema.yaml")
 
-    def frame(self) -> pd.DataFrame:
-        """All ``N`` rows of ``data.parquet`` in canonical dtypes, index ``0..N-1``."""
+    @functools.cached_property
+    def _frame(self) -> pd.DataFrame:
         return canonical_frame(pd.read_parquet(self.path / "data.parquet"), self.schema)
 
-    def splits(self) -> np.ndarray:
-        """``(N,)`` object array of split names, row-aligned with :meth:`frame`."""
+    @functools.cached_property
+    def _splits(self) -> np.ndarray:
         return pd.read_parquet(self.path / "splits.parquet")["split"].to_numpy(dtype=object)
+
+    def frame(self) -> pd.DataFrame:
+        """All ``N`` rows of ``data.parquet`` in canonical dtypes, index ``0..N-1`` (a copy)."""
+        return self._frame.copy()
+
+    def splits(self) -> np.ndarray:
+        """``(N,)`` object array of split names, row-aligned with :meth:`frame` (a copy)."""
+        return self._splits.copy()
 
     def split(self, name: str) -> pd.DataFrame:
         """Rows of split ``name`` ("train", "val" or "test"), in stored order, index reset."""
         if name not in SPLIT_NAMES:
             raise ValueError(f"unknown split {name!r}; choose one of {', '.join(SPLIT_NAMES)}")
-        return self.frame()[self.splits() == name].reset_index(drop=True)
+        return self._frame[self._splits == name].reset_index(drop=True)
 
     def verify(self) -> None:
         """Recompute the digest from the stored files; raise ``ValueError`` if it does not match."""

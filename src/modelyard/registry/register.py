@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from modelyard.registry.store import PARITY_TAG
-from modelyard.tracking import client_for, ensure_experiment
+from modelyard.tracking import client_for, ensure_experiment, tracking_uri_scope
 
 __all__ = ["register_onnx", "version_tags"]
 
@@ -36,13 +36,12 @@ def register_onnx(name: str, onnx_path: Path, *, tracking_uri: str, run_id: str 
 
     if PARITY_TAG not in tags:
         raise ValueError(f"refusing to register {name} without a parity verdict ({PARITY_TAG} tag)")
-    mlflow.set_tracking_uri(tracking_uri)
     client = client_for(tracking_uri)
     if run_id is None:
         run_id = client.create_run(ensure_experiment(client, experiment),
                                    tags={"mlflow.source.name": "modelyard export"}).info.run_id
-    with warnings.catch_warnings():  # MLflow's hints about integer columns and pip requirements
-        warnings.simplefilter("ignore", UserWarning)
+    with warnings.catch_warnings(), tracking_uri_scope(tracking_uri):
+        warnings.simplefilter("ignore", UserWarning)  # MLflow's hints about integer columns and pip requirements
         with mlflow.start_run(run_id=run_id):
             info = mlflow.onnx.log_model(
                 onnx_model=onnx.load(str(onnx_path)), name=f"onnx-{name}",
