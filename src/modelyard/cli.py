@@ -107,6 +107,12 @@ def _rollout(argv: Sequence[str]) -> int:
     return rollout_main(argv)
 
 
+def _monitor(argv: Sequence[str]) -> int:
+    from modelyard.monitor.cli import main as monitor_main
+
+    return monitor_main(argv)
+
+
 COMMANDS: dict[str, Command] = {
     "data": Command("validate a dataset against its schema and store a content-addressed snapshot", _data),
     "train": Command("train a LightningModule on a snapshot (DDP, torchrun, Ray), tracked in MLflow", _train),
@@ -115,6 +121,7 @@ COMMANDS: dict[str, Command] = {
     "serve": Command("`serve triton`: a Triton endpoint; `serve ray`: Ray Serve with canary/shadow traffic", _serve),
     "rollout": Command("progressive canary rollout: start, status, abort, promote", _rollout),
     "registry": Command("model versions, audited champion/challenger moves, their history", _registry),
+    "monitor": Command("drift and live-accuracy checks; the retrain -> export -> canary -> promote loop", _monitor),
 }
 
 

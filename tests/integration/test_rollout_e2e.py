@@ -46,7 +46,7 @@ def _rollout(tmp_path: Path, base_url: str, uri: str, min_requests: int = 40) ->
 def _serve(tmp_path: Path, uri: str, **faults: float) -> RayServeConfig:
     canary = make_canary(tmp_path / "canary", scale=0.01)
     return RayServeConfig(model="fraud", stable=f"path:{STABLE_ONNX}", canary=f"path:{canary}", canary_weight=0.0,
-                          port=free_port(), tracking_uri=uri, **faults)
+                          port=free_port(), tracking_uri=uri, log_dir=str(tmp_path / "inference_log"), **faults)
 
 
 def test_a_healthy_candidate_is_promoted_with_no_failed_requests(tmp_path, registry):

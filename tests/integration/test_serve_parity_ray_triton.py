@@ -41,7 +41,7 @@ def test_tritonclient_gets_the_same_outputs_from_ray_serve_and_triton(tmp_path):
                                    grpc_port=free_port(), metrics_port=free_port())) as triton:
         from_triton = _infer(triton.http_address, x)
     with serving_ray(RayServeConfig(model="example_fraud", stable="@champion", port=free_port(),
-                                    tracking_uri=uri)) as base_url:
+                                    tracking_uri=uri, log_dir=str(tmp_path / "inference_log"))) as base_url:
         from_ray = _infer(base_url.removeprefix("http://"), x)
     assert from_ray.shape == (7, 2)
     np.testing.assert_allclose(from_ray, from_triton, rtol=1e-5, atol=1e-6)

@@ -31,7 +31,8 @@ def server(tmp_path_factory, monkeypatch_module):
 
     canary = make_canary(tmp_path_factory.mktemp("canary"))
     cfg = RayServeConfig(model=MODEL, stable=f"path:{STABLE_ONNX}", canary=f"path:{canary}", canary_weight=0.25,
-                         port=free_port(), max_body_bytes=100_000, max_batch_size=16, batch_wait_timeout_s=0.002)
+                         port=free_port(), max_body_bytes=100_000, max_batch_size=16, batch_wait_timeout_s=0.002,
+                         log_dir=str(tmp_path_factory.mktemp("inference_log")))
     with serving_ray(cfg) as url:
         yield {"url": url, "cfg": cfg, "canary": canary, "port": cfg.port}
 
@@ -291,7 +292,7 @@ def test_overload_answers_503_with_retry_after(server):
     # A second app on the same Serve instance: in-flight limit 2, and batches that wait 2 s to fill,
     # so concurrent requests pile up deterministically.
     cfg = RayServeConfig(model="slow", stable=f"path:{STABLE_ONNX}", port=server["port"], max_ongoing_requests=2,
-                         max_batch_size=64, batch_wait_timeout_s=2.0)
+                         max_batch_size=64, batch_wait_timeout_s=2.0, log_dir=server["cfg"].log_dir)
     base = deploy(cfg, app_name="overload", route_prefix="/overload")
     try:
         x = features(1)

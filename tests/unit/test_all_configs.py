@@ -15,6 +15,7 @@ def test_config_loads_with_the_command_it_names(path):
     from modelyard.data import Schema
     from modelyard.data.cli import parse_data_args
     from modelyard.export.config import parse_export_args
+    from modelyard.monitor.config import parse_monitor_args
     from modelyard.rollout.config import parse_rollout_args
     from modelyard.serve.ray_config import parse_ray_serve_args
     from modelyard.train.config import parse_train_args
@@ -27,7 +28,7 @@ def test_config_loads_with_the_command_it_names(path):
     command = first.split()[2]
     argv = first.split("modelyard", 1)[1].split()[1:]  # the config files the command line names
     parse = {"data": parse_data_args, "train": parse_train_args, "export": parse_export_args,
-             "rollout": parse_rollout_args,
+             "rollout": parse_rollout_args, "monitor": lambda args: parse_monitor_args(args[1:]),
              "serve": lambda args: parse_ray_serve_args(args[1:])}[command]  # `serve ray --config ...`
     argv = [str(ROOT / a) if a.endswith(".yaml") else a for a in argv]
     parse(argv)

@@ -7,6 +7,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from modelyard.metrics import LabelMetric
+
 __all__ = ["ACTIONS", "RolloutConfig", "build_parser", "parse_rollout_args", "parse_rollout_command", "parse_steps", "validate"]
 
 ACTIONS = ("start", "status", "abort", "promote")
@@ -32,7 +34,12 @@ class RolloutConfig:
         max_latency_ratio_p99: largest allowed canary/stable p99 latency ratio.
         min_agreement: smallest allowed prediction agreement: shadow pair agreement when there are
             pairs, else 1 - total variation distance between the two predicted-class distributions.
-        max_accuracy_drop: largest allowed stable accuracy minus canary accuracy (labels only).
+        max_accuracy_drop: largest allowed stable minus canary ``accuracy_metric`` (labels only): the
+            check fails when the one-sided ``accuracy_confidence`` lower bound of that drop exceeds it,
+            i.e. when the canary is worse by more than this with that confidence.
+        accuracy_metric: ``balanced_accuracy`` (mean recall over classes; right for imbalanced data)
+            or ``accuracy``.
+        accuracy_confidence: confidence of the bootstrap bound of the drop.
         min_labels: labelled predictions each version needs before accuracy is compared.
         failed_checks_to_rollback: consecutive failed checks of a step that trigger the rollback;
             a failed check below this count re-observes the step in a fresh window.
@@ -55,6 +62,8 @@ class RolloutConfig:
     max_latency_ratio_p99: float = 2.0
     min_agreement: float = 0.9
     max_accuracy_drop: float = 0.02
+    accuracy_metric: LabelMetric = "balanced_accuracy"
+    accuracy_confidence: float = 0.95
     min_labels: int = 100
     failed_checks_to_rollback: int = 1
     state_dir: str = "rollouts"
@@ -117,6 +126,8 @@ def validate(cfg: RolloutConfig, action: str = "start") -> list[str]:
     for key in ("min_requests", "failed_checks_to_rollback"):
         if getattr(cfg, key) < 1:
             problems.append(f"{key} must be at least 1, got {getattr(cfg, key)}")
+    if not 0.5 <= cfg.accuracy_confidence < 1:
+        problems.append(f"accuracy_confidence must be within [0.5, 1), got {cfg.accuracy_confidence}")
     if cfg.min_labels < 0:
         problems.append(f"min_labels must be at least 0, got {cfg.min_labels}")
     if not cfg.serve_url.startswith(("http://", "https://")):

@@ -128,6 +128,24 @@ def _tvd(a: dict[str, int], b: dict[str, int]) -> float:
     return 0.5 * sum(abs(a.get(k, 0) / ta - b.get(k, 0) / tb) for k in set(a) | set(b))
 
 
+def _accuracy_check(cfg: RolloutConfig, labels: LabelSource, canary: str, stable: str) -> Check:
+    """Fails when the canary is worse than stable on ``accuracy_metric`` by more than the tolerance,
+    with ``accuracy_confidence``: few labels (or few of a rare class) must not roll back on noise."""
+    from modelyard.metrics import drop_lower_bound, label_metric
+
+    metric = cfg.accuracy_metric
+    c, s = labels.labelled(canary), labels.labelled(stable)
+    n_c, n_s = (len(c[0]) if c else 0), (len(s[0]) if s else 0)
+    if not c or not s or min(n_c, n_s) < max(cfg.min_labels, 2):
+        return Check("accuracy_drop", None, cfg.max_accuracy_drop, "<=", None,
+                     f"fewer than {cfg.min_labels} labels (canary {n_c}, stable {n_s})")
+    drop = label_metric(*s, metric) - label_metric(*c, metric)
+    bound = drop_lower_bound(s, c, metric, cfg.accuracy_confidence)
+    return Check("accuracy_drop", bound, cfg.max_accuracy_drop, "<=", bound <= cfg.max_accuracy_drop,
+                 f"{metric}: stable - canary = {drop:+.3f} on {n_s}/{n_c} labels, "
+                 f"{100 * cfg.accuracy_confidence:g}% lower bound {bound:+.3f}")
+
+
 def judge(cfg: RolloutConfig, status: dict[str, Any], counts: dict[str, Any],
           labels: LabelSource | None = None) -> tuple[list[Check], dict[str, Any]]:
     """The gates of one window -> ``(checks, evidence)``.
@@ -180,15 +198,8 @@ def judge(cfg: RolloutConfig, status: dict[str, Any], counts: dict[str, Any],
         checks.append(Check("agreement", None, cfg.min_agreement, ">=", None, "no shadow pairs or class counts"))
 
     if labels is not None:
-        c_acc = labels.accuracy(str(canary.get("version") or _version(status, "canary").get("version")))
-        s_acc = labels.accuracy(str(_version(status, "stable").get("version")))
-        if c_acc and s_acc and c_acc[1] >= max(cfg.min_labels, 1) and s_acc[1] >= max(cfg.min_labels, 1):
-            drop = s_acc[0] / s_acc[1] - c_acc[0] / c_acc[1]
-            checks.append(Check("accuracy_drop", drop, cfg.max_accuracy_drop, "<=", drop <= cfg.max_accuracy_drop,
-                                f"canary {c_acc[0]}/{c_acc[1]} vs stable {s_acc[0]}/{s_acc[1]}"))
-        else:
-            checks.append(Check("accuracy_drop", None, cfg.max_accuracy_drop, "<=", None,
-                                f"fewer than {cfg.min_labels} labels (canary {c_acc}, stable {s_acc})"))
+        canary_version = str(canary.get("version") or _version(status, "canary").get("version"))
+        checks.append(_accuracy_check(cfg, labels, canary_version, str(_version(status, "stable").get("version"))))
 
     evidence = {"stable_basis": basis,
                 "requests": {"canary": canary["requests"], "stable": counts["stable"]["requests"]},

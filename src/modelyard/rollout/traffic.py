@@ -1,5 +1,5 @@
 """How the controller talks to the serving ingress: a small :class:`TrafficControl` protocol, its HTTP
-implementation, and the optional :class:`LabelSource` of live accuracy.
+implementation, and the optional :class:`LabelSource` of labelled predictions (live accuracy).
 
 The ingress (``modelyard serve``) exposes ``GET /-/status``, ``POST /-/traffic``, ``POST /-/promote`` and
 ``POST /-/rollback``; keeping the controller behind a protocol lets unit tests drive it with a fake.
@@ -11,9 +11,12 @@ import json
 import logging
 import urllib.error
 import urllib.request
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from modelyard.errors import ModelyardError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = ["HttpTrafficControl", "LabelSource", "TrafficControl", "TrafficError"]
 
@@ -49,10 +52,10 @@ class TrafficControl(Protocol):
 
 @runtime_checkable
 class LabelSource(Protocol):
-    """Live accuracy of a served version from labels fed back after the fact."""
+    """Labelled predictions of a served version, from labels fed back after the fact."""
 
-    def accuracy(self, version: str) -> tuple[int, int] | None:
-        """``(correct, total)`` labelled predictions of ``version``, or ``None`` when none are known."""
+    def labelled(self, version: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """``(true class indices, predicted class indices)`` of ``version``'s labelled rows, or ``None``."""
         ...
 
 

@@ -1,7 +1,9 @@
 """Steady, bounded KServe v2 traffic for demos, rollout drills and tests.
 
-Threads post the same small JSON request in a loop until stopped or ``max_seconds`` pass, counting
-successes and failures; it only ever talks to the URL it is given.
+:class:`LoadGenerator` threads post the same small JSON request in a loop until stopped or
+``max_seconds`` pass, counting successes and failures. :class:`LabelledTraffic` sends real rows whose
+labels are known and feeds the labels back through the feedback route, as a business system that
+learns the truth later would. Both only ever talk to the URL they are given.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import urllib.request
 
 import numpy as np
 
-__all__ = ["LoadGenerator"]
+__all__ = ["LabelledTraffic", "LoadGenerator"]
 
 
 class LoadGenerator:
@@ -74,3 +76,111 @@ class LoadGenerator:
         self.stop_event.set()
         for thread in self._threads:
             thread.join(timeout=15)
+
+
+class LabelledTraffic:
+    """Real rows in requests of ``batch_rows``, then their labels to ``/v2/models/{model}/feedback``.
+
+    ``with LabelledTraffic(url, "fraud", X, y, repeat=True): ...`` sends in background threads until the
+    block ends; ``LabelledTraffic(url, "fraud", X, y).run()`` sends every row once and returns.
+    Labels are posted every ``feedback_every`` answered requests (and at the end), each for the
+    request ``id`` the server answered with.
+
+    Args:
+        features: ``(N, F)`` float32 model inputs.
+        labels: ``(N,)`` true class of each row (index or class name).
+        repeat: cycle through the rows until stopped (or ``max_seconds``) instead of once.
+        feedback: post labels at all (False: traffic only).
+    """
+
+    def __init__(self, base_url: str, model: str, features: np.ndarray, labels: np.ndarray, batch_rows: int = 20,
+                 threads: int = 2, repeat: bool = False, feedback: bool = True, feedback_every: int = 25,
+                 max_seconds: float = 300, pause_s: float = 0.0) -> None:
+        if len(features) != len(labels):
+            raise ValueError(f"{len(features)} feature rows but {len(labels)} labels; expected one label per row")
+        base = base_url.rstrip("/")
+        self.infer_url, self.feedback_url = f"{base}/v2/models/{model}/infer", f"{base}/v2/models/{model}/feedback"
+        self.features, self.labels = features.astype(np.float32), [_plain(v) for v in labels]
+        self.batch_rows, self.repeat, self.feedback, self.feedback_every = batch_rows, repeat, feedback, feedback_every
+        self.deadline, self.pause_s = time.monotonic() + max_seconds, pause_s
+        self.stop_event, self.lock = threading.Event(), threading.Lock()
+        self.ok = self.rows = self.labels_accepted = 0
+        self.failed: list[str] = []
+        self.feedback_problems: list[str] = []
+        self.by_version: dict[str, int] = {}
+        batches = range(0, len(self.features), batch_rows)
+        self._threads = [threading.Thread(target=self._loop, args=(list(batches)[i::threads],), daemon=True)
+                         for i in range(threads)]
+
+    def _loop(self, starts: list[int]) -> None:
+        pending: list[dict] = []
+        while not self.stop_event.is_set():
+            for start in starts:
+                if self.stop_event.is_set() or time.monotonic() > self.deadline:
+                    break
+                rows = self.features[start:start + self.batch_rows]
+                body = {"inputs": [{"name": "features", "shape": list(rows.shape), "datatype": "FP32",
+                                    "data": rows.ravel().tolist()}]}
+                try:
+                    answer, headers = _post_json(self.infer_url, body)
+                except (urllib.error.URLError, OSError, ValueError) as err:
+                    with self.lock:
+                        self.failed.append(str(err))
+                    continue
+                with self.lock:
+                    self.ok += 1
+                    self.rows += len(rows)
+                    version = headers.get("x-model-version", "?")
+                    self.by_version[version] = self.by_version.get(version, 0) + 1
+                pending.append({"id": answer["id"], "labels": self.labels[start:start + len(rows)]})
+                if self.feedback and len(pending) >= self.feedback_every:
+                    self._send_feedback(pending)
+                    pending = []
+                if self.pause_s:
+                    time.sleep(self.pause_s)
+            if not self.repeat or time.monotonic() > self.deadline:
+                break
+        if self.feedback and pending:
+            self._send_feedback(pending)
+
+    def _send_feedback(self, items: list[dict]) -> None:
+        try:
+            answer, _ = _post_json(self.feedback_url, {"labels": items})
+        except urllib.error.HTTPError as err:
+            detail = err.read()[:300].decode(errors="replace")
+            with self.lock:
+                self.feedback_problems.append(f"HTTP {err.code}: {detail}")
+            return
+        except (urllib.error.URLError, OSError, ValueError) as err:
+            with self.lock:
+                self.feedback_problems.append(str(err))
+            return
+        with self.lock:
+            self.labels_accepted += int(answer.get("accepted", 0))
+
+    def run(self) -> LabelledTraffic:
+        """Send every row once (all threads), post the labels, return."""
+        with self:
+            for thread in self._threads:
+                thread.join()
+        return self
+
+    def __enter__(self) -> LabelledTraffic:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_event.set()
+        for thread in self._threads:
+            thread.join(timeout=30)
+
+
+def _plain(value: object) -> int | str:
+    return value.item() if isinstance(value, np.generic) else value  # type: ignore[return-value]
+
+
+def _post_json(url: str, body: dict) -> tuple[dict, dict[str, str]]:
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read()), {k.lower(): v for k, v in response.headers.items()}

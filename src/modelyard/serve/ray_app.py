@@ -40,6 +40,8 @@ def _deployment_name(model: str, label: str) -> str:
 def build_app(cfg: RayServeConfig) -> Any:
     """The bound Ray Serve application of ``cfg`` (references resolved and specs read here, in the driver).
 
+    The inference log folder is made absolute here too: replicas run in another working directory.
+
     Raises:
         ValueError: a bad configuration or model reference, or stable and canary with different inputs.
     """
@@ -78,7 +80,7 @@ def build_app(cfg: RayServeConfig) -> Any:
                                     max_ongoing_requests=cfg.max_ongoing_requests + INGRESS_HEADROOM)
     return ingress.bind(cfg.model, stable_app, stable.label, canary_app, canary_label, inputs, outputs,
                         cfg.canary_weight, cfg.shadow_weight, cfg.sticky_header, cfg.max_body_bytes,
-                        cfg.max_ongoing_requests)
+                        cfg.max_ongoing_requests, cfg.log_settings())
 
 
 def _ensure_ray(metrics_port: int | None = None) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 __all__ = ["RayServeConfig", "parse_ray_serve_args"]
@@ -38,6 +39,15 @@ class RayServeConfig:
         canary_fault_error_rate: share of canary requests that fail on purpose (rollout drills and
             tests of the rollback path; keep 0 in production).
         canary_fault_delay_ms: extra latency added to every canary request (drills and tests).
+        log_dir: inference log root: a sample of answered requests (id, time, version, inputs,
+            outputs) goes to ``<log_dir>/<model>/inferences/`` as Parquet, feedback labels to
+            ``<log_dir>/<model>/feedback/``; relative paths are resolved against the current folder
+            when the app is built. ``None`` or ``""`` turns the log (and the feedback route) off.
+        log_sample_rate: share of requests logged (0..1); feedback can only label logged requests.
+        log_flush_interval_s: the log is written this often (and on a clean stop); each write is one
+            file per UTC day touched.
+        log_max_age_days: log files older than this are deleted (``None``: no age limit).
+        log_max_bytes: the oldest log files are deleted while the log is larger (``None``: no limit).
     """
 
     model: str = "fraud"
@@ -58,11 +68,16 @@ class RayServeConfig:
     metrics_port: int | None = None
     canary_fault_error_rate: float = 0.0
     canary_fault_delay_ms: float = 0.0
+    log_dir: str | None = "inference_log"
+    log_sample_rate: float = 1.0
+    log_flush_interval_s: float = 5.0
+    log_max_age_days: float | None = 30.0
+    log_max_bytes: int | None = None
 
     def problems(self) -> list[str]:
         """Every invalid value, each naming what was received and what is expected."""
         out = []
-        for key in ("canary_weight", "shadow_weight", "canary_fault_error_rate"):
+        for key in ("canary_weight", "shadow_weight", "canary_fault_error_rate", "log_sample_rate"):
             value = getattr(self, key)
             if not 0.0 <= value <= 1.0:
                 out.append(f"{key} must be within [0, 1], got {value}")
@@ -80,7 +95,24 @@ class RayServeConfig:
             out.append(f"port must be within [0, 65535], got {self.port}")
         if not self.model:
             out.append("model (the served model name) must not be empty")
+        if self.log_flush_interval_s <= 0:
+            out.append(f"log_flush_interval_s must be > 0, got {self.log_flush_interval_s}")
+        if self.log_max_age_days is not None and self.log_max_age_days <= 0:
+            out.append(f"log_max_age_days must be > 0 or null (no age limit), got {self.log_max_age_days}")
+        if self.log_max_bytes is not None and self.log_max_bytes < 1:
+            out.append(f"log_max_bytes must be >= 1 or null (no size limit), got {self.log_max_bytes}")
         return out
+
+    def log_settings(self) -> dict[str, Any] | None:
+        """The inference log settings the ingress gets, ``log_dir`` made absolute; ``None`` when off.
+
+        Resolved here, in the driver: Ray replicas run in another working directory.
+        """
+        if not self.log_dir:
+            return None
+        return {"root": str(Path(self.log_dir).expanduser().resolve()), "sample_rate": self.log_sample_rate,
+                "flush_interval_s": self.log_flush_interval_s, "max_age_days": self.log_max_age_days,
+                "max_bytes": self.log_max_bytes}
 
 
 def build_parser():  # -> jsonargparse.ArgumentParser

@@ -3,13 +3,21 @@
 It runs as ONE replica on purpose: the traffic weights, the keyless-request blocks, the statistics
 and the shadow log live in its memory, and ``/-/status`` must see all of them. The ingress does
 little work per request (decode, route, await a model handle); the model deployments scale.
+
+Every answer carries a request id in its body: the client's KServe ``id``, else the ``x-request-id``
+header. Ray Serve's proxy owns that header: it keeps the client's or generates one and always sends
+it back in the response, so the ingress adopts it rather than add a second, different one. With an
+inference log (``log_dir``), a sample of answered requests is recorded (a buffer append; a thread
+writes Parquet) and ``POST /v2/models/{name}/feedback`` takes ground-truth labels for those ids later.
 """
 
 # No `from __future__ import annotations`: FastAPI must see the real `Request` annotation of
 # methods that Ray Serve wraps, or it treats `request` as a required query parameter (422).
 import asyncio
+import json
 import logging
 import time
+import uuid
 from typing import Any
 
 import numpy as np
@@ -39,6 +47,18 @@ def predicted_classes(outputs: dict[str, np.ndarray]) -> list[int] | None:
     return None
 
 
+def _feature_rows(inputs: dict[str, np.ndarray], specs: list[TensorSpec], rows: int) -> np.ndarray:
+    """The request's inputs as one ``(rows, ...)`` array for the log: the input itself when there is one."""
+    if len(specs) == 1:
+        return inputs[specs[0].name]
+    return np.hstack([inputs[s.name].reshape(rows, -1).astype(np.float32) for s in specs])  # (rows, sum F_i)
+
+
+def _first_2d(outputs: dict[str, np.ndarray]) -> np.ndarray | None:
+    """The first 2-D output (class scores, as :func:`predicted_classes` reads them), None without one."""
+    return next((a for a in outputs.values() if a.ndim == 2), None)
+
+
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
@@ -61,8 +81,12 @@ class KServeIngress:
 
     def __init__(self, model: str, stable: Any, stable_label: str, canary: Any | None, canary_label: str | None,
                  inputs: list[TensorSpec], outputs: list[TensorSpec], canary_weight: float, shadow_weight: float,
-                 sticky_header: str, max_body_bytes: int, max_inflight: int) -> None:
+                 sticky_header: str, max_body_bytes: int, max_inflight: int,
+                 inference_log: dict[str, Any] | None = None) -> None:
         from ray.serve.metrics import Counter, Histogram
+
+        from modelyard.monitor.feedback import FeedbackLog
+        from modelyard.monitor.log import InferenceLog
 
         self.model, self.inputs, self.outputs = model, inputs, outputs
         self.handles: dict[str, Any] = {"stable": stable}
@@ -78,6 +102,11 @@ class KServeIngress:
         self.rejected: dict[str, int] = {}
         self._background: set[asyncio.Task] = set()  # strong references: the loop keeps only weak ones
         self._retired: list[tuple[str, Any]] = []
+        # inference_log: InferenceLog keyword arguments with an absolute "root" (RayServeConfig.log_settings).
+        self.log = InferenceLog(model=model, **inference_log) if inference_log else None
+        self.feedback_log = FeedbackLog(inference_log["root"], model) if inference_log else None
+        if self.log is not None:
+            self.log.start()
         tags = ("model", "version", "role")
         self.m_requests = Counter("modelyard_serve_requests_total", "Inference requests per version.", tag_keys=tags)
         self.m_errors = Counter("modelyard_serve_errors_total", "Failed inference requests per version.", tag_keys=tags)
@@ -140,7 +169,8 @@ class KServeIngress:
                 decoded = decode_request(body, self.inputs, self.outputs, _int_header(header))
             except KServeError as err:
                 return self._reject(err.status, str(err))
-            return await self._run(decoded, version, request.headers.get(self.sticky_header))
+            return await self._run(decoded, version, request.headers.get(self.sticky_header),
+                                   request.headers.get("x-request-id"))
         finally:
             self.inflight -= 1
 
@@ -158,7 +188,8 @@ class KServeIngress:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    async def _run(self, req: InferRequest, version: str | None, key: str | None) -> JSONResponse:
+    async def _run(self, req: InferRequest, version: str | None, key: str | None,
+                   header_id: str | None = None) -> JSONResponse:
         from ray.serve.exceptions import BackPressureError
 
         if version is not None:
@@ -172,6 +203,7 @@ class KServeIngress:
             role, shadow = route.target, route.shadow
         # Local references: a promote/rollback during the await does not change this request's target.
         handle, label = self.handles[role], self.labels[role]
+        request_id = req.id or header_id or uuid.uuid4().hex
         tags = {"model": self.model, "version": label, "role": role}
         started = time.perf_counter()
         try:
@@ -195,7 +227,10 @@ class KServeIngress:
             task = asyncio.create_task(self._shadow(req, classes, label))
             self._background.add(task)
             task.add_done_callback(self._background.discard)
-        body = encode_response(self.model, label, req.id, result["outputs"], self.outputs, req.outputs)
+        if self.log is not None and self.log.sampled():  # a buffer append; the writer thread does the I/O
+            self.log.record(request_id, label, role, _feature_rows(req.inputs, self.inputs, req.rows),
+                            _first_2d(result["outputs"]))
+        body = encode_response(self.model, label, request_id, result["outputs"], self.outputs, req.outputs)
         return JSONResponse(body, headers={"x-model-version": label})
 
     async def _shadow(self, req: InferRequest, stable_classes: list[int], stable_label: str) -> None:
@@ -219,6 +254,43 @@ class KServeIngress:
     def _reject(self, status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
         self.rejected[str(status)] = self.rejected.get(str(status), 0) + 1
         return _error(status, message, headers)
+
+    # --- feedback -----------------------------------------------------------------------------------
+    @app.post("/v2/models/{name}/feedback")
+    async def feedback(self, name: str, request: Request) -> JSONResponse:
+        """Ground-truth labels for logged request ids: 200 all accepted, 422 some rejected (the rest kept)."""
+        if name != self.model:
+            return _error(404, f"unknown model {name!r}; this server serves {self.model!r}")
+        if self.log is None or self.feedback_log is None:
+            return _error(409, "feedback needs the inference log; start the server with log_dir")
+        shape = '{"labels": [{"id": ID, "label": L}, {"id": ID, "row": R, "label": L}, {"id": ID, "labels": [...]}]}'
+        try:
+            body = json.loads(await self._read_body(request))
+        except KServeError as err:
+            return _error(err.status, str(err))
+        except ValueError as err:
+            return _error(400, f"feedback body is not valid JSON ({err}); expected {shape}")
+        if not isinstance(body, dict) or not isinstance(body.get("labels"), list) or set(body) != {"labels"}:
+            got = sorted(body) if isinstance(body, dict) else type(body).__name__
+            return _error(400, f"feedback body {got} received; expected {shape}")
+        await asyncio.to_thread(self.log.flush)  # ids answered a moment ago must be on disk to be known
+        try:
+            result = await asyncio.to_thread(self.feedback_log.submit, body["labels"])
+        except OSError as err:
+            logger.exception("storing feedback for %s failed", self.model)
+            return _error(500, f"storing the labels failed, none of them is stored: {type(err).__name__}: {err}")
+        out = result.to_dict()
+        if result.ok:
+            return JSONResponse(out)
+        out["messages"].append(f"the {result.accepted} accepted labels are stored; resend only the rejected items")
+        return JSONResponse(out, status_code=422)
+
+    async def __del__(self) -> None:
+        """Write what the inference log still holds. Ray Serve awaits this on a graceful replica stop
+        (``serve.shutdown``, a redeploy, scale-down: ``ray.serve._private.replica`` ``call_destructor``)."""
+        log = getattr(self, "log", None)  # __init__ may have failed before setting it
+        if log is not None:
+            await asyncio.to_thread(log.close)  # the final write must not block the event loop
 
     # --- run-time control ---------------------------------------------------------------------------
     # Weights change through a route, not a redeploy: redeploying the app (even with only new init
@@ -264,5 +336,6 @@ class KServeIngress:
             "inflight": self.inflight,
             "rejected": dict(self.rejected),
             "retired": [label for label, _ in self._retired],
+            "inference_log": self.log.stats() if self.log is not None else None,
         }
 

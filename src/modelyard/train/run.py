@@ -295,7 +295,7 @@ def _finish_run(cfg: TrainConfig, job: Job, run_id: str | None, uri: str, model:
     with torch.no_grad():
         logits = torch.cat([model(chunk) for chunk in val.split(4096)]) if len(val) else torch.zeros(0, 1)
     profile = build_reference_profile(datamodule.snapshot.split("train"), logits, spec, run_id=run_id,
-                                      checkpoint=best.name)
+                                      checkpoint=best.name, val_labels=datamodule.dataset("val").tensors[1])
     atomic_write_text(job.dir / "reference_profile.json", json.dumps(profile, indent=2))
     plot_reference_profile(profile, str(job.dir / "reference_profile.png"))
     stable_best = job.checkpoint_dir / "best.ckpt"

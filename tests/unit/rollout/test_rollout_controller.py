@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+
+import numpy as np
 
 import pytest
 
@@ -278,11 +280,24 @@ def test_agreement_from_class_distributions_and_accuracy_from_labels():
     counts = window_counts(status, {})
 
     class Labels:
-        def accuracy(self, version):
-            return {"1": (95, 100), "2": (90, 100)}[version]
+        """Stable v1 right on 95% of 400 rows; canary v2 on `canary_right` of them (both classes)."""
 
-    checks = {c.name: c for c in judge(cfg, status, counts, Labels())[0]}
+        def __init__(self, canary_right: float) -> None:
+            self.right = {"1": 0.95, "2": canary_right}
+
+        def labelled(self, version):
+            y = np.tile([0, 1], 200)
+            wrong = np.arange(400) >= round(self.right[version] * 400)
+            return y, np.where(wrong, 1 - y, y)
+
+    checks = {c.name: c for c in judge(cfg, status, counts, Labels(canary_right=0.80))[0]}
     assert checks["agreement"].value == pytest.approx(0.6, abs=0.01) and checks["agreement"].passed is False
-    assert checks["accuracy_drop"].value == pytest.approx(0.05) and checks["accuracy_drop"].passed is False
+    # 15 points worse on 400 labels: the 95% lower bound of the drop is far above the 2-point tolerance
+    assert 0.1 < checks["accuracy_drop"].value < 0.15 and checks["accuracy_drop"].passed is False
+    assert "balanced_accuracy" in checks["accuracy_drop"].detail
+    # 1 point worse is within the tolerance; with 5 labels nothing is judged
+    assert {c.name: c for c in judge(cfg, status, counts, Labels(canary_right=0.94))[0]}["accuracy_drop"].passed
+    few = replace(cfg, min_labels=500)
+    assert {c.name: c for c in judge(few, status, counts, Labels(canary_right=0.5))[0]}["accuracy_drop"].passed is None
     decision_line = checks["agreement"].short()
     assert "FAIL" in decision_line

@@ -1,0 +1,138 @@
+"""``modelyard monitor {check,watch,history}``: drift and live-accuracy checks and the retraining loop."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["USAGE", "main", "print_history"]
+
+ACTIONS = ("check", "watch", "history")
+
+USAGE = """usage: modelyard monitor {check,watch,history} [--config configs/monitor/NAME.yaml] [--key VALUE ...]
+
+Watches a served model: its inference log (written by `modelyard serve ray`) against the reference
+profile of the champion's training run, and its live accuracy from feedback labels.
+
+  check    one evaluation of the current window: per-feature KS / chi-squared tests and PSI with a
+           multiple-testing correction, prediction-score drift, live accuracy and label shift; writes
+           STATE_DIR/<model>/reports/latest/ (report.json, report.html, a PNG per drifting feature).
+           When the policy fires (drift on >= k features, accuracy below its bound, label shift, or a
+           schedule) an incident opens and the loop runs: new data window (recent labelled rows + a
+           share of the champion's data) -> `modelyard train` with the champion's config -> export
+           behind the parity gate as `challenger` -> canary at 0% -> progressive rollout that
+           promotes it or rolls it back. A cooldown keeps it to one retraining per incident.
+  watch    `check` every --interval_s seconds until interrupted; --metrics_port serves the drift
+           gauges for Prometheus.
+  history  the timeline: incidents, their drift figures, runs, versions and rollout decisions.
+
+Exit status of check: 0 quiet, 3 the policy fired (an incident opened or is in progress), 1 an error,
+2 bad usage. `modelyard monitor check --help` lists every option; configs/monitor/fraud.yaml documents them."""
+
+
+def main(argv: Sequence[str], pipeline: Any | None = None) -> int:
+    argv = list(argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0 if argv else 2
+    if argv[0] not in ACTIONS:
+        print(f"modelyard monitor: unknown action {argv[0]!r}; expected one of: {', '.join(ACTIONS)}\n\n{USAGE}",
+              file=sys.stderr)
+        return 2
+    action, rest = argv[0], argv[1:]
+    from modelyard.monitor.config import build_parser, parse_monitor_args
+
+    if "-h" in rest or "--help" in rest:
+        build_parser(action).print_help()
+        return 0
+    history_flags = {"--json": False, "--checks": False}
+    if action == "history":
+        for flag in history_flags:
+            if flag in rest:
+                history_flags[flag] = True
+                rest.remove(flag)
+    cfg = parse_monitor_args(rest, action)
+    if action == "history":
+        return print_history(cfg.state_dir, cfg.model, as_json=history_flags["--json"],
+                             with_checks=history_flags["--checks"])
+
+    from modelyard.monitor.loop import Monitor
+    from modelyard.monitor.report import DriftGauges
+
+    gauges = DriftGauges() if (cfg.metrics_port or cfg.metrics_file) else None
+    monitor = Monitor(cfg, pipeline=pipeline, gauges=gauges)
+    if action == "check":
+        result = monitor.check()
+        print(f"report: {monitor.incidents.root / 'reports' / 'latest' / 'report.html'}")
+        return 3 if result.fired else 0
+
+    if cfg.metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(cfg.metrics_port, addr="127.0.0.1", registry=gauges.registry)
+        print(f"drift gauges at http://127.0.0.1:{cfg.metrics_port}/metrics")
+    stop = threading.Event()
+    previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        print(f"watching {cfg.model} every {cfg.interval_s:g}s (Ctrl-C stops)")
+        monitor.watch(stop)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    return 0
+
+
+def _when(epoch: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch))
+
+
+def print_history(state_dir: str, model: str, as_json: bool = False, with_checks: bool = False) -> int:
+    """Print the timeline of ``model`` (events, and every check with ``with_checks``)."""
+    from modelyard.monitor.incidents import IncidentStore
+
+    store = IncidentStore(state_dir, model)
+    events = store.events()
+    if with_checks:
+        events += [{"time": c["time"], "kind": "check", "incident": None, "message": c["summary"]}
+                   for c in store.checks()]
+    events.sort(key=lambda e: e["time"])
+    incidents = {i.id: i for i in store.all()}
+    if as_json:
+        print(json.dumps({"events": events, "incidents": [vars(i) for i in incidents.values()]}, indent=2,
+                         default=str))
+        return 0
+    if not events:
+        print(f"{model}: no monitoring history in {store.root} yet (run `modelyard monitor check`)")
+        return 0
+    print(f"{model}: {len(incidents)} incident(s), {len(store.checks())} check(s) ({store.root})")
+    for e in events:
+        tag = f"#{e['incident']}" if e.get("incident") else ""
+        print(f"{_when(e['time'])}  {e['kind']:<10} {tag:<4} {e['message']}")
+        if e["kind"] == "incident" and e.get("incident") in incidents:
+            for line in _drift_lines(store, incidents[e["incident"]]):
+                print(" " * 37 + line)
+    return 0
+
+
+def _drift_lines(store: Any, incident: Any) -> list[str]:
+    """The drifted features of an incident's report: test, statistic, corrected p-value, PSI."""
+    path = store.incident_dir(incident) / "report" / "report.json"
+    if not path.is_file():
+        return []
+    doc = json.loads(path.read_text())
+    drift = doc.get("drift", doc)
+    lines = []
+    for f in drift.get("features", []):
+        if f.get("drifted"):
+            lines.append(f"{f['name']:<24} {f['test']:<4} stat {f['statistic']:.3f}  p_adj {f['p_adjusted']:.2g}  "
+                         f"PSI {f['psi']:.3f}")
+    perf = doc.get("performance")
+    if perf and perf.get("accuracy") is not None:
+        lines.append(f"live accuracy {perf['accuracy']:.3f} on {perf['n']} labels (validation "
+                     f"{perf.get('reference_accuracy') or float('nan'):.3f})")
+    return lines

@@ -1,0 +1,206 @@
+"""Configuration of ``modelyard monitor``: what to watch, when to act, and how to retrain.
+
+One dataclass tree parsed by jsonargparse (``--config configs/monitor/<name>.yaml`` plus
+``--key.path VALUE`` overrides); :meth:`MonitorConfig.problems` reports every bad value at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from modelyard.metrics import LabelMetric
+from modelyard.monitor.drift import DriftSettings
+
+__all__ = ["MonitorConfig", "PolicyConfig", "RetrainConfig", "WindowConfig", "build_parser", "parse_monitor_args"]
+
+
+@dataclass
+class WindowConfig:
+    """Which logged rows one check looks at.
+
+    Args:
+        rows: the most recent ``rows`` logged rows (a window by count).
+        minutes: rows logged in the last ``minutes`` (a window by time). With both, the rows that
+            satisfy both; with neither, everything since the current champion went live.
+    """
+
+    rows: int | None = 2000
+    minutes: float | None = None
+
+
+@dataclass
+class PolicyConfig:
+    """When a check opens an incident (any one trigger suffices).
+
+    Args:
+        min_drifted_features: input features that must drift at once (``k``); one noisy feature
+            alone does not retrain a model. ``null`` disables the drift trigger.
+        prediction_drift: also trigger on drift of the served version's prediction scores.
+        metric: the live-performance metric from feedback labels: ``balanced_accuracy`` (mean recall
+            over classes; right for imbalanced data and class-weighted models) or ``accuracy``.
+        confidence: the metric is judged by its one-sided upper confidence bound at this level, so a
+            window with few labels (or few of a rare class) does not fire on noise.
+        max_accuracy_drop: fire when the metric's upper bound is more than this below the value the
+            model had on its validation split; ``null`` disables it.
+        min_accuracy: fire when the metric's upper bound is below this floor; ``null`` disables it.
+        min_labels: labelled predictions of the champion needed before the metric is judged.
+        label_shift_alpha: p-value below which the live label distribution differs from the
+            training one (chi-squared); ``null`` disables it.
+        schedule_hours: retrain at least this often whatever the data says; ``null``: never.
+    """
+
+    min_drifted_features: int | None = 2
+    prediction_drift: bool = False
+    metric: LabelMetric = "balanced_accuracy"
+    confidence: float = 0.99
+    max_accuracy_drop: float | None = 0.05
+    min_accuracy: float | None = None
+    min_labels: int = 500
+    label_shift_alpha: float | None = 0.001
+    schedule_hours: float | None = None
+
+
+@dataclass
+class RetrainConfig:
+    """What the loop does when an incident opens.
+
+    Args:
+        enabled: false = report incidents only (no retraining, no rollout).
+        train_config: the training config of the model (the same one that made the champion).
+        train_args: extra ``modelyard train`` arguments, e.g. ``["--trainer.devices", "1"]``.
+        export_config: the export config; the new version is registered as ``challenger``.
+        export_args: extra ``modelyard export`` arguments.
+        rollout_config: the rollout's gates and steps (its ``candidate`` is set to the new version).
+        rollout_args: extra ``modelyard rollout start`` arguments.
+        serve_config: the ``modelyard serve ray`` config of the running application; the loop
+            redeploys it with the champion as stable and the new version as canary (at 0%) on the
+            Ray cluster of ``$RAY_ADDRESS`` (else the local one) before the rollout starts.
+        serve_url: the serving ingress; default ``http://<serve host>:<serve port>``.
+        recent_rows: most recent labelled rows taken into the new training data.
+        min_labelled_rows: fewer labelled rows than this: the incident waits for feedback.
+        reference_fraction: share of the new training data drawn from the champion's own snapshot
+            (train and val splits), so a short recent window does not make the model forget.
+        store: the data store of the new snapshot.
+        seed: seed of the reference sample and of the snapshot's split.
+    """
+
+    enabled: bool = True
+    train_config: str = "configs/train/transactions.yaml"
+    train_args: list[str] = field(default_factory=list)
+    export_config: str = "configs/export/fraud.yaml"
+    export_args: list[str] = field(default_factory=list)
+    rollout_config: str = "configs/rollout/default.yaml"
+    rollout_args: list[str] = field(default_factory=list)
+    serve_config: str | None = "configs/serve/fraud.yaml"
+    serve_url: str | None = None
+    recent_rows: int = 20000
+    min_labelled_rows: int = 1000
+    reference_fraction: float = 0.2
+    store: str = "data/store"
+    seed: int = 0
+
+
+@dataclass
+class MonitorConfig:
+    """A monitored model: its log, its reference, the tests, the policy, the loop.
+
+    Args:
+        model: the served and registered model name.
+        log_dir: the inference log root (the ``log_dir`` of ``modelyard serve ray``).
+        reference: the registry alias (or version) whose training profile is the reference.
+        state_dir: checks, incidents and reports go to ``STATE_DIR/<model>/``.
+        tracking_uri: MLflow; default ``$MLFLOW_TRACKING_URI``, else ``./mlflow.db``.
+        experiment: MLflow experiment of the incident runs.
+        window: which logged rows a check looks at.
+        drift: significance, correction, PSI threshold, minimum sample size.
+        policy: what opens an incident.
+        cooldown_s: after an incident closes, no new one opens for this long: one incident, one
+            retraining, however many checks keep seeing the same drift.
+        interval_s: ``watch``: seconds between two checks.
+        metrics_port: ``watch``: serve the drift gauges on this port (``/metrics``); null = off.
+        metrics_file: write the gauges to this file after every check (Prometheus textfile format).
+        retrain: what the loop does when an incident opens.
+    """
+
+    model: str = "fraud"
+    log_dir: str = "inference_log"
+    reference: str = "@champion"
+    state_dir: str = "monitor"
+    tracking_uri: str | None = None
+    experiment: str = "modelyard-monitor"
+    window: WindowConfig = field(default_factory=WindowConfig)
+    drift: DriftSettings = field(default_factory=DriftSettings)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    cooldown_s: float = 3600.0
+    interval_s: float = 60.0
+    metrics_port: int | None = None
+    metrics_file: str | None = None
+    retrain: RetrainConfig = field(default_factory=RetrainConfig)
+
+    def problems(self) -> list[str]:
+        """Every invalid value, each naming what was received and what is expected."""
+        out = [f"drift.{p}" for p in self.drift.problems()]
+        if not self.model:
+            out.append("model must not be empty")
+        if not (self.reference.startswith("@") or self.reference.isdigit()):
+            out.append(f"reference must be a registry alias such as @champion or a version number, got "
+                       f"{self.reference!r}")
+        if self.window.rows is not None and self.window.rows < 1:
+            out.append(f"window.rows must be >= 1 or null, got {self.window.rows}")
+        if self.window.minutes is not None and self.window.minutes <= 0:
+            out.append(f"window.minutes must be > 0 or null, got {self.window.minutes}")
+        p = self.policy
+        if p.min_drifted_features is not None and p.min_drifted_features < 1:
+            out.append(f"policy.min_drifted_features must be >= 1 or null, got {p.min_drifted_features}")
+        for key in ("max_accuracy_drop", "min_accuracy"):
+            value = getattr(p, key)
+            if value is not None and not 0 <= value <= 1:
+                out.append(f"policy.{key} must be within [0, 1] or null, got {value}")
+        if p.label_shift_alpha is not None and not 0 < p.label_shift_alpha < 1:
+            out.append(f"policy.label_shift_alpha must be within (0, 1) or null, got {p.label_shift_alpha}")
+        if not 0.5 <= p.confidence < 1:
+            out.append(f"policy.confidence must be within [0.5, 1), got {p.confidence}")
+        if p.min_labels < 1:
+            out.append(f"policy.min_labels must be >= 1, got {p.min_labels}")
+        if p.schedule_hours is not None and p.schedule_hours <= 0:
+            out.append(f"policy.schedule_hours must be > 0 or null, got {p.schedule_hours}")
+        for key in ("cooldown_s",):
+            if getattr(self, key) < 0:
+                out.append(f"{key} must be >= 0, got {getattr(self, key)}")
+        if self.interval_s <= 0:
+            out.append(f"interval_s must be > 0, got {self.interval_s}")
+        r = self.retrain
+        if not 0 <= r.reference_fraction < 1:
+            out.append(f"retrain.reference_fraction must be within [0, 1), got {r.reference_fraction}")
+        if r.min_labelled_rows < 1 or r.recent_rows < r.min_labelled_rows:
+            out.append(f"retrain.recent_rows ({r.recent_rows}) must be >= retrain.min_labelled_rows "
+                       f"({r.min_labelled_rows}) >= 1")
+        if r.serve_config is None and r.serve_url is None and r.enabled:
+            out.append("retrain needs retrain.serve_config (to deploy the canary) or retrain.serve_url")
+        return out
+
+
+def build_parser(action: str = "check"):  # -> jsonargparse.ArgumentParser
+    from modelyard.config import dataclass_parser
+
+    return dataclass_parser(
+        MonitorConfig, f"modelyard monitor {action}",
+        ("Compare the inference log with the champion's training profile (KS / chi-squared / PSI "
+         "with a multiple-testing correction) and its live accuracy from feedback labels; when the "
+         "policy fires: retrain on recent labelled data, export behind the parity gate, register "
+         "as challenger and roll it out as a canary that is promoted or rolled back on evidence."),
+    )
+
+
+def parse_monitor_args(argv: Sequence[str], action: str = "check") -> MonitorConfig:
+    """Parse ``modelyard monitor ACTION`` arguments; raises :class:`modelyard.config.ConfigError`."""
+    from modelyard.config import ConfigError, parse_dataclass_args
+
+    ns = parse_dataclass_args(build_parser(action), argv, "monitor configuration")
+    cfg = MonitorConfig(**{**ns, "window": WindowConfig(**ns["window"]), "drift": DriftSettings(**ns["drift"]),
+                           "policy": PolicyConfig(**ns["policy"]), "retrain": RetrainConfig(**ns["retrain"])})
+    problems = cfg.problems()
+    if problems:
+        raise ConfigError(problems, "monitor configuration")
+    return cfg

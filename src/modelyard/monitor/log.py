@@ -1,0 +1,311 @@
+"""The inference log: a sample of served requests, appended to partitioned Parquet off the request path.
+
+The ingress calls :meth:`InferenceLog.record` for each sampled request after it has its answer; that
+call only appends a reference to an in-memory buffer under a lock. A daemon thread turns the buffer
+into Parquet files (see :mod:`modelyard.monitor.store` for the layout) every ``flush_interval_s`` or
+once ``flush_rows`` rows wait, and applies retention. :meth:`InferenceLog.close` writes whatever
+is left, so a clean stop loses nothing that was accepted. Nothing here raises into the request path:
+a full buffer drops (and counts) new rows, a failed write keeps its rows for the next attempt.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import numpy as np
+
+from modelyard.monitor.store import PartFile, inference_schema, list_parts, utc_day, write_part
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+__all__ = ["InferenceLog"]
+
+logger = logging.getLogger(__name__)
+
+STALE_TEMP_S = 3600.0  # dot files older than this are leftovers of a killed writer
+
+
+class _Entry(NamedTuple):
+    request_id: str
+    ts: float
+    version: str
+    role: str
+    features: np.ndarray
+    outputs: np.ndarray | None
+    rows: int
+
+
+class InferenceLog:
+    """Sampled requests of ``model`` appended under ``<root>/<model>/inferences/``.
+
+    Args:
+        root: log root folder (created when needed).
+        model: served model name (a folder level, so several models can share ``root``).
+        sample_rate: share of requests recorded (0..1), decided per request by :meth:`sampled`.
+        flush_interval_s: the background thread writes pending rows this often.
+        flush_rows: ... or as soon as this many rows are pending.
+        max_buffer_rows: rows kept in memory at most (pending and being written); beyond it new
+            rows are dropped and counted in ``stats()["dropped"]`` rather than slow the caller.
+        max_age_days: files older than this are deleted (``None``: keep by age).
+        max_bytes: the oldest files are deleted while the log is larger (``None``: no size bound);
+            the newest file is always kept.
+        seed: seed of the sampling decisions (reproducible tests).
+
+    Raises:
+        ValueError: a parameter out of range (the message names it).
+    """
+
+    def __init__(self, root: str | Path, model: str, sample_rate: float = 1.0, flush_interval_s: float = 1.0,
+                 flush_rows: int = 5000, max_buffer_rows: int = 200_000, max_age_days: float | None = 30.0,
+                 max_bytes: int | None = None, seed: int | None = None) -> None:
+        problems = [msg for bad, msg in (
+            (not 0.0 <= sample_rate <= 1.0, f"sample_rate must be within [0, 1], got {sample_rate}"),
+            (flush_interval_s <= 0, f"flush_interval_s must be > 0, got {flush_interval_s}"),
+            (flush_rows < 1, f"flush_rows must be >= 1, got {flush_rows}"),
+            (max_buffer_rows < 1, f"max_buffer_rows must be >= 1, got {max_buffer_rows}"),
+            (max_age_days is not None and max_age_days <= 0, f"max_age_days must be > 0 or None, got {max_age_days}"),
+            (max_bytes is not None and max_bytes < 1, f"max_bytes must be >= 1 or None, got {max_bytes}"),
+        ) if bad]
+        if problems:
+            raise ValueError("; ".join(problems))
+        self.folder = Path(root) / model / "inferences"
+        self.model, self.sample_rate = model, sample_rate
+        self.flush_interval_s, self.flush_rows, self.max_buffer_rows = flush_interval_s, flush_rows, max_buffer_rows
+        self.max_age_days, self.max_bytes = max_age_days, max_bytes
+        self._rng = random.Random(seed)
+        self._lock = threading.Lock()  # guards the buffer and counters; held only for appends and swaps
+        self._flush_lock = threading.Lock()  # one writer at a time: files and retention stay in order
+        self._buffer: list[_Entry] = []
+        self._pending = 0  # rows buffered or being written: what max_buffer_rows bounds
+        self._counts = {"recorded": 0, "written": 0, "dropped": 0, "sampled_out": 0, "write_errors": 0}
+        self._last_error: str | None = None
+        self._reported_drops = 0
+        self._files: list[tuple[PartFile, int]] | None = None  # (part, size), oldest first; None = not scanned
+        self._wake, self._stop = threading.Event(), threading.Event()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    # --- request path -------------------------------------------------------------------------------
+    def sampled(self) -> bool:
+        """Whether to record the next request (``sample_rate`` chance); counts those left out."""
+        if self.sample_rate >= 1.0 or self._rng.random() < self.sample_rate:
+            return True
+        with self._lock:
+            self._counts["sampled_out"] += 1
+        return False
+
+    def record(self, request_id: str, version: str, role: str, features: np.ndarray, outputs: np.ndarray | None,
+               timestamp: float | None = None) -> None:
+        """Queue one answered request: ``features`` ``(N, F)`` (or ``(N, ...)``), ``outputs`` ``(N, C)`` or None.
+
+        Only appends references to a buffer (the arrays must not be modified afterwards); conversion
+        and I/O happen in the writer thread. Drops and counts the rows when the buffer is full.
+        """
+        rows = int(features.shape[0]) if features.ndim else 1
+        entry = _Entry(request_id, time.time() if timestamp is None else timestamp, version, role, features,
+                       outputs, rows)
+        with self._lock:
+            if self._closed or self._pending + rows > self.max_buffer_rows:
+                self._counts["dropped"] += rows
+                return
+            self._buffer.append(entry)
+            self._pending += rows
+            self._counts["recorded"] += rows
+            wake = self._pending >= self.flush_rows
+        if wake:
+            self._wake.set()
+
+    # --- writer -------------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the background writer (a daemon thread); it applies retention first."""
+        if self._thread is None and not self._closed:
+            self._thread = threading.Thread(target=self._loop, name=f"inference-log-{self.model}", daemon=True)
+            self._thread.start()
+
+    def _loop(self) -> None:
+        with self._flush_lock:
+            self._retention()
+        while not self._stop.is_set():
+            self._wake.wait(self.flush_interval_s)
+            self._wake.clear()
+            if not self._stop.is_set():
+                self.flush()
+
+    def flush(self) -> int:
+        """Write every pending row now; returns the rows written. Never raises: errors go to ``stats()``."""
+        with self._flush_lock:
+            with self._lock:
+                entries, self._buffer = self._buffer, []
+            written = 0
+            if entries:
+                written = self._write(entries)
+            self._retention()
+            self._report_drops()
+            return written
+
+    def _write(self, entries: list[_Entry]) -> int:
+        by_day: dict[str, list[_Entry]] = {}
+        for entry in entries:
+            by_day.setdefault(utc_day(entry.ts), []).append(entry)
+        written, failed = 0, []
+        for day, group in by_day.items():
+            if failed:  # an earlier day failed: keep the order, retry all of it later
+                failed.extend(group)
+                continue
+            table, kept = self._table(group)
+            try:
+                part = write_part(self.folder, day, table) if kept else None
+            except Exception as err:  # noqa: BLE001 - a write failure must never reach the request path
+                self._error(f"writing {table.num_rows} rows under {self.folder / f'date={day}'} failed: "
+                            f"{type(err).__name__}: {err}; kept for the next attempt")
+                failed.extend(kept)
+                continue
+            rows = sum(e.rows for e in kept)
+            written += rows
+            if part is not None and self._files is not None:
+                self._files.append((part, part.path.stat().st_size))
+            with self._lock:
+                self._pending -= rows
+                self._counts["written"] += rows
+        if failed:
+            with self._lock:
+                self._buffer[:0] = failed
+                self._counts["write_errors"] += 1
+        return written
+
+    def _table(self, group: list[_Entry]) -> tuple[pa.Table, list[_Entry]]:
+        """The Arrow table of ``group`` and the entries in it; unconvertible entries are dropped and counted."""
+        import pyarrow as pa
+
+        feats, outs, kept = [], [], []
+        for e in group:
+            try:
+                f = np.asarray(e.features, dtype=np.float32).reshape(e.rows, -1)  # (N, F)
+                o = (np.zeros((e.rows, 0), np.float32) if e.outputs is None
+                     else np.asarray(e.outputs, dtype=np.float32).reshape(e.rows, -1))  # (N, C)
+            except (TypeError, ValueError) as err:
+                self._error(f"request {e.request_id!r}: features {getattr(e.features, 'shape', '?')} / outputs "
+                            f"{getattr(e.outputs, 'shape', '?')} are not numeric (N, ...) arrays ({err}); dropped")
+                with self._lock:
+                    self._pending -= e.rows
+                    self._counts["dropped"] += e.rows
+                continue
+            feats.append(f)
+            outs.append(o)
+            kept.append(e)
+        rows = np.array([e.rows for e in kept], dtype=np.int64)
+        owner = pa.array(np.repeat(np.arange(len(kept)), rows))  # entry index of each row
+
+        def per_row(values: list[Any], kind: pa.DataType) -> pa.Array:
+            return pa.array(values, kind).take(owner)
+
+        predicted = [np.argmax(o, axis=1).astype(np.int32) if o.shape[1] else np.full(len(o), -1, np.int32)
+                     for o in outs]
+        columns = [
+            per_row([e.request_id for e in kept], pa.string()),
+            pa.array(np.concatenate([np.arange(n, dtype=np.int32) for n in rows] or [np.zeros(0, np.int32)])),
+            per_row([e.ts for e in kept], pa.float64()),
+            per_row([e.version for e in kept], pa.string()),
+            per_row([e.role for e in kept], pa.string()),
+            _list_column(feats), _list_column(outs),
+            pa.array(np.concatenate(predicted or [np.zeros(0, np.int32)])),
+        ]
+        return pa.Table.from_arrays(columns, schema=inference_schema()), kept
+
+    def _retention(self) -> None:
+        """Delete files past ``max_age_days``, then the oldest while over ``max_bytes``; keep the newest."""
+        try:
+            if self._files is None:
+                self._files = self._scan()
+            files = self._files
+            doomed: list[PartFile] = []
+            if self.max_age_days is not None:
+                cutoff_ms = (time.time() - self.max_age_days * 86_400.0) * 1000.0
+                while files and files[0][0].written_ms < cutoff_ms:
+                    doomed.append(files.pop(0)[0])
+            if self.max_bytes is not None:
+                total = sum(size for _, size in files)
+                while len(files) > 1 and total > self.max_bytes:
+                    part, size = files.pop(0)
+                    doomed.append(part)
+                    total -= size
+            for part in doomed:
+                part.path.unlink(missing_ok=True)
+                try:
+                    part.path.parent.rmdir()  # only succeeds once the day folder is empty
+                except OSError:
+                    pass
+            if doomed:
+                logger.info("inference log retention: deleted %d files", len(doomed))
+        except OSError as err:
+            self._error(f"retention under {self.folder} failed: {type(err).__name__}: {err}")
+
+    def _scan(self) -> list[tuple[PartFile, int]]:
+        """Files already on disk (an earlier run's), oldest first; removes stale temporaries."""
+        now = time.time()
+        for temp in self.folder.glob("date=*/.*"):
+            try:
+                if now - temp.stat().st_mtime > STALE_TEMP_S:
+                    temp.unlink()
+            except FileNotFoundError:
+                pass
+        out = []
+        for part in list_parts(self.folder):
+            try:
+                out.append((part, part.path.stat().st_size))
+            except FileNotFoundError:
+                pass
+        return out
+
+    def _error(self, message: str) -> None:
+        logger.error("inference log: %s", message)
+        with self._lock:
+            self._last_error = message
+
+    def _report_drops(self) -> None:
+        dropped = self._counts["dropped"]
+        if dropped > self._reported_drops:  # once per flush, from the writer thread, not per request
+            logger.warning("inference log: %d rows dropped since the last report (buffer limit %d rows); "
+                           "%d dropped in all", dropped - self._reported_drops, self.max_buffer_rows, dropped)
+            self._reported_drops = dropped
+
+    def close(self) -> None:
+        """Stop the writer and write everything still pending (idempotent). Rows recorded later are dropped."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.flush()
+        if self._pending:
+            self._error(f"{self._pending} rows could not be written before close and are lost "
+                        f"(last error: {self._last_error})")
+
+    def stats(self) -> dict[str, Any]:
+        """Counters in rows (``sampled_out`` in requests), files and bytes on disk, and the last error."""
+        with self._lock:
+            files = list(self._files or [])
+            return {**self._counts, "pending": self._pending, "files": len(files),
+                    "bytes": sum(size for _, size in files), "last_error": self._last_error,
+                    "sample_rate": self.sample_rate, "folder": str(self.folder)}
+
+
+def _list_column(arrays: Sequence[np.ndarray]) -> pa.Array:
+    """A ``list<float32>`` column with one list per row of the ``(N_i, W_i)`` arrays (widths may differ)."""
+    import pyarrow as pa
+
+    widths = np.concatenate([np.full(a.shape[0], a.shape[1], np.int64) for a in arrays]) if arrays else np.zeros(0)
+    offsets = np.zeros(len(widths) + 1, np.int32)
+    np.cumsum(widths, out=offsets[1:])
+    values = np.concatenate([a.ravel() for a in arrays]) if arrays else np.zeros(0, np.float32)
+    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(values, pa.float32()))

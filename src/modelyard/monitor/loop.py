@@ -1,0 +1,471 @@
+"""The closed loop: check -> incident -> new data window -> train -> export -> canary -> rollout.
+
+:class:`Monitor` runs checks (:func:`~modelyard.monitor.check.evaluate`), keeps the timeline and the
+incidents (:class:`~modelyard.monitor.incidents.IncidentStore`), and drives an open incident through
+the steps of a :class:`RetrainPipeline`, each step's result saved before the next starts, so a
+monitor restarted after a crash resumes the incident where it stopped instead of retraining twice.
+A cooldown after every incident keeps one incident to one retraining however many checks still see
+the drift.
+
+The steps reuse the stages as their users run them: the data stage validates the new window against
+the champion's schema (bad rows are quarantined, never lost), training is the ``modelyard train``
+command with the champion's config (a subprocess, so DDP launches work as on the command line),
+export keeps its parity gate and registers ``challenger``, and the rollout is the
+:class:`~modelyard.rollout.RolloutController` with live accuracy from the feedback labels.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+from modelyard.errors import ModelyardError
+from modelyard.monitor.check import CheckResult, Reference, evaluate, load_reference
+from modelyard.monitor.config import MonitorConfig
+from modelyard.monitor.incidents import Incident, IncidentStore
+
+__all__ = ["CanaryDeployer", "Monitor", "NotEnoughLabels", "RayServeDeployer", "RetrainPipeline"]
+
+logger = logging.getLogger(__name__)
+
+
+class NotEnoughLabels(ModelyardError, RuntimeError):
+    """Too few labelled rows to retrain on yet; the incident waits for feedback."""
+
+
+class CanaryDeployer(Protocol):
+    def deploy_canary(self, version: str) -> str:
+        """Serve ``version`` as the canary at 0% beside the champion; return the ingress base URL."""
+        ...
+
+
+class RayServeDeployer:
+    """Redeploys the ``modelyard serve ray`` application with ``stable=@champion`` and the new canary.
+
+    Ray Serve replaces only what changed: the champion's model deployment keeps serving, the ingress
+    replica is swapped after the new one is ready (the old one drains and flushes its inference
+    log), and the new version's deployment starts warm at 0% traffic.
+    """
+
+    def __init__(self, serve_config: Any, app_name: str = "modelyard") -> None:
+        self.serve_config = serve_config
+        self.app_name = app_name
+
+    @classmethod
+    def from_file(cls, path: str, tracking_uri: str | None = None) -> RayServeDeployer:
+        from modelyard.serve.ray_config import parse_ray_serve_args
+
+        cfg = parse_ray_serve_args(["--config", path])
+        return cls(replace(cfg, tracking_uri=cfg.tracking_uri or tracking_uri))
+
+    def deploy_canary(self, version: str) -> str:
+        import ray
+
+        from modelyard.serve.ray_app import deploy
+
+        if not ray.is_initialized():  # the cluster where `modelyard serve ray` runs
+            ray.init(address=os.environ.get("RAY_ADDRESS", "auto"), log_to_driver=False)
+        cfg = replace(self.serve_config, stable="@champion", canary=str(version), canary_weight=0.0,
+                      shadow_weight=0.0, canary_fault_error_rate=0.0, canary_fault_delay_ms=0.0)
+        return deploy(cfg, self.app_name)
+
+
+class RetrainPipeline:
+    """The default steps of an incident; each returns what the next one needs (saved in the incident).
+
+    Args:
+        cfg: the monitor configuration (``cfg.retrain`` above all).
+        deployer: puts the new version behind the ingress as canary; default: :class:`RayServeDeployer`
+            from ``cfg.retrain.serve_config``.
+        serve_url: the ingress the rollout drives; default ``cfg.retrain.serve_url`` or the serve config's
+            host and port.
+        echo: where subprocess output and progress lines go (default: stdout).
+    """
+
+    def __init__(self, cfg: MonitorConfig, deployer: CanaryDeployer | None = None, serve_url: str | None = None,
+                 echo: Callable[[str], None] | None = None) -> None:
+        self.cfg = cfg
+        self._deployer = deployer
+        self._serve_url = serve_url or cfg.retrain.serve_url
+        self.echo = echo or (lambda line: print(line, flush=True))
+
+    # -- 1. a fresh data window --------------------------------------------------------------------
+    def snapshot(self, incident: Incident, ref: Reference, store: Any, folder: Path) -> dict[str, Any]:
+        """Recent labelled rows (decoded to raw values) + a sample of the champion's own data -> a
+        validated snapshot ``<model>-incident-<id>``.
+
+        Raises:
+            NotEnoughLabels: fewer than ``retrain.min_labelled_rows`` labelled rows since the champion went live.
+        """
+        import numpy as np
+        import pandas as pd
+
+        from modelyard.data.config import DataConfig
+        from modelyard.data.run import run as data_run
+        from modelyard.data.store import Snapshot
+        from modelyard.monitor.drift import decode_features
+
+        r = self.cfg.retrain
+        labelled = store.labelled(since=ref.since).sort_values("ts").tail(r.recent_rows)
+        if len(labelled) < r.min_labelled_rows:
+            raise NotEnoughLabels(f"{len(labelled)} labelled rows since {self.cfg.model} v{ref.version} went live; "
+                                  f"retraining needs retrain.min_labelled_rows={r.min_labelled_rows}")
+        base = Snapshot.open(ref.data_digest, r.store)
+        schema = base.schema
+        recent = decode_features(store.features_matrix(labelled), ref.spec)
+        reference = pd.concat([base.split("train"), base.split("val")], ignore_index=True)
+        label_values = np.asarray(ref.spec.classes, dtype=object)[labelled["label_index"].to_numpy(dtype=int)]
+        recent[schema.label] = pd.Series(label_values).astype(reference[schema.label].dtype).to_numpy()
+        n_ref = min(len(reference), round(len(recent) * r.reference_fraction / (1 - r.reference_fraction)))
+        sample = reference.sample(n=n_ref, random_state=r.seed) if n_ref else reference.iloc[:0]
+        columns = [c.name for c in schema.columns]
+        frame = pd.concat([recent[columns], sample[columns]], ignore_index=True)
+        folder.mkdir(parents=True, exist_ok=True)
+        source, schema_file = folder / "training_window.parquet", folder / "schema.yaml"
+        frame.to_parquet(source, index=False)
+        schema.to_yaml(schema_file)
+        result = data_run(DataConfig(dataset="file", source=str(source), schema=str(schema_file),
+                                     name=f"{self.cfg.model}-incident-{incident.id}", policy="quarantine",
+                                     store=r.store, split=base_split(base, r.seed)))
+        self.echo(f"  snapshot {result.short_digest} ({result.name}): {len(recent)} recent labelled rows + "
+                  f"{n_ref} rows of the champion's data; {result.n_rows} accepted, {result.n_quarantined} quarantined")
+        return {"name": result.name, "digest": result.digest, "recent_rows": len(recent),
+                "reference_rows": int(n_ref), "accepted": result.n_rows, "quarantined": result.n_quarantined}
+
+    # -- 2. train with the champion's config -----------------------------------------------------
+    def train(self, incident: Incident, snapshot: dict[str, Any], tracking_uri: str) -> str:
+        r = self.cfg.retrain
+        argv = [sys.executable, "-m", "modelyard", "train", "--config", r.train_config,
+                "--data.snapshot", snapshot["name"], "--data.store", r.store,
+                "--mlflow.run_name", f"{self.cfg.model}-incident-{incident.id}", *r.train_args]
+        self.echo("  $ " + " ".join(argv[2:]))
+        env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}
+        for var in ("MODELYARD_JOB_DIR", "LOCAL_RANK", "RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+            env.pop(var, None)  # a fresh job, not a rank of ours
+        proc = subprocess.run(argv, check=False, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        tail = proc.stdout.strip().splitlines()[-15:]
+        if proc.returncode != 0:
+            raise ModelyardError(f"retraining failed (exit {proc.returncode}):\n" + "\n".join(tail))
+        run_id = _run_of_snapshot(tracking_uri, snapshot["digest"])
+        self.echo(f"  trained run {run_id}")
+        return run_id
+
+    # -- 3. export behind the parity gate, registered as challenger -------------------------------
+    def export(self, incident: Incident, run_id: str, tracking_uri: str) -> str:
+        from modelyard.export.config import parse_export_args
+        from modelyard.export.run import run as export_run
+
+        r = self.cfg.retrain
+        cfg = parse_export_args(["--config", r.export_config, "--run", run_id, "--name", self.cfg.model,
+                                 "--tracking_uri", tracking_uri, "--alias", "challenger", *r.export_args])
+        result = export_run(cfg)
+        fp32 = result.reports.get("fp32")
+        self.echo(f"  exported {result.name} v{result.model_version} (parity {fp32.status if fp32 else '?'}), "
+                  "alias challenger")
+        return str(result.model_version)
+
+    # -- 4. the canary ----------------------------------------------------------------------------
+    def deploy_canary(self, incident: Incident, version: str) -> str:
+        deployer = self._deployer
+        if deployer is None:
+            if not self.cfg.retrain.serve_config:
+                raise ModelyardError("no retrain.serve_config: cannot deploy the canary")
+            deployer = RayServeDeployer.from_file(self.cfg.retrain.serve_config, self.cfg.tracking_uri)
+        url = deployer.deploy_canary(version)
+        self._serve_url = self._serve_url or url
+        self.echo(f"  canary v{version} deployed at 0% behind {url}")
+        return url
+
+    # -- 5. the rollout decides -------------------------------------------------------------------
+    def rollout(self, incident: Incident, version: str, store: Any, tracking_uri: str,
+                on_decision: Callable[[Any], None]) -> str:
+        from modelyard.monitor.store import RolloutLabels
+        from modelyard.rollout import HttpTrafficControl, RolloutController
+        from modelyard.rollout.config import parse_rollout_args
+
+        r = self.cfg.retrain
+        url = self._serve_url or _serve_url_of(r.serve_config)
+        cfg = parse_rollout_args(["start", "--config", r.rollout_config, "--model", self.cfg.model,
+                                  "--candidate", str(version), "--serve_url", url, "--tracking_uri", tracking_uri,
+                                  *r.rollout_args])
+        controller = RolloutController(cfg, HttpTrafficControl(url, cfg.http_timeout_s),
+                                       labels=RolloutLabels(store, since=time.time()), on_decision=on_decision)
+        state = controller.run()
+        return state.state
+
+
+def base_split(snapshot: Any, seed: int = 0) -> Any:
+    """The split fractions of ``snapshot`` (the new window is split the same way)."""
+    from modelyard.data.config import SplitConfig
+
+    splits = snapshot.splits()
+    counts = {name: int((splits == name).sum()) for name in ("train", "val", "test")}
+    total = max(sum(counts.values()), 1)
+    fractions = {k: round(v / total, 2) for k, v in counts.items()}
+    fractions["train"] = round(1.0 - fractions["val"] - fractions["test"], 2)
+    return SplitConfig(**fractions, seed=seed)
+
+
+def _serve_url_of(serve_config: str | None) -> str:
+    if not serve_config:
+        raise ModelyardError("set retrain.serve_url or retrain.serve_config: the rollout needs the ingress URL")
+    from modelyard.serve.ray_config import parse_ray_serve_args
+
+    cfg = parse_ray_serve_args(["--config", serve_config])
+    return f"http://{cfg.host}:{cfg.port}"
+
+
+def _run_of_snapshot(tracking_uri: str, digest: str) -> str:
+    """The newest finished training run on snapshot ``digest`` (the lineage tag every run carries)."""
+    from modelyard.tracking import client_for
+
+    client = client_for(tracking_uri)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    query = f"tags.`modelyard.data_digest` = '{digest}' and attributes.status = 'FINISHED'"
+    runs = client.search_runs(experiments, query,
+                              order_by=["attributes.start_time DESC"], max_results=1)
+    if not runs:
+        raise ModelyardError(f"training exited 0 but no finished run on snapshot {digest[:12]} is in {tracking_uri}")
+    return runs[0].info.run_id
+
+
+class Monitor:
+    """Checks, incidents and the loop for one model; see the module docstring.
+
+    Args:
+        cfg: the monitor configuration.
+        pipeline: the retraining steps (default :class:`RetrainPipeline`; tests pass fakes).
+        clock: ``time`` or a fake with ``time()``.
+        echo: where the timeline is printed as it happens.
+        gauges: a :class:`~modelyard.monitor.report.DriftGauges` to update after each check.
+        reference_loader: returns the current :class:`~modelyard.monitor.check.Reference`; default: the
+            registry's ``cfg.reference`` version and its run's profile (re-read every check, so a
+            promotion changes the baseline at once).
+    """
+
+    def __init__(self, cfg: MonitorConfig, pipeline: Any | None = None, clock: Any = time,
+                 echo: Callable[[str], None] | None = None, gauges: Any | None = None,
+                 reference_loader: Callable[[], Reference] | None = None) -> None:
+        from modelyard.tracking import resolve_tracking_uri
+
+        self.cfg = cfg
+        self.clock = clock
+        self.echo = echo or (lambda line: print(line, flush=True))
+        self.pipeline = pipeline if pipeline is not None else RetrainPipeline(cfg, echo=self.echo)
+        self.tracking_uri = resolve_tracking_uri(cfg.tracking_uri)
+        self.incidents = IncidentStore(cfg.state_dir, cfg.model)
+        self.gauges = gauges
+        self._load_reference = reference_loader or (lambda: load_reference(cfg.model, cfg.reference,
+                                                                           self.tracking_uri))
+
+    # -- one check --------------------------------------------------------------------------------
+    def check(self) -> CheckResult:
+        """Evaluate the current window; open or advance an incident when the policy says so."""
+        from modelyard.monitor.report import write_report
+        from modelyard.monitor.store import MonitorStore
+
+        now = self.clock.time()
+        ref = self._load_reference()
+        store = MonitorStore(self.cfg.log_dir, self.cfg.model, classes=ref.spec.classes)
+        result = evaluate(self.cfg, store, ref, now=now, last_retrain=self.incidents.last_retrain())
+        report_dir = self.incidents.root / "reports" / "latest"
+        if result.drift is not None:
+            write_report(result.drift, report_dir, result.performance, title=f"{self.cfg.model} v{ref.version}")
+        self._gauges(result)
+        self.incidents.record_check({"time": now, "summary": result.summary(), "fired": result.fired,
+                                     "triggers": [asdict(t) for t in result.triggers],
+                                     "drifted": result.drift.drifted if result.drift else [],
+                                     "rows": result.window["rows"], "reference_version": ref.version,
+                                     "accuracy": result.performance.accuracy if result.performance else None})
+        self.echo(f"check: {result.summary()}")
+
+        current = self.incidents.current()
+        if current is not None:
+            if result.fired:
+                current.suppressed_checks += 1
+                self.incidents.save(current)
+                self.incidents.event("suppressed", f"check fired again; incident {current.id} is already "
+                                     f"{current.state}", current, now)
+            self._advance(current, ref, store)
+            return result
+        if not result.fired:
+            return result
+        until = self.incidents.cooldown_until(self.cfg.cooldown_s)
+        if until is not None and now < until:
+            self.incidents.event("suppressed", f"check fired during the cooldown (until {_clock(until)}): "
+                                 + "; ".join(t.detail for t in result.triggers), None, now)
+            self.echo(f"  suppressed: cooldown after incident {self.incidents.last_closed().id} until {_clock(until)}")
+            return result
+        incident = self.incidents.open(ref.version, [asdict(t) for t in result.triggers], now)
+        folder = self.incidents.incident_dir(incident)
+        if result.drift is not None:
+            shutil.copytree(report_dir, folder / "report", dirs_exist_ok=True)
+        self.incidents.event("incident", "opened: " + "; ".join(t.detail for t in result.triggers), incident, now,
+                             reference_version=ref.version)
+        self.echo(f"incident {incident.id} opened: " + "; ".join(t.detail for t in result.triggers))
+        incident.mlflow_run = self._mlflow_open(incident, result, folder)
+        self.incidents.save(incident)
+        self._advance(incident, ref, store)
+        return result
+
+    def watch(self, stop: threading.Event | None = None, max_checks: int | None = None) -> int:
+        """Check every ``interval_s`` until ``stop`` is set (or ``max_checks`` ran); the checks run.
+
+        A failing check (registry unreachable, no champion yet) is reported and retried next time.
+        """
+        stop = stop or threading.Event()
+        done = 0
+        while not stop.is_set() and (max_checks is None or done < max_checks):
+            try:
+                self.check()
+            except ModelyardError as err:
+                self.echo(f"check failed: {err}")
+                logger.warning("check failed: %s", err)
+            done += 1
+            if max_checks is not None and done >= max_checks:
+                break
+            stop.wait(self.cfg.interval_s)
+        return done
+
+    # -- incidents ----------------------------------------------------------------------------------
+    def _advance(self, incident: Incident, ref: Reference, store: Any) -> None:
+        """Run the incident's remaining steps; each result is saved before the next step starts."""
+        if not self.cfg.retrain.enabled:
+            self._close(incident, "reported", "retraining is disabled (retrain.enabled: false)")
+            return
+        steps = incident.steps
+        try:
+            if "snapshot" not in steps:
+                try:
+                    steps["snapshot"] = self.pipeline.snapshot(incident, ref, store,
+                                                               self.incidents.incident_dir(incident))
+                except NotEnoughLabels as err:
+                    if incident.state != "waiting_for_labels":
+                        incident.state = "waiting_for_labels"
+                        self.incidents.save(incident)
+                        self.incidents.event("waiting", str(err), incident)
+                        self.echo(f"  incident {incident.id} waits for feedback: {err}")
+                    return
+                snap = steps["snapshot"]
+                self._step(incident, "snapshot", f"snapshot {snap['name']}: {snap['recent_rows']} recent + "
+                           f"{snap['reference_rows']} reference rows")
+            if "run_id" not in steps:
+                steps["run_id"] = self.pipeline.train(incident, steps["snapshot"], self.tracking_uri)
+                self._step(incident, "trained", f"retrained: run {steps['run_id']}", run_id=steps["run_id"])
+                self._mlflow_tag(incident, "modelyard.incident.retrain_run", steps["run_id"])
+                self._tag_run(steps["run_id"], incident)
+            if "version" not in steps:
+                steps["version"] = self.pipeline.export(incident, steps["run_id"], self.tracking_uri)
+                self._step(incident, "exported", f"exported and registered v{steps['version']} as challenger",
+                           version=steps["version"])
+                self._mlflow_tag(incident, "modelyard.incident.version", steps["version"])
+            if "canary" not in steps:
+                steps["canary"] = self.pipeline.deploy_canary(incident, steps["version"])
+                self._step(incident, "canary", f"v{steps['version']} deployed as canary at 0%")
+
+            def on_decision(decision: Any) -> None:
+                self.incidents.event("rollout", decision.summary(), incident, action=decision.action)
+                self.echo(f"  rollout: {decision.summary()}")
+
+            outcome = self.pipeline.rollout(incident, steps["version"], store, self.tracking_uri, on_decision)
+            steps["rollout"] = outcome
+            self._mlflow_tag(incident, "modelyard.incident.rollout", outcome)
+            self._close(incident, "promoted" if outcome == "promoted" else "rolled_back",
+                        f"rollout of v{steps['version']} ended {outcome}")
+        except Exception as err:  # noqa: BLE001 - any failed step closes the incident, recorded
+            logger.exception("incident %d failed", incident.id)
+            incident.error = f"{type(err).__name__}: {err}"
+            self._close(incident, "failed", f"step failed: {incident.error}")
+
+    def _step(self, incident: Incident, state: str, message: str, **detail: Any) -> None:
+        incident.state = state
+        self.incidents.save(incident)
+        self.incidents.event(state, message, incident, **detail)
+        self.echo(f"  incident {incident.id}: {message}")
+
+    def _close(self, incident: Incident, state: str, message: str) -> None:
+        incident.state, incident.closed = state, self.clock.time()
+        self.incidents.save(incident)
+        self.incidents.event("closed", f"{state}: {message}", incident)
+        self.echo(f"incident {incident.id} closed: {state} ({message}); cooldown {self.cfg.cooldown_s:.0f}s")
+        if incident.mlflow_run:
+            from modelyard.tracking import client_for
+
+            self._set_tags(incident.mlflow_run, {"modelyard.incident.state": state})
+            try:
+                client = client_for(self.tracking_uri)
+                client.log_artifact(incident.mlflow_run, str(self.incidents.incidents_file))
+                client.set_terminated(incident.mlflow_run, "FAILED" if state == "failed" else "FINISHED")
+            except Exception as err:  # noqa: BLE001 - the record on disk is complete already
+                logger.warning("incident %d: MLflow run not closed: %s", incident.id, err)
+
+    # -- MLflow: one run per incident -------------------------------------------------------------
+    def _mlflow_open(self, incident: Incident, result: CheckResult, folder: Path) -> str | None:
+        from modelyard.tracking import client_for, ensure_experiment
+
+        try:
+            client = client_for(self.tracking_uri)
+            run = client.create_run(ensure_experiment(client, self.cfg.experiment),
+                                    run_name=f"{self.cfg.model}-incident-{incident.id}",
+                                    tags={"modelyard.model": self.cfg.model, "modelyard.incident": str(incident.id),
+                                          "modelyard.incident.reference_version": incident.reference_version,
+                                          "modelyard.incident.triggers": ", ".join(t.name for t in result.triggers)})
+            run_id = run.info.run_id
+            client.log_param(run_id, "window_rows", result.window["rows"])
+            for t in result.triggers:
+                client.log_param(run_id, f"trigger.{t.name}", t.detail[:500])
+            if result.drift is not None:
+                for f in result.drift.features:
+                    client.log_metric(run_id, f"psi.{f.name}", float(f.psi))
+                    client.log_metric(run_id, f"p_adjusted.{f.name}", float(f.p_adjusted))
+                client.log_metric(run_id, "drifted_features", len(result.drift.drifted))
+            if result.performance is not None and result.performance.accuracy is not None:
+                client.log_metric(run_id, "live_accuracy", float(result.performance.accuracy))
+            if (folder / "report").is_dir():
+                client.log_artifacts(run_id, str(folder / "report"), "drift_report")
+            return run_id
+        except Exception as err:  # noqa: BLE001 - the loop goes on without its MLflow record
+            logger.warning("incident %d: MLflow run not created: %s", incident.id, err)
+            return None
+
+    # The incident's own record (incidents.json, events.jsonl) is the source of truth; MLflow tags
+    # mirror it, so a tracking hiccup is logged and never fails a step that already succeeded.
+    def _mlflow_tag(self, incident: Incident, key: str, value: str) -> None:
+        if incident.mlflow_run:
+            self._set_tags(incident.mlflow_run, {key: str(value)})
+
+    def _tag_run(self, run_id: str, incident: Incident) -> None:
+        tags = {"modelyard.incident": str(incident.id)}
+        if incident.mlflow_run:
+            tags["modelyard.incident_run"] = incident.mlflow_run
+        self._set_tags(run_id, tags)
+
+    def _set_tags(self, run_id: str, tags: dict[str, str]) -> None:
+        from modelyard.tracking import client_for
+
+        try:
+            client = client_for(self.tracking_uri)
+            for key, value in tags.items():
+                client.set_tag(run_id, key, value)
+        except Exception as err:  # noqa: BLE001 - see above
+            logger.warning("MLflow run %s: tags %s not set: %s", run_id, sorted(tags), err)
+
+    def _gauges(self, result: CheckResult) -> None:
+        if self.gauges is None or result.drift is None:
+            return
+        self.gauges.update(self.cfg.model, result.drift, result.performance)
+        if self.cfg.metrics_file:
+            self.gauges.write_textfile(self.cfg.metrics_file)
+
+
+def _clock(epoch: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch))
