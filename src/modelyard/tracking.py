@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
-__all__ = ["default_tracking_uri", "ensure_experiment", "git_commit", "resolve_tracking_uri", "tracking_uri_scope"]
+__all__ = ["client_for", "default_tracking_uri", "ensure_experiment", "git_commit", "quiet_downloads",
+           "resolve_tracking_uri", "tracking_uri_scope"]
 
 logger = logging.getLogger(__name__)
 
@@ -92,3 +93,18 @@ def tracking_uri_scope(uri: str) -> Iterator[None]:
         mlflow.set_tracking_uri(previous)  # None: back to MLflow's own default
         if previous_env is None:
             os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+
+@contextmanager
+def quiet_downloads() -> Iterator[None]:
+    """No MLflow progress bar for the block: small JSON artifacts read on every monitor check would
+    otherwise print one each time."""
+    previous = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
+        else:
+            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = previous

@@ -64,7 +64,7 @@ def load_reference(model: str, reference: str = "@champion", tracking_uri: str |
     """
     from modelyard.models.spec import DataSpec
     from modelyard.registry.store import history
-    from modelyard.tracking import client_for, resolve_tracking_uri
+    from modelyard.tracking import client_for, quiet_downloads, resolve_tracking_uri
 
     client = client_for(resolve_tracking_uri(tracking_uri))
     try:
@@ -75,7 +75,7 @@ def load_reference(model: str, reference: str = "@champion", tracking_uri: str |
                              f"{client.tracking_uri}: {err}") from None
     if not mv.run_id:
         raise ReferenceError(f"{model} v{mv.version} has no training run: register it with `modelyard export`")
-    with tempfile.TemporaryDirectory(prefix="modelyard-reference-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="modelyard-reference-") as tmp, quiet_downloads():
         try:
             profile = json.loads(Path(client.download_artifacts(mv.run_id, "reference_profile.json", tmp)).read_text())
             spec = DataSpec.from_dict(json.loads(Path(client.download_artifacts(mv.run_id, "data_spec.json", tmp))

@@ -132,7 +132,8 @@ def _drift_lines(store: Any, incident: Any) -> list[str]:
             lines.append(f"{f['name']:<24} {f['test']:<4} stat {f['statistic']:.3f}  p_adj {f['p_adjusted']:.2g}  "
                          f"PSI {f['psi']:.3f}")
     perf = doc.get("performance")
-    if perf and perf.get("accuracy") is not None:
-        lines.append(f"live accuracy {perf['accuracy']:.3f} on {perf['n']} labels (validation "
-                     f"{perf.get('reference_accuracy') or float('nan'):.3f})")
+    if perf and perf.get("metric") is not None:
+        name, reference = perf.get("metric_name", "metric"), perf.get("reference_metric")
+        lines.append(f"live {name} {perf['metric']:.3f}, accuracy {perf['accuracy']:.3f} on {perf['n']} labels "
+                     f"(validation {name} {reference if reference is not None else float('nan'):.3f})")
     return lines

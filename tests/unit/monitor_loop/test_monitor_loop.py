@@ -209,3 +209,48 @@ def test_each_check_writes_the_report_and_the_gauges(tmp_path, reference):
     assert (latest / "report.json").is_file() and "amount" in (latest / "report.html").read_text()
     # the incident keeps its own copy of the report that opened it
     assert (tmp_path / "state" / "fraud" / "incidents" / "0001" / "report" / "report.json").is_file()
+
+
+def test_a_time_window_only_sees_recent_rows(tmp_path, reference):
+    from modelyard.monitor.check import evaluate
+    from modelyard.monitor.store import MonitorStore
+
+    now = time.time()
+    log = InferenceLog(tmp_path / "log", "fraud")
+    old = encode_features(make_transactions(1500, seed=19, **DRIFT), reference.spec)  # drifted, 2 hours ago
+    new = encode_features(make_transactions(1500, seed=20), reference.spec)  # quiet, a minute ago
+    outputs = np.zeros((50, 2), np.float32)
+    for start in range(0, 1500, 50):
+        log.record(f"old-{start}", "1", "stable", old[start:start + 50], outputs, timestamp=now - 7200)
+        log.record(f"new-{start}", "1", "stable", new[start:start + 50], outputs, timestamp=now - 60)
+    log.close()
+    store = MonitorStore(tmp_path / "log", "fraud", classes=reference.spec.classes)
+    by_time = MonitorConfig(window=WindowConfig(rows=None, minutes=30))
+    recent = evaluate(by_time, store, reference, now=now)
+    assert recent.window["rows"] == 1500 and recent.drift.drifted == []
+    everything = evaluate(MonitorConfig(window=WindowConfig(rows=None, minutes=None)), store, reference, now=now)
+    assert everything.window["rows"] == 3000 and "amount" in everything.drift.drifted
+
+
+def test_watch_runs_checks_until_told_and_serves_the_gauges(tmp_path, reference):
+    import urllib.request
+
+    from prometheus_client import start_http_server
+
+    from modelyard._net import free_port
+    from modelyard.monitor.report import DriftGauges
+
+    _log(tmp_path / "log", reference, 2000, seed=21)
+    monitor = _monitor(tmp_path, reference, FakePipeline(), FakeClock(), interval_s=0.01)
+    monitor.gauges = DriftGauges()
+    assert monitor.watch(max_checks=3) == 3
+    assert len(monitor.incidents.checks()) == 3
+    port = free_port()
+    server, thread = start_http_server(port, addr="127.0.0.1", registry=monitor.gauges.registry)
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+            text = response.read().decode()
+    finally:
+        server.shutdown()
+        thread.join(timeout=5)
+    assert 'modelyard_drift_psi{feature="amount",model="fraud"}' in text
