@@ -13,13 +13,34 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 __all__ = ["LabelledTraffic", "LoadGenerator"]
 
 
-class LoadGenerator:
+class _SenderThreads:
+    """Start the sender threads on ``with``; stop and join them on leaving it."""
+
+    _threads: list[threading.Thread]
+    stop_event: threading.Event
+
+    def __enter__(self) -> Self:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_event.set()
+        for thread in self._threads:
+            thread.join(timeout=30)
+
+
+class LoadGenerator(_SenderThreads):
     """``with LoadGenerator(base_url, "fraud", rows) as load: ...``; then ``load.ok``, ``load.failed``.
 
     Args:
@@ -67,18 +88,9 @@ class LoadGenerator:
             sent += 1
             time.sleep(self.pause_s)
 
-    def __enter__(self) -> LoadGenerator:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop_event.set()
-        for thread in self._threads:
-            thread.join(timeout=15)
 
 
-class LabelledTraffic:
+class LabelledTraffic(_SenderThreads):
     """Real rows in requests of ``batch_rows``, then their labels to ``/v2/models/{model}/feedback``.
 
     ``with LabelledTraffic(url, "fraud", X, y, repeat=True): ...`` sends in background threads until the
@@ -165,15 +177,6 @@ class LabelledTraffic:
                 thread.join()
         return self
 
-    def __enter__(self) -> LabelledTraffic:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop_event.set()
-        for thread in self._threads:
-            thread.join(timeout=30)
 
 
 def _plain(value: object) -> int | str:

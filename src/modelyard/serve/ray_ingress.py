@@ -294,7 +294,9 @@ class KServeIngress:
 
     # --- run-time control ---------------------------------------------------------------------------
     # Weights change through a route, not a redeploy: redeploying the app (even with only new init
-    # args) restarts the ingress replica, losing its statistics and dropping connections mid-flight.
+    # args) replaces the ingress replica and its in-memory statistics. The monitor's loop redeploys
+    # only to add a new canary, before its rollout starts taking statistics (the old replica drains
+    # and flushes its inference log; the loop's tests see no failed request across the swap).
     @app.post("/-/traffic")
     async def traffic(self, request: Request) -> JSONResponse:
         try:
