@@ -56,7 +56,6 @@ def test_drift_is_detected_and_a_retrained_model_is_promoted(tmp_path, store, mo
         "--config", str(ROOT / "configs/monitor/fraud.yaml"), "--tracking_uri", uri,
         "--log_dir", str(tmp_path / "log"), "--state_dir", str(tmp_path / "monitor"), "--window.rows", "2000",
         "--retrain.store", str(data), "--retrain.min_labelled_rows", "1000",
-        "--retrain.train_config", str(ROOT / "configs/train/transactions.yaml"),
         "--retrain.export_config", str(ROOT / "configs/export/fraud.yaml"),
         "--retrain.rollout_config", str(ROOT / "configs/rollout/default.yaml"),
         "--retrain.train_args", json.dumps(["--trainer.devices", "1", "--trainer.strategy", "auto", *QUICK]),

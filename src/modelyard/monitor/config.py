@@ -67,7 +67,9 @@ class RetrainConfig:
 
     Args:
         enabled: false = report incidents only (no retraining, no rollout).
-        train_config: the training config of the model (the same one that made the champion).
+        train_config: the training config to retrain with; ``null``: the champion run's own resolved
+            config (its ``config.yaml`` artifact, command-line overrides included), so the new model
+            differs from the champion by its data alone (plus ``train_args``).
         train_args: extra ``modelyard train`` arguments, e.g. ``["--trainer.devices", "1"]``.
         export_config: the export config; the new version is registered as ``challenger``.
         export_args: extra ``modelyard export`` arguments.
@@ -86,7 +88,7 @@ class RetrainConfig:
     """
 
     enabled: bool = True
-    train_config: str = "configs/train/transactions.yaml"
+    train_config: str | None = None
     train_args: list[str] = field(default_factory=list)
     export_config: str = "configs/export/fraud.yaml"
     export_args: list[str] = field(default_factory=list)

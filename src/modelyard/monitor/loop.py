@@ -138,13 +138,14 @@ class RetrainPipeline:
                                      store=r.store, split=base_split(base, r.seed)))
         self.echo(f"  snapshot {result.short_digest} ({result.name}): {len(recent)} recent labelled rows + "
                   f"{n_ref} rows of the champion's data; {result.n_rows} accepted, {result.n_quarantined} quarantined")
-        return {"name": result.name, "digest": result.digest, "recent_rows": len(recent),
+        return {"name": result.name, "digest": result.digest, "reference_run": ref.run_id, "recent_rows": len(recent),
                 "reference_rows": int(n_ref), "accepted": result.n_rows, "quarantined": result.n_quarantined}
 
     # -- 2. train with the champion's config -----------------------------------------------------
     def train(self, incident: Incident, snapshot: dict[str, Any], tracking_uri: str) -> str:
         r = self.cfg.retrain
-        argv = [sys.executable, "-m", "modelyard", "train", "--config", r.train_config,
+        config = r.train_config or self._champion_config(snapshot["reference_run"], tracking_uri, incident)
+        argv = [sys.executable, "-m", "modelyard", "train", "--config", config,
                 "--data.snapshot", snapshot["name"], "--data.store", r.store,
                 "--mlflow.run_name", f"{self.cfg.model}-incident-{incident.id}", *r.train_args]
         self.echo("  $ " + " ".join(argv[2:]))
@@ -158,6 +159,19 @@ class RetrainPipeline:
         run_id = _run_of_snapshot(tracking_uri, snapshot["digest"])
         self.echo(f"  trained run {run_id}")
         return run_id
+
+    def _champion_config(self, run_id: str, tracking_uri: str, incident: Incident) -> str:
+        """The champion run's own resolved training config (its ``config.yaml`` artifact, overrides included)."""
+        from modelyard.tracking import client_for, quiet_downloads
+
+        folder = Path(self.cfg.state_dir) / self.cfg.model / "incidents" / f"{incident.id:04d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            with quiet_downloads():
+                return client_for(tracking_uri).download_artifacts(run_id, "config.yaml", str(folder))
+        except Exception as err:  # noqa: BLE001 - MlflowException for a missing artifact
+            raise ModelyardError(f"the champion's run {run_id} has no config.yaml artifact ({err}); set "
+                                 "retrain.train_config to the training config to reuse") from None
 
     # -- 3. export behind the parity gate, registered as challenger -------------------------------
     def export(self, incident: Incident, run_id: str, tracking_uri: str) -> str:
