@@ -194,7 +194,13 @@ def make_transactions(
     rng = np.random.default_rng(seed)
     features = _draw_features(rng, n_rows)
     for name, sds in shift.items():
-        features[name] = features[name] + float(sds) * ref.sd[name]
+        moved = features[name] + float(sds) * ref.sd[name]
+        if _NUMERIC[name][0] == "int" and sds:
+            # Dithered rounding: plain rounding would erase any move under half a unit (a quarter sd of
+            # num_tx_24h is 0.43 counts), so an int feature moves up one with the fractional part's
+            # probability and its mean moves by exactly `sds` sd. Its own generator keeps the main stream.
+            moved = np.floor(moved + np.random.default_rng([seed, 1]).random(n_rows))
+        features[name] = moved
     _clip(features)
 
     rule = {t: (1 - concept_drift) * _RULE_A.get(t, 0.0) + concept_drift * _RULE_B.get(t, 0.0) for t in _TERMS}
