@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from modelyard.monitor.store import feedback_schema, list_parts, utc_day, write_part
+from modelyard.monitor.store import delete_parts_older_than, feedback_schema, list_parts, utc_day, write_part
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -106,8 +106,8 @@ class FeedbackLog:
     client that reuses a KServe ``id`` makes one label apply to every logged request with that id.
     """
 
-    def __init__(self, root: str | Path, model: str) -> None:
-        self.model = model
+    def __init__(self, root: str | Path, model: str, max_age_days: float | None = None) -> None:
+        self.model, self.max_age_days = model, max_age_days
         self.folder = Path(root) / model / "feedback"
         self._known = _RowIndex(Path(root) / model / "inferences")
         self._labelled = _RowIndex(self.folder)
@@ -174,6 +174,8 @@ class FeedbackLog:
                                      schema=feedback_schema())
         part = write_part(self.folder, utc_day(now), table, now)
         self._labelled.add(part.path, table)
+        if self.max_age_days is not None:  # labels live as long as the rows they label
+            delete_parts_older_than(self.folder, self.max_age_days, now)
 
 
 def _parse(item: Any) -> tuple[str, int | None, list[str]]:

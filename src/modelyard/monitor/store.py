@@ -90,6 +90,23 @@ def list_parts(folder: Path) -> list[PartFile]:
     return sorted(parts, key=lambda p: (p.written_ms, p.path.name))
 
 
+def delete_parts_older_than(folder: Path, max_age_days: float, now: float | None = None) -> int:
+    """Delete the part files under ``folder`` written more than ``max_age_days`` ago (and emptied day
+    folders); the number deleted."""
+    cutoff_ms = ((time.time() if now is None else now) - max_age_days * 86_400.0) * 1000.0
+    deleted = 0
+    for part in list_parts(folder):
+        if part.written_ms >= cutoff_ms:
+            break  # oldest first
+        part.path.unlink(missing_ok=True)
+        deleted += 1
+        try:
+            part.path.parent.rmdir()  # only succeeds once the day folder is empty
+        except OSError:
+            pass
+    return deleted
+
+
 def write_part(folder: Path, day: str, table: pa.Table, now: float | None = None) -> PartFile:
     """Write ``table`` as a new part file of partition ``day``, atomically."""
     import pyarrow.parquet as pq

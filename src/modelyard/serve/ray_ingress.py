@@ -104,7 +104,8 @@ class KServeIngress:
         self._retired: list[tuple[str, Any]] = []
         # inference_log: InferenceLog keyword arguments with an absolute "root" (RayServeConfig.log_settings).
         self.log = InferenceLog(model=model, **inference_log) if inference_log else None
-        self.feedback_log = FeedbackLog(inference_log["root"], model) if inference_log else None
+        self.feedback_log = (FeedbackLog(inference_log["root"], model, inference_log.get("max_age_days"))
+                             if inference_log else None)
         if self.log is not None:
             self.log.start()
         tags = ("model", "version", "role")

@@ -110,3 +110,23 @@ def test_files_deleted_by_retention_make_their_ids_unknown(tmp_path):
         part.path.unlink()
     _log(tmp_path, {"new": 1})
     assert feedback.submit([{"id": "gone", "label": 0}]).unknown == [{"id": "gone", "row": 0}]
+
+
+def test_labels_older_than_the_retention_are_deleted_with_the_next_submission(tmp_path):
+    import time
+
+    import pyarrow as pa
+
+    from modelyard.monitor.store import feedback_schema, utc_day, write_part
+
+    _log(tmp_path, {"a": 1, "b": 1})
+    folder = tmp_path / "fraud" / "feedback"
+    old = time.time() - 40 * 86_400
+    table = pa.Table.from_arrays([pa.array(["z"]), pa.array([0], pa.int32()), pa.array(["1"]), pa.array([old])],
+                                 schema=feedback_schema())
+    write_part(folder, utc_day(old), table, old)
+    assert len(list_parts(folder)) == 1
+    assert FeedbackLog(tmp_path, "fraud", max_age_days=30).submit([{"id": "a", "label": 1}]).ok
+    parts = list_parts(folder)
+    assert len(parts) == 1 and pq.read_table(parts[0].path)["request_id"].to_pylist() == ["a"]
+    assert not (folder / f"date={utc_day(old)}").exists()
