@@ -91,7 +91,37 @@ def _check_and_optimise(path: Path) -> None:
     options.optimized_model_filepath = str(optimised)
     ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     optimised.replace(path)
+    strip_stack_traces(path)
     onnx.checker.check_model(str(path), full_check=True)
+
+
+def strip_stack_traces(path: Path) -> int:
+    """Remove the exporter's per-node Python stack traces from the file at ``path``; the count.
+
+    torch's exporter records, on every node, the source files that built it: the exporting
+    machine's paths would ship inside every model file (and change its bytes with the checkout's
+    location). The graph itself is untouched.
+    """
+    import onnx
+
+    model = onnx.load(str(path))
+    removed = 0
+    graphs = [model.graph]
+    while graphs:
+        graph = graphs.pop()
+        for node in graph.node:
+            keep = [p for p in node.metadata_props if "stack_trace" not in p.key]
+            if len(keep) != len(node.metadata_props):
+                removed += len(node.metadata_props) - len(keep)
+                del node.metadata_props[:]
+                node.metadata_props.extend(keep)
+            for attribute in node.attribute:  # subgraphs of If/Loop/Scan
+                if attribute.HasField("g"):
+                    graphs.append(attribute.g)
+                graphs.extend(attribute.graphs)
+    if removed:
+        onnx.save(model, str(path))
+    return removed
 
 
 def make_variant(fp32_path: Path, precision: str) -> Path:
