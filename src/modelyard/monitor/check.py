@@ -97,12 +97,13 @@ def prediction_scores(outputs: np.ndarray) -> np.ndarray:
 
     ``outputs`` are the logged logits ``(N, C)``.
     """
+    from scipy.special import softmax
+
+    from modelyard.train.profile import prediction_scores as scores_of_probabilities
+
     if outputs.ndim != 2 or outputs.shape[1] < 2:
         return outputs.reshape(len(outputs), -1)[:, 0].astype(np.float64)
-    z = outputs.astype(np.float64)
-    z = np.exp(z - z.max(axis=1, keepdims=True))
-    probs = z / z.sum(axis=1, keepdims=True)
-    return probs[:, 1] if probs.shape[1] == 2 else probs.max(axis=1)
+    return scores_of_probabilities(softmax(outputs.astype(np.float64), axis=1))
 
 
 @dataclass

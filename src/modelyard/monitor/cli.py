@@ -6,7 +6,6 @@ import json
 import signal
 import sys
 import threading
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -87,13 +86,9 @@ def main(argv: Sequence[str], pipeline: Any | None = None) -> int:
     return 0
 
 
-def _when(epoch: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch))
-
-
 def print_history(state_dir: str, model: str, as_json: bool = False, with_checks: bool = False) -> int:
     """Print the timeline of ``model`` (events, and every check with ``with_checks``)."""
-    from modelyard.monitor.incidents import IncidentStore
+    from modelyard.monitor.incidents import IncidentStore, local_time
 
     store = IncidentStore(state_dir, model)
     events = store.events()
@@ -112,7 +107,7 @@ def print_history(state_dir: str, model: str, as_json: bool = False, with_checks
     print(f"{model}: {len(incidents)} incident(s), {len(store.checks())} check(s) ({store.root})")
     for e in events:
         tag = f"#{e['incident']}" if e.get("incident") else ""
-        print(f"{_when(e['time'])}  {e['kind']:<10} {tag:<4} {e['message']}")
+        print(f"{local_time(e['time'])}  {e['kind']:<10} {tag:<4} {e['message']}")
         if e["kind"] == "incident" and e.get("incident") in incidents:
             for line in _drift_lines(store, incidents[e["incident"]]):
                 print(" " * 37 + line)

@@ -18,10 +18,15 @@ from typing import Any
 
 from modelyard._io import atomic_write_text
 
-__all__ = ["CLOSED_STATES", "Incident", "IncidentStore"]
+__all__ = ["CLOSED_STATES", "Incident", "IncidentStore", "local_time"]
 
 # open -> (waiting_for_labels) -> snapshot -> trained -> exported -> canary -> promoted | rolled_back
 CLOSED_STATES = ("promoted", "rolled_back", "failed", "reported")
+
+
+def local_time(epoch: float) -> str:
+    """``YYYY-MM-DD HH:MM:SS`` in local time, as the timeline prints it."""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch))
 
 
 @dataclass

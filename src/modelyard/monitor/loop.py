@@ -31,7 +31,7 @@ from typing import Any, Protocol
 from modelyard.errors import ModelyardError
 from modelyard.monitor.check import CheckResult, Reference, evaluate, load_reference
 from modelyard.monitor.config import MonitorConfig
-from modelyard.monitor.incidents import Incident, IncidentStore
+from modelyard.monitor.incidents import Incident, IncidentStore, local_time
 
 __all__ = ["CanaryDeployer", "Monitor", "NotEnoughLabels", "RayServeDeployer", "RetrainPipeline"]
 
@@ -164,7 +164,7 @@ class RetrainPipeline:
         """The champion run's own resolved training config (its ``config.yaml`` artifact, overrides included)."""
         from modelyard.tracking import client_for, quiet_downloads
 
-        folder = Path(self.cfg.state_dir) / self.cfg.model / "incidents" / f"{incident.id:04d}"
+        folder = IncidentStore(self.cfg.state_dir, self.cfg.model).incident_dir(incident)
         folder.mkdir(parents=True, exist_ok=True)
         try:
             with quiet_downloads():
@@ -315,9 +315,10 @@ class Monitor:
             return result
         until = self.incidents.cooldown_until(self.cfg.cooldown_s)
         if until is not None and now < until:
-            self.incidents.event("suppressed", f"check fired during the cooldown (until {_clock(until)}): "
+            self.incidents.event("suppressed", f"check fired during the cooldown (until {local_time(until)}): "
                                  + "; ".join(t.detail for t in result.triggers), None, now)
-            self.echo(f"  suppressed: cooldown after incident {self.incidents.last_closed().id} until {_clock(until)}")
+            last = self.incidents.last_closed()
+            self.echo(f"  suppressed: cooldown after incident {last.id if last else '?'} until {local_time(until)}")
             return result
         incident = self.incidents.open(ref.version, [asdict(t) for t in result.triggers], now)
         folder = self.incidents.incident_dir(incident)
@@ -479,7 +480,3 @@ class Monitor:
         self.gauges.update(self.cfg.model, result.drift, result.performance)
         if self.cfg.metrics_file:
             self.gauges.write_textfile(self.cfg.metrics_file)
-
-
-def _clock(epoch: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch))

@@ -71,3 +71,17 @@ def test_concept_drift_is_caught_through_live_balanced_accuracy(setup):
     fired = [_fires(setup, seed=300 + i, concept_drift=0.9) for i in range(WINDOWS)]
     caught = sum("accuracy" in f for f in fired)
     assert caught >= WINDOWS - 1, f"concept drift caught in {caught} of {WINDOWS} windows: {fired}"
+
+
+def test_the_schedule_fires_after_its_period_since_the_last_retraining(setup):
+    from modelyard.monitor.config import PolicyConfig
+
+    ref, _ = setup
+    now = 1_000_000.0
+    cfg = MonitorConfig(policy=PolicyConfig(schedule_hours=24))
+    result = CheckResult(time=now, model="fraud", reference_version="1", reference_run="run-0",
+                         window={"rows": 0}, drift=None, performance=None)
+    live_since = Reference(ref.model, ref.version, ref.run_id, ref.profile, ref.spec, since=now - 25 * 3600)
+    assert [t.name for t in apply_policy(cfg, result, live_since, now, last_retrain=None)] == ["schedule"]
+    assert apply_policy(cfg, result, live_since, now, last_retrain=now - 3600) == []
+    assert apply_policy(MonitorConfig(), result, live_since, now, last_retrain=None) == []  # no schedule set
