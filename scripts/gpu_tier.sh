@@ -5,7 +5,12 @@
 #
 #   scripts/gpu_tier.sh                               # .venv/bin/python if present, else python3
 #   PYTHON=/opt/venv/bin/python scripts/gpu_tier.sh   # another environment (the CUDA image's)
+#   GPU_TIER_PATHS=tests/integration/test_gpu.py scripts/gpu_tier.sh   # collect only these paths
 #
+# GPU_TIER_PATHS (default `tests`): the space-separated paths pytest collects. Collecting `tests`
+# imports every test module, so that environment needs every test dependency (ray, tritonclient,
+# pytriton, ...) even though only `requires_gpu` tests run; an environment with just the GPU
+# tier's dependencies collects tests/integration/test_gpu.py alone.
 # Results (on a machine with a CUDA GPU): benchmarks/results/gpu_tier.json (outcome and duration of
 # every test, skip reasons, the machine) and the benchmark's gpu.json / gpu.md. Without a GPU every
 # test is skipped with its reason, the benchmark says why it did not run, nothing under
@@ -21,6 +26,7 @@ if [[ -z "${PYTHON:-}" ]]; then
 fi
 BUDGET_S=${GPU_TIER_BUDGET_S:-450}
 TESTS_S=${GPU_TIER_TESTS_S:-330}
+read -r -a TEST_PATHS <<< "${GPU_TIER_PATHS:-tests}"
 RESULTS=benchmarks/results
 START=$(date +%s)
 WORK=$(mktemp -d)
@@ -29,8 +35,8 @@ trap 'rm -rf "$WORK"' EXIT
 GPUS=$("$PYTHON" -c 'import torch; print(torch.cuda.device_count() if torch.cuda.is_available() else 0)' 2>/dev/null || echo 0)
 echo "== gpu tier: $GPUS CUDA GPU(s), $("$PYTHON" -V 2>&1) at $PYTHON, budget ${BUDGET_S}s"
 
-echo "== tests marked requires_gpu (timeout ${TESTS_S}s)"
-timeout --kill-after=20 "$TESTS_S" "$PYTHON" -m pytest tests -m requires_gpu -p no:cacheprovider -q -rs \
+echo "== tests marked requires_gpu in ${TEST_PATHS[*]} (timeout ${TESTS_S}s)"
+timeout --kill-after=20 "$TESTS_S" "$PYTHON" -m pytest "${TEST_PATHS[@]}" -m requires_gpu -p no:cacheprovider -q -rs \
   --timeout "$TESTS_S" --junitxml="$WORK/junit.xml"
 TESTS_RC=$?
 

@@ -45,6 +45,9 @@ def _train(argv: Sequence[str]) -> int:
     if result.status == "preempted":
         print(f"preempted: checkpoint saved in {result.job_dir}; continue with the same command plus --resume")
         return 0
+    if result.undelivered_metrics:
+        print(f"NOT delivered to MLflow: {result.undelivered_metrics} metric points, kept in "
+              f"{result.undelivered_file}; the same command plus --resume delivers them")
     score = f"{result.best_score:.4f}" if result.best_score is not None else "n/a"
     print(f"run {result.run_id} ({result.experiment}): best {result.monitor} = {score}\n"
           f"  best checkpoint: {result.best_checkpoint}\n"
@@ -101,6 +104,12 @@ def _serve(argv: Sequence[str]) -> int:
     return importlib.import_module(targets[argv[0]]).main(argv[1:])
 
 
+def _tracking(argv: Sequence[str]) -> int:
+    from modelyard.tracking_server import main as tracking_main
+
+    return tracking_main(argv)
+
+
 def _rollout(argv: Sequence[str]) -> int:
     from modelyard.rollout.cli import main as rollout_main
 
@@ -122,6 +131,7 @@ COMMANDS: dict[str, Command] = {
     "rollout": Command("progressive canary rollout: start, status, abort, promote", _rollout),
     "registry": Command("model versions, audited champion/challenger moves, their history", _registry),
     "monitor": Command("drift and live-accuracy checks; the retrain -> export -> canary -> promote loop", _monitor),
+    "tracking": Command("`tracking server`: the MLflow tracking server with authentication, on 127.0.0.1", _tracking),
 }
 
 

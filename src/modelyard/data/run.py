@@ -19,8 +19,9 @@ import pandas as pd
 from modelyard.data.config import FILE_DATASET, DataConfig, check_config
 from modelyard.data.generators import BUILTIN_DATASETS
 from modelyard.data.schema import Schema
-from modelyard.data.store import write_snapshot
+from modelyard.data.store import check_ref_name, write_snapshot
 from modelyard.data.validate import DataValidationError, ValidationReport, coerce, quarantine_frame, validate
+from modelyard.safety import UnsafeNameError
 
 __all__ = ["DataResult", "read_table", "run"]
 
@@ -115,6 +116,9 @@ def run(cfg: DataConfig) -> DataResult:
     check_config(cfg)
     frame, schema, source = _load(cfg)
     name = cfg.name or (schema.name if cfg.dataset == FILE_DATASET else cfg.dataset)
+    if problem := check_ref_name(name):  # a schema's name becomes a file under refs/: refused before any write
+        raise UnsafeNameError(f"{problem}; it comes from {'name' if cfg.name else 'the schema name'}, set "
+                              "--name to a valid ref name")
     logger.info("Validating %d rows of %r against schema %r.", len(frame), cfg.source or cfg.dataset, schema.name)
     report = validate(frame, schema)
     if not report.ok:

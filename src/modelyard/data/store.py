@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import re
 import shutil
 import uuid
@@ -30,6 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from modelyard import safety
 from modelyard._io import atomic_write_text
 from modelyard.data._coercion import canonical_frame
 from modelyard.data.digest import compute_digest, short_digest
@@ -49,7 +51,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 DEFAULT_STORE = "data/store"
-_REF_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _HEX_PREFIX = re.compile(r"[0-9a-f]{6,64}")
 _MIN_PREFIX = 6
 
@@ -63,13 +64,29 @@ class AmbiguousRefError(LookupError):
 
 
 def check_ref_name(name: str) -> str | None:
-    """Why ``name`` cannot be a ref file name, or None when it can."""
-    if isinstance(name, str) and _REF_NAME.fullmatch(name):
+    """Why ``name`` cannot be a ref file name, or None when it can (a string check, no disk access)."""
+    reason = safety.name_problem(name)
+    if reason is None:
         return None
+    shown = repr(name) if len(repr(name)) <= 140 else repr(name)[:137] + "..."
     return (
-        f"ref name {name!r} is not allowed: use 1-128 letters, digits, '.', '_' or '-', "
-        "starting with a letter or digit (no slashes), e.g. 'transactions_drifted'"
+        f"ref name {shown} is not allowed ({reason}): use 1-128 letters, digits, '.', '_' or '-', "
+        "starting with a letter or digit, without '..' or slashes, e.g. 'transactions_drifted'"
     )
+
+
+def _check_ref(name: str) -> str:
+    """``name`` when it is a valid ref name; raises :class:`~modelyard.safety.UnsafeNameError` otherwise."""
+    if problem := check_ref_name(name):
+        raise safety.UnsafeNameError(problem)
+    return name
+
+
+def _ref_target(root: Path, name: str, digest: str) -> Path:
+    """The snapshot folder a ref's stored digest names, refused when the stored text is not a digest
+    (a tampered ref file) or the folder is a link out of ``snapshots/``."""
+    safety.check_digest(digest, f"digest stored in ref {name!r}")
+    return safety.contained(root / "snapshots", digest, "snapshot folder")
 
 
 def list_refs(store: str | Path = DEFAULT_STORE) -> dict[str, str]:
@@ -77,8 +94,15 @@ def list_refs(store: str | Path = DEFAULT_STORE) -> dict[str, str]:
     refs = Path(store) / "refs"
     if not refs.is_dir():
         return {}
-    return {p.name: p.read_text(encoding="utf-8").strip() for p in sorted(refs.iterdir()) if p.is_file()
-            and not p.name.startswith(".")}
+    out = {}
+    for path in sorted(refs.iterdir()):
+        if path.name.startswith(".") or check_ref_name(path.name) or not path.is_file():
+            continue
+        if not safety.resolves_inside(refs, path):  # a ref that links out of the store is never read
+            logger.warning("ref %s is a link to %s, outside %s; ignored", path.name, path.resolve(), refs)
+            continue
+        out[path.name] = path.read_text(encoding="utf-8").strip()
+    return out
 
 
 def _version() -> str:
@@ -126,9 +150,7 @@ def write_snapshot(
     Raises:
         ValueError: on an invalid ref name, empty data, or bad split fractions.
     """
-    problem = check_ref_name(name)
-    if problem:
-        raise ValueError(problem)
+    _check_ref(name)
     if len(data) == 0:
         raise ValueError("refusing to write an empty snapshot: no rows were accepted")
     frame = canonical_frame(data, schema)
@@ -138,6 +160,9 @@ def write_snapshot(
     digest = compute_digest(frame, schema, splits, quarantine)
 
     root = Path(store)
+    # A snapshots/ or refs/ entry that is a link out of the store is refused before it is read or written.
+    safety.contained(root, f"snapshots/{safety.check_digest(digest)}", "snapshot folder")
+    safety.contained(root, f"refs/{name}", "ref file")
     final = root / "snapshots" / digest
     if (final / "manifest.json").is_file():
         logger.info("Snapshot %s already exists at %s; reusing it.", short_digest(digest), final)
@@ -204,21 +229,41 @@ class Snapshot:
         self.manifest: dict[str, Any] = json.loads(manifest.read_text(encoding="utf-8"))
 
     @classmethod
-    def open(cls, ref: str | Path, store: str | Path = DEFAULT_STORE) -> Snapshot:
+    def open(cls, ref: str | os.PathLike[str], store: str | Path = DEFAULT_STORE, *,
+             allow_path: bool = True) -> Snapshot:
         """Open a snapshot by (a) directory path, (b) ref name, or (c) digest or unique prefix (>= 6 hex).
+
+        Args:
+            ref: what to open. A string that is not a plain name (it has a separator, ``..``, ...)
+                can only be a directory path.
+            store: the store that ref names and digests are looked up in.
+            allow_path: False for a ``ref`` from a less trusted source (a registry tag, an HTTP
+                request): only ref names and digests are accepted, checked before the disk is touched.
 
         Raises:
             SnapshotNotFoundError: nothing matches; the message lists the store's refs.
             AmbiguousRefError: a digest prefix matches several snapshots; they are listed.
+            UnsafeNameError: with ``allow_path=False``, ``ref`` is not a ref name or digest.
         """
-        text = str(ref)
-        as_path = Path(text)
-        if (as_path / "manifest.json").is_file():
-            return cls(as_path)
+        text = os.fspath(ref) if isinstance(ref, os.PathLike) else ref
+        plain = isinstance(text, str) and safety.name_problem(text) is None and not isinstance(ref, os.PathLike)
+        if not allow_path and not plain:
+            raise safety.UnsafeNameError(
+                f"snapshot reference {text!r:.140} is refused ({safety.name_problem(text) or 'a path object'}): "
+                f"expected a ref name ({safety.NAME_RULE}) or a digest (prefix of at least {_MIN_PREFIX} "
+                "hex characters); folder paths are not accepted here")
+        if allow_path:
+            as_path = Path(text)
+            if (as_path / "manifest.json").is_file():
+                return cls(as_path)
+            if not plain:
+                raise SnapshotNotFoundError(
+                    f"no snapshot folder at {text!r:.140} (no manifest.json there), and it is not a ref name or "
+                    f"digest; pass a ref name, a digest, or a directory under <store>/snapshots/")
         root = Path(store)
         refs = list_refs(root)
         if text in refs:
-            target = root / "snapshots" / refs[text]
+            target = _ref_target(root, text, refs[text])
             if not (target / "manifest.json").is_file():
                 raise SnapshotNotFoundError(
                     f"ref {text!r} points at digest {refs[text]} but {target} is missing; the store at "
@@ -227,7 +272,8 @@ class Snapshot:
             return cls(target)
         snapshots = root / "snapshots"
         if _HEX_PREFIX.fullmatch(text.lower()) and snapshots.is_dir():
-            matches = sorted(d for d in snapshots.iterdir() if d.name.startswith(text.lower()) and d.is_dir())
+            matches = sorted(d for d in snapshots.iterdir() if d.name.startswith(text.lower()) and d.is_dir()
+                             and safety.resolves_inside(snapshots, d))  # a link out of the store is no snapshot
             if len(matches) == 1:
                 return cls(matches[0])
             if len(matches) > 1:

@@ -19,7 +19,8 @@ import pandas as pd
 from modelyard.data._coercion import coerce_column
 from modelyard.data.schema import Schema
 
-__all__ = ["ColumnViolations", "DataValidationError", "ValidationReport", "ViolationKind", "coerce", "quarantine_frame", "validate"]
+__all__ = ["ColumnViolations", "DataValidationError", "ValidationReport", "ViolationKind", "coerce", "quarantine_frame",
+           "validate"]
 
 ViolationKind = Literal["type", "null", "below_min", "above_max", "not_allowed"]
 MAX_EXAMPLES = 5

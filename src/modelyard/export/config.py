@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-__all__ = ["ExportConfig", "ToleranceConfig", "parse_export_args"]
+__all__ = ["ExportConfig", "ToleranceConfig", "name_problems", "parse_export_args"]
 
 DEFAULT_LIMITATIONS = [
     "Trained on one snapshot; performance on data that drifts from its reference profile is unknown.",
@@ -69,6 +69,20 @@ class ExportConfig:
     limitations: list[str] = field(default_factory=lambda: list(DEFAULT_LIMITATIONS))
 
 
+def name_problems(cfg: ExportConfig) -> list[str]:
+    """The values of ``cfg`` that become folder names (``OUTPUT_DIR/<name>/<run id>/``, the Triton
+    model folder, artifact paths) and are not plain names; checked before anything is read or written."""
+    from modelyard.safety import NAME_RULE, name_problem
+
+    problems = []
+    for key in ("name", "run"):
+        value = getattr(cfg, key)
+        if value is not None and value != "latest" and (reason := name_problem(value)):
+            what = "a model name" if key == "name" else "a run id or 'latest'"
+            problems.append(f"{key} {value!r:.140} is refused: {reason}; expected {what}, {NAME_RULE}")
+    return problems
+
+
 def build_parser():  # -> jsonargparse.ArgumentParser
     from modelyard.config import dataclass_parser
 
@@ -85,9 +99,10 @@ def parse_export_args(argv: Sequence[str]) -> ExportConfig:
     from modelyard.config import ConfigError, parse_dataclass_args
 
     ns = parse_dataclass_args(build_parser(), argv, "export configuration")
-    tolerances = {k: ToleranceConfig(**v) if isinstance(v, dict) else v for k, v in (ns.pop("tolerances") or {}).items()}
+    tolerances = {k: ToleranceConfig(**v) if isinstance(v, dict) else v
+                  for k, v in (ns.pop("tolerances") or {}).items()}
     cfg = ExportConfig(**ns, tolerances=tolerances)
-    problems = []
+    problems = name_problems(cfg)
     if not cfg.run and not cfg.checkpoint:
         problems.append("give --run (an id or 'latest') or --checkpoint PATH")
     if cfg.deploy != "fp32" and cfg.deploy not in cfg.variants:

@@ -165,7 +165,8 @@ def torch_outputs(model: torch.nn.Module, features: torch.Tensor, chunk: int = 4
     with torch.no_grad():
         for x in features.split(chunk):
             out = model(x)
-            outs = list(out.values()) if isinstance(out, dict) else list(out) if isinstance(out, (tuple, list)) else [out]
+            outs = (list(out.values()) if isinstance(out, dict)
+                    else list(out) if isinstance(out, (tuple, list)) else [out])
             parts.append([o.detach().float().cpu().numpy() for o in outs])
     return [np.concatenate([p[i] for p in parts]) for i in range(len(parts[0]))]
 

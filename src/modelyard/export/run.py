@@ -47,21 +47,19 @@ def run(cfg: ExportConfig) -> ExportResult:
     """
     from modelyard.export.source import load_source
     from modelyard.export.triton_repo import validate_model_name, write_model_version
-
     source = load_source(cfg.run if not cfg.checkpoint else None, cfg.checkpoint, cfg.experiment, cfg.tracking_uri)
     name = validate_model_name(cfg.name or source.experiment or source.spec.label)
     export_dir = Path(cfg.output_dir) / name / (source.run_id or time.strftime("%Y%m%d-%H%M%S"))
     staging = export_dir.with_name(f".{export_dir.name}.tmp")
-    shutil.rmtree(staging, ignore_errors=True)
+    _recover_export_dir(export_dir)
+    shutil.rmtree(staging, ignore_errors=True)  # an earlier export of this run that was killed
 
     try:
         reports, graph, x, reference, refused = _export_and_gate(cfg, source, staging)
         manifest = _manifest(source, graph, staging, reports, name)
         atomic_write_text(staging / "manifest.json", json.dumps(manifest, indent=2))
         atomic_write_text(staging / "parity.json", json.dumps({k: r.to_dict() for k, r in reports.items()}, indent=2))
-        if export_dir.exists():
-            shutil.rmtree(export_dir)
-        staging.rename(export_dir)  # the export folder appears whole or not at all
+        _replace_dir(staging, export_dir)  # the export folder appears whole or not at all
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     deploy_file = export_dir / ("model.onnx" if cfg.deploy == "fp32" else f"model.{cfg.deploy}.onnx")
@@ -85,6 +83,35 @@ def run(cfg: ExportConfig) -> ExportResult:
                       tracking_uri=source.tracking_uri)
             result.alias = cfg.alias
     return result
+
+
+def _previous(folder: Path) -> Path:
+    return folder.with_name(f".{folder.name}.previous")
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    """Put the finished folder ``new`` at ``target``, whose earlier content is replaced, never mixed.
+
+    Deleting the old folder in place would leave a half-deleted export under the final name if the
+    process died meanwhile; it is moved aside by one rename instead, and deleted once ``new`` is in
+    place. A process killed between the two renames leaves only the hidden ``.<name>.previous``,
+    which the next export puts back (:func:`_recover_export_dir`).
+    """
+    previous = _previous(target)
+    shutil.rmtree(previous, ignore_errors=True)
+    if target.exists():
+        target.rename(previous)
+    new.rename(target)
+    shutil.rmtree(previous, ignore_errors=True)
+
+
+def _recover_export_dir(target: Path) -> None:
+    """Undo what a killed :func:`_replace_dir` left: the earlier export back under its name."""
+    previous = _previous(target)
+    if previous.is_dir() and not target.exists():
+        previous.rename(target)
+        logger.warning("restored %s, which an interrupted export had moved aside", target)
+    shutil.rmtree(previous, ignore_errors=True)
 
 
 def _export_and_gate(cfg: ExportConfig, source: Any, staging: Path) -> tuple[dict[str, ParityReport], Any, Any, Any,

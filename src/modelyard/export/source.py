@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from modelyard.safety import check_digest, check_name, resolves_inside
 from modelyard.tracking import client_for, resolve_tracking_uri
 
 if TYPE_CHECKING:
@@ -62,6 +63,7 @@ class ExportSource:
 def find_run(client: Any, run: str, experiment: str | None = None) -> Any:
     """``run`` is a run id or ``latest`` (newest finished training run, optionally of ``experiment``)."""
     if run != "latest":
+        check_name(run, "run id")  # it becomes a folder name (exports/<name>/<run id>/)
         try:
             found = client.get_run(run)
         except Exception as err:  # noqa: BLE001 - MlflowException for unknown ids
@@ -108,6 +110,10 @@ def load_source(run: str | None, checkpoint: str | None, experiment: str | None 
         config = yaml.safe_load((job_dir / "config.yaml").read_text())
         state = json.loads((job_dir / "job.json").read_text()) if (job_dir / "job.json").is_file() else {}
         run_id, digest = state.get("run_id"), state.get("data_digest", "")
+        if run_id:  # it becomes a folder name (exports/<name>/<run id>/)
+            check_name(run_id, f"run_id in {job_dir / 'job.json'}")
+        if digest:
+            check_digest(digest, f"data_digest in {job_dir / 'job.json'}")
         if run_id:
             found = client.get_run(run_id)
             experiment_name = client.get_experiment(found.info.experiment_id).name
@@ -118,6 +124,8 @@ def load_source(run: str | None, checkpoint: str | None, experiment: str | None 
         experiment_name = client.get_experiment(found.info.experiment_id).name
         metrics, commit = dict(found.data.metrics), found.data.tags.get("mlflow.source.git.commit")
         digest = found.data.tags.get("modelyard.data_digest", "")
+        if digest:  # a tag, looked up in the data store: a digest, never a path
+            check_digest(digest, f"data digest tag of run {run_id}")
         config = yaml.safe_load(Path(client.download_artifacts(run_id, "config.yaml", tempfile.mkdtemp())).read_text())
         ckpt = _run_checkpoint(client, found)
     train_config = TrainConfig.from_dict(config)
@@ -136,8 +144,13 @@ def _run_checkpoint(client: Any, run: Any) -> Path:
         state_file = Path(job_dir) / "job.json"
         if state_file.is_file():
             best = json.loads(state_file.read_text()).get("best_checkpoint")
-            if best and Path(best).is_file():
+            # Only a checkpoint inside the job folder is trusted as the run's own (a job.json edited to
+            # name another file, or a link out of the folder, falls back to the run's artifact).
+            if best and Path(best).is_file() and resolves_inside(job_dir, best):
                 return Path(best)
+            if best:
+                logger.warning("best_checkpoint %s in %s is not a file inside the job folder; using the run's "
+                               "artifact", best, state_file)
     # The job folder is on another machine (or gone): the run's artifact is the same file.
     return Path(client.download_artifacts(run.info.run_id, "checkpoints/best.ckpt", tempfile.mkdtemp()))
 

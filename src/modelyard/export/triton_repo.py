@@ -17,11 +17,13 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from modelyard import safety
 from modelyard._io import atomic_copy, atomic_write_bytes
 from modelyard.export.triton_config import write_config
 
@@ -32,15 +34,18 @@ if TYPE_CHECKING:
     from modelyard.export.triton_validate import TensorSpec
 
 __all__ = ["TARGETS", "TargetKind", "TritonTarget", "TritonVersion", "build_config", "existing_versions",
-           "name_problem", "next_version", "validate_model_name", "write_model_version"]
+           "name_problem", "next_version", "remove_stale_temp_dirs", "validate_model_name",
+           "write_model_version"]
 
 logger = logging.getLogger(__name__)
 
 TargetKind = Literal["cpu", "gpu", "gpu-tensorrt"]
 MODEL_FILENAME = "model.onnx"
-NAME_RULE = "1-128 characters from [A-Za-z0-9_.-], not starting with '.', without '..'"
-_SAFE_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+NAME_RULE = safety.NAME_RULE
 VERSION_RE = re.compile(r"[1-9][0-9]*")  # Triton ignores version folders named otherwise (e.g. "01")
+TEMP_PREFIX = ".tmp-"  # a version folder being built: .tmp-<version>-<random>, renamed into place when whole
+_TEMP_DIR = re.compile(re.escape(TEMP_PREFIX) + r"[0-9]+-[A-Za-z0-9_]+")  # what tempfile.mkdtemp makes of it
+STALE_TEMP_AGE_S = 3600.0  # such a folder untouched this long was left by a killed export
 
 
 @dataclass
@@ -78,31 +83,16 @@ TARGETS: dict[str, TritonTarget] = {kind: TritonTarget(kind=kind) for kind in ("
 
 def name_problem(name: str) -> str | None:
     """The first rule ``name`` breaks as a Triton model (and folder) name, None when it is safe."""
-    rules = [
-        (not name, "it is empty"),
-        (len(name) > 128, f"it is {len(name)} characters long, more than 128"),
-        ("\0" in name, "it contains a NUL character"),
-        (name.startswith(("/", "\\")) or re.match(r"[A-Za-z]:", name) is not None, "it is an absolute path"),
-        (":" in name, "it contains ':' (URL scheme or drive letter)"),
-        ("/" in name or "\\" in name, "it contains a path separator"),
-        (".." in name, "it contains '..'"),
-        (name.startswith("."), "it starts with '.' (hidden folder, ignored by Triton)"),
-        ("%" in name, "it contains '%' (percent-encoded characters such as %2e or %2f)"),
-        ("#" in name, "it contains '#'"),
-        (not _SAFE_NAME.fullmatch(name), "it contains characters outside [A-Za-z0-9_.-]"),
-    ]
-    return next((rule for broken, rule in rules if broken), None)
+    return safety.name_problem(name)
 
 
 def validate_model_name(name: str) -> str:
-    """Return ``name`` when it is a safe Triton model name.
+    """Return ``name`` when it is a safe Triton model name (checked as a string, before any disk access).
 
     Raises:
-        ValueError: naming the name, the rule it breaks and the allowed pattern.
+        UnsafeNameError: a ``ValueError`` naming the name, the rule it breaks and the allowed pattern.
     """
-    if rule := name_problem(name):
-        raise ValueError(f"model name {name[:140]!r} is refused: {rule}; use {NAME_RULE}, e.g. 'fraud-detector'")
-    return name
+    return safety.check_name(name, "model name")
 
 
 def build_config(name: str, onnx_path: str | Path, target: TritonTarget | str, *,
@@ -198,14 +188,17 @@ def existing_versions(model_dir: Path) -> list[int]:
 
 def next_version(repo: str | Path, name: str) -> int:
     """1 + the highest numeric version folder of ``repo/name``; 1 when there is none."""
-    versions = existing_versions(Path(repo) / validate_model_name(name))
+    versions = existing_versions(safety.contained(repo, validate_model_name(name), "Triton model folder"))
     return versions[-1] + 1 if versions else 1
 
 
 def _relative(name: str, what: str) -> Path:
-    if not name or Path(name).is_absolute() or ".." in Path(name).parts or "\\" in name:
-        raise ValueError(f"{what} {name!r} must be a relative path inside the version folder, e.g. 'manifest.json'")
-    return Path(name)
+    """``name`` as a path inside the version folder; refused (as a string) when it could leave it."""
+    try:
+        return Path(safety.check_relative(name, what))
+    except safety.UnsafeNameError as err:
+        raise safety.UnsafeNameError(f"{err}; it must be a relative path inside the version folder, "
+                                     "e.g. 'manifest.json'") from None
 
 
 def _warmup_payloads(inputs: list[TensorSpec], sample: Any, name: str) -> dict[str, tuple[str, bytes, list[int]]]:
@@ -231,18 +224,49 @@ def _warmup_payloads(inputs: list[TensorSpec], sample: Any, name: str) -> dict[s
                 d >= 0 and d != a for d, a in zip(spec.dims[1:], arr.shape[1:])):
             raise ValueError(f"{name}: warmup sample {spec.name!r} has shape {arr.shape}; expected one "
                              f"row of graph shape {list(spec.dims)} (-1 = any), e.g. sample[:1]")
-        safe = _SAFE_NAME.fullmatch(spec.name) and not spec.name.startswith(".")
+        safe = safety.name_problem(spec.name) is None
         out[spec.name] = (spec.name if safe else f"input_{index}", arr.astype(dtype).tobytes(), list(arr.shape[1:]))
     return out
 
 
+def remove_stale_temp_dirs(model_dir: Path, max_age_s: float = STALE_TEMP_AGE_S) -> list[Path]:
+    """Delete the ``.tmp-<version>-<random>`` folders of ``model_dir`` unchanged for ``max_age_s``; the removed.
+
+    :func:`write_model_version` builds each version in such a folder and removes it on any error,
+    but a process killed mid-copy cannot: the folder stays beside the versions (hidden, so Triton
+    and ``triton validate`` ignore it) and would accumulate model-sized copies. One untouched for an
+    hour is no longer being written (a copy updates it as files land in it), so a concurrent export
+    still building its version is left alone. Symlinks are not followed, whatever their name.
+    """
+    now = time.time()
+    removed = []
+    for entry in sorted(model_dir.iterdir()):
+        if not _TEMP_DIR.fullmatch(entry.name) or entry.is_symlink() or not entry.is_dir():
+            continue
+        try:
+            age = now - entry.lstat().st_mtime
+        except FileNotFoundError:  # removed meanwhile by another export
+            continue
+        if age < max_age_s:
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+        if not entry.exists():
+            removed.append(entry)
+            logger.warning("removed %s, the unfinished version folder of an export interrupted %.1f h ago",
+                           entry, age / 3600)
+        else:
+            logger.warning("could not remove %s, the unfinished version folder of an interrupted export", entry)
+    return removed
+
+
 def write_model_version(repo: str | Path, name: str, onnx_path: str | Path, target: TritonTarget | str = "cpu", *,
-                        warmup_sample: numpy.ndarray | dict[str, numpy.ndarray] | None = None, version: int | None = None,
-                        extra_files: dict[str, str | Path] | None = None) -> TritonVersion:
+                        warmup_sample: numpy.ndarray | dict[str, numpy.ndarray] | None = None,
+                        version: int | None = None, extra_files: dict[str, str | Path] | None = None) -> TritonVersion:
     """Add ``onnx_path`` as a new version of model ``name`` in ``repo``, then rewrite its config.
 
     The version folder is built as ``repo/name/.tmp-<version>-<random>`` and renamed into place:
-    an interrupted export leaves earlier versions untouched and no half-written version.
+    an interrupted export leaves earlier versions untouched and no half-written version. Such
+    folders left by exports killed over an hour ago are deleted first (:func:`remove_stale_temp_dirs`).
 
     Args:
         warmup_sample: batch-1 sample ``(1, *dims)`` or ``dims`` (or ``{input: array}``), to ``name/warmup/``.
@@ -255,7 +279,17 @@ def write_model_version(repo: str | Path, name: str, onnx_path: str | Path, targ
     from modelyard.export.triton_validate import external_tensors, graph_io, read_model
 
     repo, onnx_path = Path(repo), Path(onnx_path)
-    model_dir = repo / validate_model_name(name)
+    validate_model_name(name)
+    extras = {_relative(k, "extra file"): Path(v) for k, v in (extra_files or {}).items()}
+    if Path(MODEL_FILENAME) in extras:
+        raise ValueError(f"{name}: extra_files may not replace {MODEL_FILENAME}; rename that extra file")
+    if version is not None and (isinstance(version, bool) or not isinstance(version, int)):
+        # A version becomes a folder name: a string such as '../1' is refused, '3' is taken as 3.
+        version = int(safety.check_version(version, f"{name}: Triton version"))
+    # Resolved before anything is read or written: a model folder that is a symlink out of the
+    # repository is refused, so neither the listing nor the new version can land outside it.
+    safety.contained(repo, name, "Triton model folder")
+    model_dir = repo / name
     existing = existing_versions(model_dir)
     version = (existing[-1] + 1 if existing else 1) if version is None else version
     if version < 1 or (existing and version <= existing[-1]):
@@ -264,17 +298,17 @@ def write_model_version(repo: str | Path, name: str, onnx_path: str | Path, targ
     model = read_model(onnx_path)
     inputs, _ = graph_io(model, str(onnx_path))
     payloads = _warmup_payloads(inputs, warmup_sample, name) if warmup_sample is not None else {}
-    extras = {_relative(k, "extra file"): Path(v) for k, v in (extra_files or {}).items()}
-    if Path(MODEL_FILENAME) in extras:
-        raise ValueError(f"{name}: extra_files may not replace {MODEL_FILENAME}; rename that extra file")
     # External data sits next to the model; copying it at the same relative path keeps it resolving.
     external = sorted({_relative(loc, "external data location") for _, loc in external_tensors(model)})
+    for rel in external:  # a weights file that is a symlink out of the model's folder is not copied in
+        safety.contained(onnx_path.parent, rel.as_posix(), "external data location")
     # Built before anything is written, so a model Triton cannot batch leaves no version behind.
     config = build_config(name, onnx_path, target, warmup_file={k: v[0] for k, v in payloads.items()},
                           warmup_dims={k: v[2] for k, v in payloads.items()})
 
     model_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=model_dir))
+    remove_stale_temp_dirs(model_dir)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{version}-", dir=model_dir))
     final = model_dir / str(version)
     try:
         atomic_copy(onnx_path, tmp / MODEL_FILENAME)
@@ -292,7 +326,7 @@ def write_model_version(repo: str | Path, name: str, onnx_path: str | Path, targ
         raise
 
     for file, data, _ in payloads.values():
-        atomic_write_bytes(model_dir / "warmup" / file, data)
+        atomic_write_bytes(safety.contained(model_dir, f"warmup/{file}", "warmup file"), data)
     config_path = write_config(config, model_dir / "config.pbtxt")
     logger.info("wrote Triton model %s version %d to %s", name, version, final)
     return TritonVersion(repo=repo, name=name, version=version, model_dir=model_dir,

@@ -12,11 +12,13 @@ import argparse
 import itertools
 import logging
 import math
+import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PureWindowsPath
 from typing import TYPE_CHECKING
 
+from modelyard import safety
 from modelyard.export.triton_config import TritonConfigError, read_config
 from modelyard.export.triton_repo import MODEL_FILENAME, NAME_RULE, existing_versions, name_problem
 
@@ -119,6 +121,11 @@ def external_tensors(model: onnx.ModelProto) -> list[tuple[str, str]]:
 Report = Callable[[str, object, object], None]
 
 
+def _escapes(root: Path, relative: str) -> bool:
+    """Whether ``root / relative`` (a name read from the disk) resolves outside ``root`` through a symlink."""
+    return not safety.resolves_inside(root, root / relative)
+
+
 def _check_config(config: model_config_pb2.ModelConfig, model_dir: Path, report: Report) -> None:
     from tritonclient.grpc import model_config_pb2 as pb
 
@@ -137,8 +144,12 @@ def _check_config(config: model_config_pb2.ModelConfig, model_dir: Path, report:
             if any(d < 0 for d in dims):
                 report(f"{where}.dims", "concrete dims (Triton allocates the warmup tensor)", dims)
             path = model_dir / "warmup" / file
-            if file in (".", "..") or "/" in file or "\\" in file:  # it must not escape warmup/
-                report(f"{where}.input_data_file", "a plain file name inside warmup/", repr(file))
+            if file and safety.name_problem(file):  # it must not escape warmup/
+                report(f"{where}.input_data_file", "a plain file name inside warmup/",
+                       f"{file!r} ({safety.name_problem(file)})")
+            elif file and _escapes(model_dir, f"warmup/{file}"):
+                report(f"{where}.input_data_file", "a file inside warmup/", f"{file!r} (a link pointing outside "
+                       "the model folder)")
             elif file and not path.is_file():
                 report(f"{where}.input_data_file", f"file warmup/{file}", "missing")
             elif file and ITEMSIZE.get(dtype) and all(d >= 0 for d in dims):
@@ -148,15 +159,34 @@ def _check_config(config: model_config_pb2.ModelConfig, model_dir: Path, report:
                            f"{ITEMSIZE[dtype]}-byte {dtype})", f"{path.stat().st_size} bytes in warmup/{file}")
 
 
+def _location_problem(location: str) -> str | None:
+    """Why an external-data ``location`` may not be followed, judged as a string (no disk access)."""
+    if not location:
+        return "no location"
+    if location.startswith(("/", "\\")) or PureWindowsPath(location).drive or re.match(r"[A-Za-z][A-Za-z0-9+.-]*:",
+                                                                                        location):
+        return "an absolute path"
+    if ".." in location.replace("\\", "/").split("/"):
+        return "'..'"
+    try:
+        safety.check_relative(location, "external data location")
+    except safety.UnsafeNameError as err:
+        return f"not a plain relative path: {str(err).split(' is refused: ', 1)[-1].split('; expected')[0]}"
+    return None
+
+
 def _check_external(model: onnx.ModelProto, version_dir: Path, where: str, report: Report) -> bool:
-    root, ok = version_dir.resolve(), True
+    ok = True
     for tensor, location in external_tensors(model):
-        target = (version_dir / location).resolve()
-        bad = ("no location" if not location else
-               "an absolute path" if location.startswith(("/", "\\")) or PureWindowsPath(location).drive else
-               "'..'" if ".." in location.replace("\\", "/").split("/") else
-               "a link pointing outside the version folder" if not target.is_relative_to(root) else
-               "a missing file" if not target.is_file() else None)
+        # The string is judged first; only a plain relative location is resolved (symlinks followed)
+        # and must land inside the version folder, so nothing outside it is ever opened.
+        bad = _location_problem(location)
+        if bad is None:
+            try:
+                target = safety.contained(version_dir, location, "external data location")
+                bad = None if target.is_file() else "a missing file"
+            except safety.PathEscapeError:
+                bad = "a link pointing outside the version folder"
         if bad:
             ok = False
             report(f"{where}: external data of tensor {tensor}",
@@ -211,8 +241,15 @@ def validate_model(model_dir: Path) -> list[RepoProblem]:
 
     if rule := name_problem(model_dir.name):
         report("model name", NAME_RULE, f"{model_dir.name!r} ({rule})")
+    if _escapes(model_dir.parent, model_dir.name):
+        report("model folder", "a folder inside the repository",
+               f"a link to {model_dir.resolve()} (outside {model_dir.parent.resolve()}); nothing in it was read")
+        return problems
     config = None
     try:
+        if _escapes(model_dir, "config.pbtxt"):
+            raise TritonConfigError(f"config.pbtxt is a link to {(model_dir / 'config.pbtxt').resolve()}, outside "
+                                    "the model folder; it was not read")
         config = read_config(model_dir / "config.pbtxt")
         _check_config(config, model_dir, report)
     except TritonConfigError as err:
@@ -228,6 +265,13 @@ def validate_model(model_dir: Path) -> list[RepoProblem]:
     for version in versions:
         path = model_dir / str(version) / filename
         where = f"{version}/{filename}"
+        if safety.name_problem(filename):
+            report("default_model_filename", "a plain file name", f"{filename!r} ({safety.name_problem(filename)})")
+            break
+        if _escapes(model_dir, str(version)) or _escapes(model_dir, f"{version}/{filename}"):
+            report(f"version {version}", "a version folder and model file inside the model folder",
+                   f"a link to {path.resolve()} (outside {model_dir.resolve()}); it was not read")
+            continue
         if not path.is_file():
             report(f"version {version}", f"model file {filename}", "missing")
             continue

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from modelyard.errors import ModelyardError
+from modelyard.safety import check_name, check_version
 
 if TYPE_CHECKING:
     from modelyard.models.spec import DataSpec
@@ -53,7 +54,16 @@ class Reference:
 
     @property
     def data_digest(self) -> str:
-        return str(self.profile.get("data_digest") or self.spec.digest)
+        """The training snapshot's digest, from the run's artifacts: checked to be a digest (never a path),
+        since it is looked up in the data store.
+
+        Raises:
+            UnsafeNameError: the recorded value is not a hex digest.
+        """
+        from modelyard.safety import check_digest
+
+        return check_digest(str(self.profile.get("data_digest") or self.spec.digest),
+                            f"data digest recorded for {self.model} v{self.version}")
 
 
 def load_reference(model: str, reference: str = "@champion", tracking_uri: str | None = None) -> Reference:
@@ -62,6 +72,9 @@ def load_reference(model: str, reference: str = "@champion", tracking_uri: str |
     Raises:
         ReferenceError: no such alias/version, or its run has no profile (trained before profiles existed).
     """
+    check_name(model, "model name")
+    if not reference.startswith("@"):
+        check_version(reference, f"reference of model {model!r}")
     from modelyard.models.spec import DataSpec
     from modelyard.registry.store import history
     from modelyard.tracking import client_for, quiet_downloads, resolve_tracking_uri

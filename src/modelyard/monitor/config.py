@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from modelyard.metrics import LabelMetric
 from modelyard.monitor.drift import DriftSettings
+from modelyard.safety import NAME_RULE, name_problem
 
 __all__ = ["MonitorConfig", "PolicyConfig", "RetrainConfig", "WindowConfig", "build_parser", "parse_monitor_args"]
 
@@ -78,7 +79,8 @@ class RetrainConfig:
         serve_config: the ``modelyard serve ray`` config of the running application; the loop
             redeploys it with the champion as stable and the new version as canary (at 0%) on the
             Ray cluster of ``$RAY_ADDRESS`` (else the local one) before the rollout starts.
-        serve_url: the serving ingress; default ``http://<serve host>:<serve port>``.
+        serve_url: the serving ingress's control routes; default: the serve config's control URL
+            (``control_port``, else ``http://<serve host>:<serve port>``).
         recent_rows: most recent labelled rows taken into the new training data.
         min_labelled_rows: fewer labelled rows than this: the incident waits for feedback.
         reference_fraction: share of the new training data drawn from the champion's own snapshot
@@ -143,8 +145,8 @@ class MonitorConfig:
     def problems(self) -> list[str]:
         """Every invalid value, each naming what was received and what is expected."""
         out = [f"drift.{p}" for p in self.drift.problems()]
-        if not self.model:
-            out.append("model must not be empty")
+        if problem := name_problem(self.model):  # a folder under log_dir and state_dir
+            out.append(f"model {self.model!r:.140} is refused: {problem}; expected {NAME_RULE}")
         if not (self.reference.startswith("@") or self.reference.isdigit()):
             out.append(f"reference must be a registry alias such as @champion or a version number, got "
                        f"{self.reference!r}")

@@ -10,22 +10,33 @@ live accuracy per model version.
 from __future__ import annotations
 
 import logging
+import reprlib
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from modelyard.monitor.store import delete_parts_older_than, feedback_schema, list_parts, utc_day, write_part
+from modelyard.monitor.store import (
+    delete_parts_older_than,
+    feedback_schema,
+    list_parts,
+    model_folder,
+    utc_day,
+    write_part,
+)
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
-__all__ = ["UNKNOWN_REASON", "FeedbackLog", "FeedbackResult"]
+__all__ = ["MAX_LABEL_CHARS", "UNKNOWN_REASON", "FeedbackLog", "FeedbackResult"]
 
 logger = logging.getLogger(__name__)
 
 UNKNOWN_REASON = "not in the inference log (never seen, sampled out, or past retention)"
+# Longest label kept: a class index or a class name. Labels come from outside, possibly hostile; a
+# megabyte "label" would be stored once per row it names and read back by every monitor check.
+MAX_LABEL_CHARS = 256
 _ITEM_FORMS = '{"id": ID, "label": L}, {"id": ID, "row": R, "label": L} or {"id": ID, "labels": [L, ...]}'
 
 
@@ -107,9 +118,10 @@ class FeedbackLog:
     """
 
     def __init__(self, root: str | Path, model: str, max_age_days: float | None = None) -> None:
+        folder = model_folder(root, model, "feedback folder")  # refused before any disk access
         self.model, self.max_age_days = model, max_age_days
-        self.folder = Path(root) / model / "feedback"
-        self._known = _RowIndex(Path(root) / model / "inferences")
+        self.folder = folder / "feedback"
+        self._known = _RowIndex(folder / "inferences")
         self._labelled = _RowIndex(self.folder)
         self._lock = threading.Lock()
 
@@ -184,14 +196,13 @@ def _parse(item: Any) -> tuple[str, int | None, list[str]]:
     Raises ValueError (also for wrong types: each becomes one ``invalid`` entry) saying what is wrong.
     """
     if not isinstance(item, dict):
-        raise ValueError(
-            f"expected an object {_ITEM_FORMS}, got {type(item).__name__} {item!r:.80}")
+        raise ValueError(f"expected an object {_ITEM_FORMS}, got {type(item).__name__} {_short(item)}")
     unknown = sorted(set(item) - {"id", "row", "label", "labels"})
     if unknown:
-        raise ValueError(f"unknown keys {unknown}; expected id, label, row or labels")
+        raise ValueError(f"unknown keys {_short(unknown)}; expected id, label, row or labels")
     request_id = item.get("id")
     if isinstance(request_id, bool) or not isinstance(request_id, (str, int)) or request_id == "":
-        raise ValueError(f"\"id\" must be a non-empty string (the request id), got {request_id!r:.80}")
+        raise ValueError(f"\"id\" must be a non-empty string (the request id), got {_short(request_id)}")
     if ("label" in item) == ("labels" in item):
         raise ValueError("give exactly one of \"label\" (one row) and \"labels\" (a list, one per row)")
     if "labels" in item:
@@ -199,15 +210,29 @@ def _parse(item: Any) -> tuple[str, int | None, list[str]]:
             raise ValueError("\"row\" goes with \"label\"; \"labels\" covers rows 0, 1, ... in order")
         labels = item["labels"]
         if not isinstance(labels, list) or not labels:
-            raise ValueError(f"\"labels\" must be a non-empty list, got {labels!r:.80}")
+            raise ValueError(f"\"labels\" must be a non-empty list, got {_short(labels)}")
         return str(request_id), None, [_label(v, f"labels[{i}]") for i, v in enumerate(labels)]
     row = item.get("row", 0)
     if isinstance(row, bool) or not isinstance(row, int) or row < 0:
-        raise ValueError(f"\"row\" must be an integer >= 0 (the row within the request), got {row!r:.80}")
+        raise ValueError(f"\"row\" must be an integer >= 0 (the row within the request), got {_short(row)}")
     return str(request_id), row, [_label(item["label"], "label")]
 
 
 def _label(value: Any, where: str) -> str:
     if isinstance(value, bool) or not isinstance(value, (int, str)) or value == "":
-        raise ValueError(f"{where} must be a class index (int) or a class name (non-empty string), got {value!r:.80}")
-    return str(value)
+        raise ValueError(f"{where} must be a class index (int) or a class name (non-empty string), got {_short(value)}")
+    label = str(value)
+    if len(label) > MAX_LABEL_CHARS:
+        raise ValueError(f"{where} is {len(label)} characters long; a class index or name has at most "
+                         f"{MAX_LABEL_CHARS}")
+    return label
+
+
+# Bounded repr for messages: items come from outside and may be megabyte strings or deeply nested;
+# reprlib stops early where repr() would build the whole text (or recurse) only for it to be cut.
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxdict, _REPR.maxstring, _REPR.maxother, _REPR.maxlong = 3, 6, 6, 80, 80, 40
+
+
+def _short(value: Any) -> str:
+    return _REPR.repr(value)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from modelyard._io import atomic_write_text
+from modelyard.monitor.store import model_folder
 
 __all__ = ["CLOSED_STATES", "Incident", "IncidentStore", "local_time"]
 
@@ -53,7 +54,8 @@ class IncidentStore:
     """Reads and writes one model's incidents and timeline."""
 
     def __init__(self, state_dir: str | Path, model: str) -> None:
-        self.root = Path(state_dir) / model
+        # The model name is a folder under the state root: checked before anything is read or written.
+        self.root = model_folder(state_dir, model, "monitor state folder")
         self.model = model
 
     @property

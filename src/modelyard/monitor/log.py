@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
-from modelyard.monitor.store import PartFile, inference_schema, list_parts, utc_day, write_part
+from modelyard.monitor.store import PartFile, inference_schema, list_parts, model_folder, utc_day, write_part
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -59,7 +59,8 @@ class InferenceLog:
         seed: seed of the sampling decisions (reproducible tests).
 
     Raises:
-        ValueError: a parameter out of range (the message names it).
+        ValueError: a parameter out of range (the message names it); an
+            :class:`~modelyard.safety.UnsafeNameError` for a model name that is not a plain name.
     """
 
     def __init__(self, root: str | Path, model: str, sample_rate: float = 1.0, flush_interval_s: float = 1.0,
@@ -75,7 +76,7 @@ class InferenceLog:
         ) if bad]
         if problems:
             raise ValueError("; ".join(problems))
-        self.folder = Path(root) / model / "inferences"
+        self.folder = model_folder(root, model, "inference log folder") / "inferences"
         self.model, self.sample_rate = model, sample_rate
         self.flush_interval_s, self.flush_rows, self.max_buffer_rows = flush_interval_s, flush_rows, max_buffer_rows
         self.max_age_days, self.max_bytes = max_age_days, max_bytes

@@ -44,7 +44,8 @@ class NotEnoughLabels(ModelyardError, RuntimeError):
 
 class CanaryDeployer(Protocol):
     def deploy_canary(self, version: str) -> str:
-        """Serve ``version`` as the canary at 0% beside the champion; return the ingress base URL."""
+        """Serve ``version`` as the canary at 0% beside the champion; return the base URL of the
+        ingress's control routes (the rollout's ``serve_url``)."""
         ...
 
 
@@ -70,13 +71,14 @@ class RayServeDeployer:
     def deploy_canary(self, version: str) -> str:
         import ray
 
-        from modelyard.serve.ray_app import deploy
+        from modelyard.serve.ray_app import control_url, deploy
 
         if not ray.is_initialized():  # the cluster where `modelyard serve ray` runs
             ray.init(address=os.environ.get("RAY_ADDRESS", "auto"), log_to_driver=False)
         cfg = replace(self.serve_config, stable="@champion", canary=str(version), canary_weight=0.0,
                       shadow_weight=0.0, canary_fault_error_rate=0.0, canary_fault_delay_ms=0.0)
-        return deploy(cfg, self.app_name)
+        deploy(cfg, self.app_name)
+        return control_url(cfg)
 
 
 class RetrainPipeline:
@@ -119,7 +121,7 @@ class RetrainPipeline:
         if len(labelled) < r.min_labelled_rows:
             raise NotEnoughLabels(f"{len(labelled)} labelled rows since {self.cfg.model} v{ref.version} went live; "
                                   f"retraining needs retrain.min_labelled_rows={r.min_labelled_rows}")
-        base = Snapshot.open(ref.data_digest, r.store)
+        base = Snapshot.open(ref.data_digest, r.store, allow_path=False)  # a digest from a run tag
         schema = base.schema
         recent = decode_features(store.features_matrix(labelled), ref.spec)
         reference = pd.concat([base.split("train"), base.split("val")], ignore_index=True)
@@ -196,7 +198,7 @@ class RetrainPipeline:
             deployer = RayServeDeployer.from_file(self.cfg.retrain.serve_config, self.cfg.tracking_uri)
         url = deployer.deploy_canary(version)
         self._serve_url = self._serve_url or url
-        self.echo(f"  canary v{version} deployed at 0% behind {url}")
+        self.echo(f"  canary v{version} deployed at 0% (control routes: {url})")
         return url
 
     # -- 5. the rollout decides -------------------------------------------------------------------
@@ -232,10 +234,10 @@ def base_split(snapshot: Any, seed: int = 0) -> Any:
 def _serve_url_of(serve_config: str | None) -> str:
     if not serve_config:
         raise ModelyardError("set retrain.serve_url or retrain.serve_config: the rollout needs the ingress URL")
+    from modelyard.serve.ray_app import control_url
     from modelyard.serve.ray_config import parse_ray_serve_args
 
-    cfg = parse_ray_serve_args(["--config", serve_config])
-    return f"http://{cfg.host}:{cfg.port}"
+    return control_url(parse_ray_serve_args(["--config", serve_config]))
 
 
 def _run_of_snapshot(tracking_uri: str, digest: str) -> str:

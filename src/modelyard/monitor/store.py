@@ -26,12 +26,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from modelyard import safety
+
 if TYPE_CHECKING:
     import pandas as pd
     import pyarrow as pa
 
 __all__ = ["FEEDBACK_COLUMNS", "INFERENCE_COLUMNS", "MonitorStore", "PartFile", "RolloutLabels", "feedback_schema",
-           "inference_schema", "list_parts", "write_part"]
+           "inference_schema", "list_parts", "model_folder", "write_part"]
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +64,21 @@ class PartFile:
     path: Path
     day: str  # YYYY-MM-DD
     written_ms: int
+
+
+def model_folder(root: str | Path, model: str, what: str = "model folder") -> Path:
+    """``root/model``: the folder of one served model under a log or state root.
+
+    ``model`` arrives from configs and from the serving application; it is checked as a name before
+    anything touches the disk, and a ``root/model`` that is a symlink out of ``root`` is refused, so
+    neither the log writer nor a reader can be pointed at another folder.
+
+    Raises:
+        UnsafeNameError: ``model`` is not a plain name, or ``root/model`` resolves outside ``root``.
+    """
+    safety.check_name(model, "model name")
+    safety.contained(root, model, what)
+    return Path(root) / model
 
 
 def utc_day(ts: float) -> str:
@@ -147,10 +164,11 @@ class MonitorStore:
     """
 
     def __init__(self, root: str | Path, model: str, classes: Sequence[str] | None = None) -> None:
+        folder = model_folder(root, model, "inference log folder")
         self.root, self.model = Path(root), model
         self.classes = list(classes) if classes is not None else None
-        self.inference_dir = self.root / model / "inferences"
-        self.feedback_dir = self.root / model / "feedback"
+        self.inference_dir = folder / "inferences"
+        self.feedback_dir = folder / "feedback"
 
     def inferences(self, since: float | None = None, until: float | None = None, last_rows: int | None = None,
                    versions: Sequence[str] | None = None) -> pd.DataFrame:

@@ -6,6 +6,7 @@ import argparse
 from collections.abc import Sequence
 
 from modelyard.registry.store import ALIASES, history, set_alias
+from modelyard.safety import check_name
 from modelyard.tracking import client_for, resolve_tracking_uri
 
 __all__ = ["main"]
@@ -43,6 +44,7 @@ def main(argv: Sequence[str]) -> int:
         if not moves:
             print(f"(no alias moves recorded for {args.name})")
     elif args.action == "show":
+        check_name(args.name, "registered model name")  # also keeps quotes out of the search filter below
         client = client_for(resolve_tracking_uri(args.tracking_uri))
         found = client.search_model_versions(f"name='{args.name}'")
         if not found:

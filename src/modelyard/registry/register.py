@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 
 from modelyard.registry.store import PARITY_TAG
+from modelyard.rollout.preflight import SHA256_TAG, sha256_of
+from modelyard.safety import check_name
 from modelyard.tracking import client_for, ensure_experiment, tracking_uri_scope
 
 __all__ = ["register_onnx", "version_tags"]
@@ -29,34 +31,90 @@ def register_onnx(name: str, onnx_path: Path, *, tracking_uri: str, run_id: str 
 
     ``tags`` go on the model version; ``PARITY_TAG`` must be among them (set by the export stage
     from the parity gate's verdict), the promotion check reads it.
+
+    Everything is logged first and the version is created last, by one request that carries all its
+    tags and its card: a process killed on the way leaves at most a logged model no version points
+    to, never a version without its parity verdict or checksum. The run is written to through the
+    client, never reopened with ``mlflow.start_run``, so its status stays what training left (a kill
+    cannot leave it RUNNING).
     """
+    # The name becomes artifact paths (``onnx-<name>``, ``model_card/<name>.md``, ``export/<name>/``)
+    # in the run's artifact store: checked before anything is logged or read.
+    check_name(name, "registered model name")
     import mlflow
     import onnx
     from mlflow.models import infer_signature
+    from mlflow.tracking.context.registry import resolve_tags
 
     if PARITY_TAG not in tags:
         raise ValueError(f"refusing to register {name} without a parity verdict ({PARITY_TAG} tag)")
+    # The bytes registered, so a rollout can refuse a file changed or damaged after export (preflight).
+    tags = {SHA256_TAG: sha256_of(onnx_path), **tags}
     client = client_for(tracking_uri)
+    created_run = run_id is None
     if run_id is None:
         run_id = client.create_run(ensure_experiment(client, experiment),
                                    tags={"mlflow.source.name": "modelyard export"}).info.run_id
+    run = client.get_run(run_id)
+    # MLflow's SQL registry and the logged model's finalisation resolve ``models:/m-...`` through the
+    # global tracking URI: pointed at this store for the block.
     with warnings.catch_warnings(), tracking_uri_scope(tracking_uri):
         warnings.simplefilter("ignore", UserWarning)  # MLflow's hints about integer columns and pip requirements
-        with mlflow.start_run(run_id=run_id):
-            info = mlflow.onnx.log_model(
-                onnx_model=onnx.load(str(onnx_path)), name=f"onnx-{name}",
-                signature=infer_signature(input_example, output_example), input_example=input_example,
-                registered_model_name=name, await_registration_for=60,
-            )
-            mlflow.log_text(card, f"model_card/{name}.md")
+        try:
+            # Created here rather than by ``log_model``: without an active run, log_model would file
+            # the model under the default experiment instead of the run's. Tags and params as
+            # log_model gives them (the run's params, the user and source of this process).
+            logged = client.create_logged_model(
+                run.info.experiment_id, name=f"onnx-{name}", source_run_id=run_id, tags=resolve_tags(),
+                params={key: str(value) for key, value in run.data.params.items()})
+            mlflow.onnx.log_model(
+                onnx_model=onnx.load(str(onnx_path)), name=f"onnx-{name}", model_id=logged.model_id, run_id=run_id,
+                signature=infer_signature(input_example, output_example), input_example=input_example)
+            client.log_text(run_id, card, f"model_card/{name}.md")
             for path in extra_artifacts:
-                mlflow.log_artifact(str(path), artifact_path=f"export/{name}")
-    version = str(info.registered_model_version)
-    for key, value in tags.items():
-        client.set_model_version_tag(name, version, key, str(value))
+                client.log_artifact(run_id, str(path), artifact_path=f"export/{name}")
+            _ensure_registered_model(client, name)
+            mv = client.create_model_version(
+                name, source=f"models:/{logged.model_id}", run_id=run_id, model_id=logged.model_id,
+                tags={key: str(value) for key, value in tags.items()}, description=card, await_creation_for=60)
+        except BaseException:
+            if created_run:  # a run of its own (no training run): ended as ``mlflow.start_run`` would end it
+                client.set_terminated(run_id, "FAILED")
+            raise
+    if created_run:
+        client.set_terminated(run_id, "FINISHED")
+    version = str(mv.version)
+    # After the version exists (its number is not known before): cosmetic, a kill here only leaves
+    # the card's title without the number and the logged model without its link to the version.
+    _link_logged_model(client, logged.model_id, name, version)
     client.update_model_version(name, version, description=card.replace(f"# {name}\n", f"# {name} v{version}\n", 1))
     logger.info("registered %s version %s (run %s)", name, version, run_id)
     return version
+
+
+def _ensure_registered_model(client: Any, name: str) -> None:
+    """Create the registered model ``name`` unless it exists (another export may create it meanwhile)."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
+
+    try:
+        client.create_registered_model(name)
+    except MlflowException as err:
+        if err.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
+            raise
+
+
+def _link_logged_model(client: Any, model_id: str, name: str, version: str) -> None:
+    """Record the version on the logged model (``mlflow.modelVersions``), as ``log_model`` does when it
+    registers: the MLflow UI shows it on the model's page. A tracking server sets it itself."""
+    import json
+
+    from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
+
+    entry = {"name": name, "version": version}
+    existing = json.loads(client.get_logged_model(model_id).tags.get(MLFLOW_MODEL_VERSIONS) or "[]")
+    if not any(str(e.get("name")) == name and str(e.get("version")) == version for e in existing):
+        client.set_logged_model_tags(model_id, {MLFLOW_MODEL_VERSIONS: json.dumps([*existing, entry])})
 
 
 def version_tags(*, run_id: str | None, data_digest: str, git_commit: str | None, parity: dict[str, Any],

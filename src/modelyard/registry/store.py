@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from modelyard.errors import ModelyardError
+from modelyard.safety import check_name, check_version
 from modelyard.tracking import client_for, resolve_tracking_uri
 
 __all__ = ["ALIASES", "AliasMove", "PromotionRefused", "history", "model_version_info", "set_alias"]
@@ -58,12 +59,16 @@ def set_alias(name: str, alias: Literal["champion", "challenger"], version: str 
     """Point ``alias`` of model ``name`` at ``version`` (``None`` removes it) and record the move.
 
     Raises:
+        UnsafeNameError: ``name`` is not a plain name or ``version`` not a version number.
         PromotionRefused: unknown alias, empty reason, or a version whose parity report is missing
             or failed.
         LookupError: no such model or version (the message lists the versions that exist).
     """
+    check_name(name, "registered model name")
+    if version is not None:
+        check_version(version, f"{name} version")
     if alias not in ALIASES:
-        raise PromotionRefused(f"alias {alias!r} is not managed by modelyard; use one of {', '.join(ALIASES)}")
+        raise PromotionRefused(f"alias {alias!r:.140} is not managed by modelyard; use one of {', '.join(ALIASES)}")
     if not reason.strip():
         raise PromotionRefused("every alias move needs a reason (--reason '...'): it is the audit trail")
     client = client_for(resolve_tracking_uri(tracking_uri))
@@ -92,6 +97,7 @@ def set_alias(name: str, alias: Literal["champion", "challenger"], version: str 
 
 def history(name: str, tracking_uri: str | None = None) -> list[AliasMove]:
     """Every alias move of ``name``, oldest first."""
+    check_name(name, "registered model name")
     client = client_for(resolve_tracking_uri(tracking_uri))
     model = _registered(client, name)
     moves = []
@@ -102,6 +108,9 @@ def history(name: str, tracking_uri: str | None = None) -> list[AliasMove]:
 
 
 def model_version_info(name: str, version: str, tracking_uri: str | None = None) -> Any:
+    """The MLflow ``ModelVersion`` of ``name`` ``version`` (both checked before the store is asked)."""
+    check_name(name, "registered model name")
+    check_version(version, f"{name} version")
     return _version(client_for(resolve_tracking_uri(tracking_uri)), name, str(version))
 
 

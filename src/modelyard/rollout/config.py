@@ -8,8 +8,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from modelyard.metrics import LabelMetric
+from modelyard.safety import name_problem
 
-__all__ = ["ACTIONS", "RolloutConfig", "build_parser", "parse_rollout_args", "parse_rollout_command", "parse_steps", "validate"]
+__all__ = ["ACTIONS", "RolloutConfig", "build_parser", "parse_rollout_args", "parse_rollout_command", "parse_steps",
+           "validate"]
 
 ACTIONS = ("start", "status", "abort", "promote")
 
@@ -96,6 +98,8 @@ def validate(cfg: RolloutConfig, action: str = "start") -> list[str]:
     problems = []
     if not cfg.model:
         problems.append("model is required (--model NAME)")
+    elif (why := name_problem(cfg.model)) is not None:
+        problems.append(f"model {cfg.model!r}: {why}")
     if action == "start" and not str(cfg.candidate or "").strip():
         problems.append("candidate is required: a version such as 7 or an alias such as @challenger")
     steps = cfg.steps

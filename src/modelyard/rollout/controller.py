@@ -4,6 +4,17 @@ window against the stable version, promote after the last step or roll back at t
 Every transition is persisted (:mod:`modelyard.rollout.state`) before the controller moves on, and the
 state file is re-read on every tick, so a restarted controller resumes at the same step without
 re-applying it, and ``modelyard rollout abort`` from another shell stops a running ``start``.
+
+Before any traffic moves, the candidate's model file passes a preflight
+(:mod:`modelyard.rollout.preflight`); a file that fails it ends the rollout ``refused``.
+
+A controller can be killed between any two of its side effects. On resume it reconciles before it acts:
+decisions in the audit log that the state file lost (killed between the two writes of
+:meth:`RolloutController._record`) are replayed; a step weight the ingress already has is recorded,
+not re-applied; an ingress that already serves the candidate as stable (killed between ``/-/promote``
+and the alias move) finishes the promotion, moving ``champion`` only if the registry has not moved it
+yet; an ingress whose canary weight fell below the applied step (rolled back before the restart) is
+never raised again.
 """
 
 from __future__ import annotations
@@ -19,6 +30,7 @@ from typing import Any, Protocol
 from modelyard.errors import ModelyardError
 from modelyard.rollout.config import RolloutConfig
 from modelyard.rollout.decision import Check, Decision, baseline_of, judge, window_counts
+from modelyard.rollout.preflight import SHA256_TAG, ModelFile, PreflightError, check_model_file, signature_of
 from modelyard.rollout.state import RolloutState, StateStore
 from modelyard.rollout.traffic import LabelSource, TrafficControl
 
@@ -53,6 +65,9 @@ class Registry(Protocol):
         """Point ``champion`` at ``version`` through the audited path; return the previous champion."""
         ...
 
+    # Optional: ``model_file(model, version) -> ModelFile``, the file serving loads for ``version``. A
+    # registry without it cannot have its candidates preflighted (the controller logs that it skips).
+
 
 class MlflowRegistry:
     """:class:`Registry` on the MLflow Model Registry through :func:`modelyard.registry.store.set_alias`."""
@@ -74,6 +89,16 @@ class MlflowRegistry:
 
         move = set_alias(model, "champion", version, reason=reason, who=who, tracking_uri=self.tracking_uri)
         return move.from_version
+
+    def model_file(self, model: str, version: str) -> ModelFile:
+        """The ONNX file ``modelyard serve ray`` would load for ``version`` (the same resolution), and the
+        sha256 recorded at export in the version's ``modelyard.sha256`` tag, if any."""
+        from modelyard.serve.ray_models import resolve_reference
+        from modelyard.tracking import client_for, resolve_tracking_uri
+
+        source = resolve_reference(str(version), model, self.tracking_uri)
+        tags = client_for(resolve_tracking_uri(self.tracking_uri)).get_model_version(model, str(version)).tags or {}
+        return ModelFile(version=str(version), path=source.path, sha256=tags.get(SHA256_TAG) or None)
 
 
 def _login() -> str:
@@ -130,8 +155,8 @@ class RolloutController:
     def _decision(self, state: RolloutState, action: str, reason: str, **kw: Any) -> Decision:
         return Decision(seq=len(state.decisions) + 1, action=action, reason=reason, model=self.model,
                         at=self.clock.time(), step_index=state.step_index, steps=list(state.steps),
-                        weight=state.weight, versions={"stable": state.stable_version, "canary": state.candidate_version},
-                        **kw)
+                        weight=state.weight,
+                        versions={"stable": state.stable_version, "canary": state.candidate_version}, **kw)
 
     # -- start / resume ------------------------------------------------------------------------------
     def _resolve_candidate(self) -> str:
@@ -144,8 +169,58 @@ class RolloutController:
             return str(version)
         return spec
 
+    def _preflight(self, state: RolloutState) -> dict[str, Any] | None:
+        """Check the candidate's file (see :mod:`modelyard.rollout.preflight`); the evidence, or ``None``
+        after recording the terminal ``refused`` decision."""
+        locate = getattr(self.registry, "model_file", None)
+        version = state.candidate_version
+        assert version is not None
+        if locate is None:
+            logger.warning("%s: the registry %s cannot name model files; candidate %s not preflighted",
+                           self.model, type(self.registry).__name__, version)
+            return {"skipped": f"{type(self.registry).__name__} has no model_file()"}
+        champion = self.registry.resolve(self.model, "champion")
+        state.stable_version = state.stable_version or champion
+        try:
+            candidate = locate(self.model, version)
+        except Exception as err:  # noqa: BLE001 - unknown version, missing artifacts, unreachable store
+            return self._refuse(state, f"the registry cannot name the model file of version {version}: "
+                                f"{type(err).__name__}: {err}")
+        reference, evidence = None, {}
+        if champion is not None and champion != version:
+            # The ingress validates requests against the stable version's inputs: the candidate must take them.
+            try:
+                reference = signature_of(locate(self.model, champion).path)
+                evidence["reference"] = f"champion version {champion}"
+            except Exception as err:  # noqa: BLE001 - the champion's file is not the candidate's fault
+                logger.warning("%s: champion v%s's signature unreadable (%s); checking v%s against its own",
+                               self.model, champion, err, version)
+                evidence["reference"] = f"candidate's own signature (champion v{champion} unreadable: {err})"
+        try:
+            evidence.update(check_model_file(candidate.path, candidate.sha256, reference))
+        except PreflightError as err:
+            return self._refuse(state, str(err), {"path": candidate.path, "sha256_recorded": candidate.sha256})
+        if candidate.sha256 is None:
+            evidence["sha256_verified"] = f"no {SHA256_TAG} tag recorded at export; not verified"
+        return evidence
+
+    def _refuse(self, state: RolloutState, why: str, evidence: dict[str, Any] | None = None) -> None:
+        decision = self._decision(state, "refused", f"refused: {why}", who=_login(),
+                                  extra={"preflight": evidence or {}, "config": asdict(self.cfg)})
+        state.state = "refused"
+        self._record(state, decision)
+        return None
+
     def _begin(self) -> RolloutState:
         version = self._resolve_candidate()
+        state = RolloutState(model=self.model, candidate=str(self.cfg.candidate), candidate_version=version,
+                             steps=list(self.cfg.steps), created_at=self.clock.time(),
+                             thresholds={k: getattr(self.cfg, k) for k in THRESHOLD_KEYS})
+        # Before anything is asked of the ingress: a candidate that must not serve is refused whatever
+        # serving looks like, and no traffic moves.
+        preflight = self._preflight(state)
+        if preflight is None:
+            return state
         status = self.control.status()
         versions = status.get("versions") or {}
         canary = (versions.get("canary") or {}).get("version")
@@ -155,28 +230,34 @@ class RolloutController:
         if str(canary) != version:
             raise RolloutError(f"candidate is {self.model} version {version} but the serving ingress runs version "
                                f"{canary} as canary; redeploy the canary or pass --candidate {canary}")
-        state = RolloutState(model=self.model, candidate=str(self.cfg.candidate), candidate_version=version,
-                             stable_version=str((versions.get("stable") or {}).get("version")),
-                             steps=list(self.cfg.steps), created_at=self.clock.time(),
-                             thresholds={k: getattr(self.cfg, k) for k in THRESHOLD_KEYS})
+        state.stable_version = str((versions.get("stable") or {}).get("version"))
         self._record(state, self._decision(state, "start", f"rollout of version {version} over steps "
                                            + ", ".join(f"{s:.0%}" for s in state.steps),
-                                           who=_login(), extra={"config": asdict(self.cfg)}))
+                                           who=_login(), extra={"config": asdict(self.cfg), "preflight": preflight}))
         state.state, state.step_index, state.step_applied = "running", 0, False
         self._save(state)
         return state
 
     def _apply_step(self, state: RolloutState) -> None:
-        """Bring the ingress to the current step's weight (only if it is not there) and open a window."""
+        """Bring the ingress to the current step's weight (only if it is not there), record it once in
+        the audit trail, and open a window."""
         target = state.weight
         assert target is not None
         status = self.control.status()
         current = float((status.get("weights") or {}).get("canary") or 0.0)
-        if math.isclose(current, target, abs_tol=1e-9):
+        already = math.isclose(current, target, abs_tol=1e-9)
+        if already:
+            # A previous controller applied it and was killed before saving that it did.
             logger.info("%s: canary already at %.1f%%; not re-applied", self.model, 100 * target)
         else:
             self.control.set_weights(target, self.cfg.shadow_weight)
             status = self.control.status()
+        if not any(d["action"] == "apply" and d.get("step_index") == state.step_index for d in state.decisions):
+            reason = f"canary weight {current:.0%} -> {target:.0%}"
+            if already:
+                reason = f"canary weight already {target:.0%} at the ingress (applied before a restart); not re-applied"
+            self._record(state, self._decision(state, "apply", reason,
+                                               extra={"from_weight": current, "reconciled": already}))
         now = self.clock.time()
         state.step_applied, state.step_started_at = True, now
         self._open_window(state, status, now)
@@ -197,6 +278,7 @@ class RolloutController:
                                    f"({self.store.state_path(self.model)}); `modelyard rollout abort` it before "
                                    f"starting version {self.cfg.candidate}")
             logger.info("%s: resuming at step %s", self.model, (state.step_index or 0) + 1)
+            self._reconcile(state)
         while True:
             state = self.state() or state  # another process may have aborted or promoted meanwhile
             if state.terminal:
@@ -255,9 +337,62 @@ class RolloutController:
         else:
             decision = self._decision(state, "hold", f"{reason} ({state.failed_checks}/"
                                       f"{self.cfg.failed_checks_to_rollback}); observing a fresh window",
-                                      window=window, checks=checks)
+                                      window=window, checks=checks, extra={"failed_checks": state.failed_checks})
             self._record(state, decision)
             self._open_window(state, status, now)
+
+    # -- resume --------------------------------------------------------------------------------------
+    def _reconcile(self, state: RolloutState) -> None:
+        """Bring a resumed rollout's state in line with the audit log, the ingress and the registry."""
+        self._replay_audit(state)
+        if state.terminal:
+            return
+        status = self.control.status()
+        versions = status.get("versions") or {}
+        stable = (versions.get("stable") or {}).get("version")
+        canary = (versions.get("canary") or {}).get("version")
+        if str(stable) == state.candidate_version and str(canary) != state.candidate_version:
+            self._promote(state, f"the ingress already serves version {state.candidate_version} as stable "
+                          "(promoted before a restart); finishing the promotion", {}, [], who="controller",
+                          serving_done=True)
+            return
+        current = float((status.get("weights") or {}).get("canary") or 0.0)
+        if state.step_applied and state.weight is not None and current < state.weight - 1e-9:
+            # Rolled back (by this controller before it was killed, or by hand): never raise it again.
+            decision = self._decision(state, "rollback", f"the ingress's canary weight is {current:.0%}, below "
+                                      f"the applied step's {state.weight:.0%}: rolled back before this restart; "
+                                      "not raised again", extra={"resumed": True, "ingress_weight": current})
+            state.state = "rolled_back"
+            self._record(state, decision)
+
+    def _replay_audit(self, state: RolloutState) -> None:
+        """Decisions of this rollout that reached the audit log but not the state file (killed between the
+        two writes of :meth:`_record`): take them into the state with their transitions."""
+        if not state.decisions:
+            return
+        first = state.decisions[0]
+        audit = self.store.audit(self.model)
+        starts = [i for i, d in enumerate(audit) if d.action == first["action"] and d.at == first["at"]]
+        if not starts:
+            return
+        missing = audit[starts[-1] + len(state.decisions):]
+        for decision in missing:
+            logger.warning("%s: replaying %s from the audit log (not in the state file)", self.model,
+                           decision.summary())
+            state.decisions.append(decision.to_dict())
+            if decision.extra.get("action_error"):
+                continue  # the action failed: no transition happened
+            if decision.action == "advance":
+                state.step_index, state.step_applied, state.failed_checks = (decision.step_index or 0) + 1, False, 0
+            elif decision.action == "hold":
+                state.failed_checks = int(decision.extra.get("failed_checks", state.failed_checks + 1))
+                state.step_applied = False  # re-check the ingress and open a fresh window
+            elif decision.action in ("promote", "rollback", "abort", "refused"):
+                state.state = {"promote": "promoted", "rollback": "rolled_back", "abort": "aborted",
+                               "refused": "refused"}[decision.action]
+                state.previous_champion = decision.extra.get("previous_champion", state.previous_champion)
+        if missing:
+            self._save(state)
 
     # -- terminal actions ----------------------------------------------------------------------------
     def _act(self, state: RolloutState, decision: Decision, action: Callable[[], None], final: str) -> Decision:
@@ -278,11 +413,20 @@ class RolloutController:
         return self._record(state, decision)
 
     def _promote(self, state: RolloutState, reason: str, window: dict[str, Any], checks: list[Check],
-                 who: str, manual: bool = False) -> Decision:
+                 who: str, manual: bool = False, serving_done: bool = False) -> Decision:
         decision = self._decision(state, "promote", reason, window=window, checks=checks, who=who,
-                                  extra={"manual": manual})
-        self._act(state, decision, self.control.promote, "promoted")
-        if self.cfg.promote_alias and state.candidate_version:
+                                  extra={"manual": manual, **({"resumed": True} if serving_done else {})})
+        if serving_done:
+            state.state = "promoted"
+        else:
+            self._act(state, decision, self.control.promote, "promoted")
+        champion = self.registry.resolve(self.model, "champion") if serving_done and self.cfg.promote_alias else None
+        if champion is not None and champion == state.candidate_version:
+            # Killed after the alias move, before the record: the registry's audit has the move once already.
+            decision.extra["champion"] = state.candidate_version
+            decision.extra["alias_already_moved"] = True
+            decision.extra["previous_champion"] = state.previous_champion = state.stable_version
+        elif self.cfg.promote_alias and state.candidate_version:
             try:
                 previous = self.registry.move_champion(self.model, state.candidate_version,
                                                        reason=f"rollout: {decision.summary()}", who=who)

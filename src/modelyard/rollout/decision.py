@@ -38,7 +38,8 @@ class Check:
 
 @dataclass
 class Decision:
-    """A verdict with its evidence. ``action``: start, advance, hold, promote, rollback, abort."""
+    """A verdict with its evidence. ``action``: start, apply (a step's weight reached the ingress),
+    advance, hold, promote, rollback, abort, refused (the candidate failed its preflight)."""
 
     seq: int
     action: str

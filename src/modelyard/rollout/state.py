@@ -14,21 +14,24 @@ from typing import Any
 
 from modelyard._io import atomic_write_text
 from modelyard.rollout.decision import Decision
+from modelyard.safety import check_name
 
 __all__ = ["PHASES", "TERMINAL", "RolloutState", "StateStore"]
 
 logger = logging.getLogger(__name__)
 
 SCHEMA = 1
-PHASES = ("pending", "running", "promoted", "rolled_back", "aborted")
-TERMINAL = ("promoted", "rolled_back", "aborted")
+PHASES = ("pending", "running", "promoted", "rolled_back", "aborted", "refused")
+# ``refused``: the candidate failed its preflight (corrupt or unloadable file); no traffic ever moved.
+TERMINAL = ("promoted", "rolled_back", "aborted", "refused")
 
 
 @dataclass
 class RolloutState:
     """Where a rollout stands.
 
-    ``state`` moves ``pending -> running (step_index 0..n-1) -> promoted | rolled_back | aborted``.
+    ``state`` moves ``pending -> running (step_index 0..n-1) -> promoted | rolled_back | aborted``, or
+    ``pending -> refused`` when the candidate fails its preflight.
     ``step_applied`` is false between deciding to enter a step and the serving ingress confirming its
     weight, so a restart knows whether to (re)apply it. ``baseline`` holds the cumulative counters at
     ``window_started_at``; the next verdict compares the deltas since then.
@@ -89,10 +92,10 @@ class StateStore:
         self.state_dir = Path(state_dir)
 
     def state_path(self, model: str) -> Path:
-        return self.state_dir / f"{model}.json"
+        return self.state_dir / f"{check_name(model, 'model name')}.json"
 
     def audit_path(self, model: str) -> Path:
-        return self.state_dir / f"{model}.decisions.jsonl"
+        return self.state_dir / f"{check_name(model, 'model name')}.decisions.jsonl"
 
     def load(self, model: str) -> RolloutState | None:
         path = self.state_path(model)
@@ -109,7 +112,8 @@ class StateStore:
 
     def save(self, state: RolloutState, now: float | None = None) -> Path:
         state.updated_at = time.time() if now is None else now
-        return atomic_write_text(self.state_path(state.model), json.dumps(asdict(state), indent=2, sort_keys=True) + "\n")
+        text = json.dumps(asdict(state), indent=2, sort_keys=True) + "\n"
+        return atomic_write_text(self.state_path(state.model), text)
 
     def append(self, model: str, decision: Decision) -> Path:
         """Append one decision to the audit log and make it durable before anything acts on it."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import urllib.error
 import urllib.request
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -60,23 +61,32 @@ class LabelSource(Protocol):
 
 
 class HttpTrafficControl:
-    """:class:`TrafficControl` against the serving ingress at ``base_url`` (stdlib ``urllib`` only)."""
+    """:class:`TrafficControl` against the serving ingress's control routes at ``base_url`` (stdlib
+    ``urllib`` only): the serving URL, or the control port's when the server runs with ``control_port``.
 
-    def __init__(self, base_url: str, timeout_s: float = 10.0) -> None:
+    ``token``: the control token, sent as ``Authorization: Bearer``; default ``$MODELYARD_CONTROL_TOKEN``
+    (the variable the server reads by default), none when unset.
+    """
+
+    def __init__(self, base_url: str, timeout_s: float = 10.0, token: str | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout_s = timeout_s
+        self._headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        token = token if token is not None else os.environ.get("MODELYARD_CONTROL_TOKEN")
+        if token:
+            self._headers["Authorization"] = f"Bearer {token}"
 
     def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         url = f"{self.base_url}{path}"
         data = None if body is None else json.dumps(body).encode("utf-8")
-        request = urllib.request.Request(url, data=data, method=method,
-                                         headers={"Content-Type": "application/json", "Accept": "application/json"})
+        request = urllib.request.Request(url, data=data, method=method, headers=self._headers)
         try:
             with urllib.request.urlopen(request, timeout=self.timeout_s) as response:  # noqa: S310 - http(s) only
                 raw = response.read()
         except urllib.error.HTTPError as err:
             detail = err.read()[:500].decode("utf-8", "replace").strip()
-            raise TrafficError(f"{method} {url} answered HTTP {err.code} {err.reason}: {detail or '(no body)'}") from None
+            raise TrafficError(f"{method} {url} answered HTTP {err.code} {err.reason}: "
+                               f"{detail or '(no body)'}") from None
         except (urllib.error.URLError, TimeoutError, OSError) as err:
             reason = getattr(err, "reason", err)
             raise TrafficError(f"{method} {url} failed: {reason} (is the serving ingress running at "

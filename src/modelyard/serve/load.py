@@ -43,21 +43,37 @@ class _SenderThreads:
 class LoadGenerator(_SenderThreads):
     """``with LoadGenerator(base_url, "fraud", rows) as load: ...``; then ``load.ok``, ``load.failed``.
 
+    Without ``rate_per_s`` every thread sends as fast as answers come (plus ``pause_s``); with it the
+    threads together keep that steady rate on a fixed schedule (a soak test wants the same offered
+    load for its whole run, not a burst after each slow answer: a thread that falls behind skips the
+    missed slots instead of catching up).
+
     Args:
         base_url: the ingress, e.g. ``http://127.0.0.1:8000``.
         model: the served model name.
         rows: ``(B, F)`` float32 features sent in every request.
         threads: concurrent senders.
         max_seconds: hard stop, whatever happens.
-        pause_s: pause between two requests of one thread.
+        pause_s: pause between two requests of one thread (ignored with ``rate_per_s``).
         routing_keys: when given, requests carry ``x-routing-key`` values cycling through them.
+        rate_per_s: total requests per second of all threads together; ``None`` = unpaced.
+        timeout_s: per-request timeout; a request that takes longer counts as failed.
+
+    After the run: ``ok`` (2xx answers), ``failed`` (one message per failure: ``HTTP <code>: <body>``
+    or the connection error), ``statuses`` (count per HTTP status, or per error type when no status
+    came back), ``by_version`` (answers per ``x-model-version``) and ``latencies_s`` (one per 2xx answer,
+    client side, in completion order).
     """
 
     def __init__(self, base_url: str, model: str, rows: np.ndarray, threads: int = 4, max_seconds: float = 120,
-                 pause_s: float = 0.005, routing_keys: list[str] | None = None) -> None:
+                 pause_s: float = 0.005, routing_keys: list[str] | None = None, rate_per_s: float | None = None,
+                 timeout_s: float = 10.0) -> None:
+        if rate_per_s is not None and rate_per_s <= 0:
+            raise ValueError(f"rate_per_s must be > 0 (requests per second) or None, got {rate_per_s}")
         self.url = f"{base_url.rstrip('/')}/v2/models/{model}/infer"
         self.deadline = time.monotonic() + max_seconds
-        self.pause_s = pause_s
+        self.pause_s, self.timeout_s = pause_s, timeout_s
+        self.interval_s = None if rate_per_s is None else threads / rate_per_s  # per thread
         self.keys = routing_keys
         self.body = json.dumps({"inputs": [{"name": "features", "shape": list(rows.shape), "datatype": "FP32",
                                             "data": rows.astype(np.float32).ravel().tolist()}]}).encode()
@@ -65,29 +81,55 @@ class LoadGenerator(_SenderThreads):
         self.lock = threading.Lock()
         self.ok = 0
         self.failed: list[str] = []
+        self.statuses: dict[str, int] = {}
         self.by_version: dict[str, int] = {}
+        self.latencies_s: list[float] = []
         self._threads = [threading.Thread(target=self._loop, args=(i,), daemon=True) for i in range(threads)]
 
     def _loop(self, index: int) -> None:
         sent = 0
+        # Threads start spread over one interval, so a paced load arrives evenly rather than in waves.
+        next_at = time.monotonic() + (self.interval_s or 0.0) * index / len(self._threads)
         while not self.stop_event.is_set() and time.monotonic() < self.deadline:
+            if self.interval_s is not None:
+                if self.stop_event.wait(max(0.0, next_at - time.monotonic())):
+                    break
+                next_at = max(next_at + self.interval_s, time.monotonic())  # no catch-up burst
             headers = {"Content-Type": "application/json"}
             if self.keys:
                 headers["x-routing-key"] = self.keys[(index + sent * len(self._threads)) % len(self.keys)]
             request = urllib.request.Request(self.url, data=self.body, headers=headers)
+            started = time.perf_counter()
             try:
-                with urllib.request.urlopen(request, timeout=10) as response:
+                with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
                     version = response.headers.get("x-model-version", "?")
                     response.read()
+                    status = str(response.status)
+                elapsed = time.perf_counter() - started
                 with self.lock:
                     self.ok += 1
+                    self.latencies_s.append(elapsed)
+                    self.statuses[status] = self.statuses.get(status, 0) + 1
                     self.by_version[version] = self.by_version.get(version, 0) + 1
+            except urllib.error.HTTPError as err:
+                detail = err.read()[:300].decode("utf-8", "replace")
+                with self.lock:
+                    self.failed.append(f"HTTP {err.code}: {detail}")
+                    self.statuses[str(err.code)] = self.statuses.get(str(err.code), 0) + 1
             except (urllib.error.URLError, OSError) as err:
                 with self.lock:
                     self.failed.append(str(err))
+                    kind = type(getattr(err, "reason", err)).__name__
+                    self.statuses[kind] = self.statuses.get(kind, 0) + 1
             sent += 1
-            time.sleep(self.pause_s)
+            if self.interval_s is None:
+                time.sleep(self.pause_s)
 
+    @property
+    def sent(self) -> int:
+        """Requests answered or failed so far."""
+        with self.lock:
+            return self.ok + len(self.failed)
 
 
 class LabelledTraffic(_SenderThreads):

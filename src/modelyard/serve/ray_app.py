@@ -4,7 +4,8 @@ One :class:`~modelyard.serve.ray_models.ModelVersion` deployment per model versi
 dynamic batching) behind one :class:`~modelyard.serve.ray_ingress.KServeIngress` (FastAPI) that
 validates requests, splits traffic, mirrors shadow traffic and keeps the statistics that
 ``GET /-/status`` reports. Weights change at run time through ``POST /-/traffic`` (or
-:func:`update_traffic`), ``/-/promote`` and ``/-/rollback``.
+:func:`update_traffic`), ``/-/promote`` and ``/-/rollback`` -- on the serving port, or only on a
+separate ``control_port`` in production (:func:`control_url` says where).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any
 
 from modelyard.serve.ray_config import RayServeConfig, parse_ray_serve_args
 
-__all__ = ["RayServeConfig", "build_app", "deploy", "main", "run", "serving_ray", "update_traffic"]
+__all__ = ["RayServeConfig", "build_app", "control_url", "deploy", "main", "run", "serving_ray", "update_traffic"]
 
 logger = logging.getLogger(__name__)
 
@@ -65,13 +66,15 @@ def build_app(cfg: RayServeConfig) -> Any:
     def model_deployment(label: str, path: str, faults: tuple[float, float] = (0.0, 0.0)) -> Any:
         options: dict[str, Any] = {"name": _deployment_name(cfg.model, label),
                                    # Batching needs at least a batch's worth of requests in the replica.
-                                   "max_ongoing_requests": max(cfg.max_ongoing_requests, cfg.max_batch_size)}
+                                   "max_ongoing_requests": max(cfg.max_ongoing_requests, cfg.max_batch_size),
+                                   "health_check_period_s": cfg.health_check_period_s,
+                                   "health_check_timeout_s": cfg.health_check_timeout_s}
         if cfg.autoscaling_config:
             options["autoscaling_config"] = cfg.autoscaling_config
         else:
             options["num_replicas"] = cfg.num_replicas
         return ModelVersion.options(**options).bind(cfg.model, label, path, cfg.max_batch_size,
-                                                     cfg.batch_wait_timeout_s, *faults)
+                                                     cfg.batch_wait_timeout_s, *faults, cfg.max_batch_run_s)
 
     stable_app = model_deployment(stable.label, stable.path)
     canary_faults = (cfg.canary_fault_error_rate, cfg.canary_fault_delay_ms)
@@ -80,7 +83,9 @@ def build_app(cfg: RayServeConfig) -> Any:
                                     max_ongoing_requests=cfg.max_ongoing_requests + INGRESS_HEADROOM)
     return ingress.bind(cfg.model, stable_app, stable.label, canary_app, canary_label, inputs, outputs,
                         cfg.canary_weight, cfg.shadow_weight, cfg.sticky_header, cfg.max_body_bytes,
-                        cfg.max_ongoing_requests, cfg.log_settings())
+                        cfg.max_ongoing_requests, cfg.log_settings(),
+                        {"timeout_s": cfg.request_timeout_s, "attempts": cfg.request_attempts},
+                        cfg.control_settings())
 
 
 def _ensure_ray(metrics_port: int | None = None) -> bool:
@@ -101,17 +106,47 @@ def _ensure_ray(metrics_port: int | None = None) -> bool:
     return True
 
 
+def control_url(cfg: RayServeConfig, route_prefix: str = "/") -> str:
+    """Base URL of the control routes (``/-/status``, ``/-/traffic``, ...): the control port's when
+    ``cfg.control_port`` is set, else the serving URL. Give this to the rollout controller and the
+    monitor loop (``HttpTrafficControl``, ``RolloutConfig.serve_url``)."""
+    if cfg.control_port is not None:
+        return f"http://{cfg.control_host}:{cfg.control_port}"
+    return f"http://{cfg.host}:{cfg.port}{route_prefix.rstrip('/')}"
+
+
 def deploy(cfg: RayServeConfig, app_name: str = "modelyard", route_prefix: str = "/") -> str:
     """Deploy ``cfg`` as application ``app_name`` on the running Serve instance; the base URL.
 
     Serve itself (and its HTTP host/port) must already be started, e.g. by :func:`serving_ray`.
+    With ``cfg.control_port`` this also waits until the control port answers.
     """
     from ray import serve
 
     serve.run(build_app(cfg), name=app_name, route_prefix=route_prefix, blocking=False)
     base = f"http://{cfg.host}:{cfg.port}{route_prefix.rstrip('/')}"
     wait_ready(base, cfg.model)
+    if cfg.control_port is not None:
+        _wait_control(control_url(cfg))
     return base
+
+
+def _wait_control(url: str, timeout_s: float = 60.0) -> None:
+    """Poll ``{url}/-/status`` until the control server answers at all (401 without a token counts)."""
+    deadline = time.monotonic() + timeout_s
+    last: object = None
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/-/status", timeout=5):
+                return
+        except urllib.error.HTTPError as err:
+            if err.code == 401:
+                return
+            last = err
+        except (urllib.error.URLError, OSError) as err:
+            last = err
+        time.sleep(0.2)
+    raise TimeoutError(f"control routes at {url} not answering after {timeout_s:.0f}s (last error: {last})")
 
 
 def wait_ready(base_url: str, model: str, timeout_s: float = 60.0) -> None:
@@ -136,6 +171,9 @@ def serving_ray(cfg: RayServeConfig, app_name: str = "modelyard") -> Iterator[st
     from ray import serve
 
     started_ray = _ensure_ray(cfg.metrics_port)
+    # On a shared cluster ($RAY_ADDRESS) Serve may already run other applications: then only this
+    # application is deleted at the end, never the whole Serve instance.
+    own_serve = started_ray or not _serve_running()
     try:
         serve.start(http_options={"host": cfg.host, "port": cfg.port})
         url = deploy(cfg, app_name)
@@ -143,24 +181,41 @@ def serving_ray(cfg: RayServeConfig, app_name: str = "modelyard") -> Iterator[st
         yield url
     finally:
         try:
-            serve.shutdown()
+            if own_serve:
+                serve.shutdown()
+            else:
+                serve.delete(app_name)
         finally:
             if started_ray:
                 ray.shutdown()
 
 
-def update_traffic(base_url: str, timeout_s: float = 10.0, **weights: float) -> dict[str, Any]:
+def _serve_running() -> bool:
+    """Whether a Serve instance (its controller) already runs on the connected Ray cluster."""
+    from ray.serve.context import _get_global_client
+
+    return _get_global_client(raise_if_no_controller_running=False) is not None
+
+
+def update_traffic(base_url: str, timeout_s: float = 10.0, token: str | None = None,
+                   **weights: float) -> dict[str, Any]:
     """``POST /-/traffic`` with ``canary_weight=``/``shadow_weight=``; returns the new status.
+
+    ``base_url``: where the control routes live (:func:`control_url`); ``token``: the control token
+    (``control_token_env``), when the server requires one.
 
     Raises:
         ValueError: the server refused the weights (its message says why).
     """
-    return _post(f"{base_url.rstrip('/')}/-/traffic", weights, timeout_s)
+    return _post(f"{base_url.rstrip('/')}/-/traffic", weights, timeout_s, token)
 
 
-def _post(url: str, payload: dict[str, Any] | None, timeout_s: float) -> dict[str, Any]:
+def _post(url: str, payload: dict[str, Any] | None, timeout_s: float, token: str | None = None) -> dict[str, Any]:
     data = json.dumps(payload or {}).encode()
-    request = urllib.request.Request(url, data=data, method="POST", headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(url, data=data, method="POST", headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=timeout_s) as resp:
             return json.loads(resp.read())
@@ -185,7 +240,7 @@ def run(cfg: RayServeConfig) -> None:
     previous = {s: signal.signal(s, _stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         with serving_ray(cfg) as url:
-            logger.info("ready: %s/v2/models/%s/infer (status: %s/-/status)", url, cfg.model, url)
+            logger.info("ready: %s/v2/models/%s/infer (status: %s/-/status)", url, cfg.model, control_url(cfg))
             while not stop.wait(1.0):
                 pass
     finally:

@@ -4,19 +4,30 @@ Pure functions, no Ray: the ingress validates every request here *before* it joi
 so one malformed request is answered 400 on its own instead of failing the batch it would join.
 Supports the JSON tensor form and the binary tensor extension of requests
 (``Inference-Header-Content-Length``: a JSON header followed by raw little-endian tensor bytes).
+
+Hostile input is answered 400, never 500: bodies that are not UTF-8 JSON, JSON nested deeper than
+the parser's recursion limit, integers with more digits than Python converts, names of the wrong
+type, values of the wrong JSON type (strings, booleans or ``null`` in a numeric tensor: NumPy would
+silently turn ``"1.5"`` into 1.5, ``true`` into 1 and ``null`` into NaN) and declared sizes that
+disagree with the data. NaN and infinity in a floating-point input (JSON ``NaN``/
+``Infinity`` tokens, numbers beyond the datatype's range, or binary tensor bytes) are refused with a
+message naming the input and the first position: a model fed NaN answers NaN, which a caller would
+take for a prediction.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import reprlib
+import sys
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 __all__ = ["DATATYPES", "InferRequest", "KServeError", "TensorSpec", "decode_request", "encode_response",
-           "spec_from_ort"]
+           "parse_json", "spec_from_ort"]
 
 # KServe datatype <-> numpy dtype.
 DATATYPES: dict[str, np.dtype] = {
@@ -66,6 +77,30 @@ class InferRequest:
     rows: int
 
 
+def parse_json(body: bytes, what: str, expected: str) -> Any:
+    """``body`` parsed as JSON, or :class:`KServeError` (400) naming ``what`` and the ``expected`` shape.
+
+    Never raises anything else for any input: bytes that are not UTF-8, syntax errors, integers
+    longer than Python converts (``ValueError``) and nesting deeper than Python's recursion limit
+    all become 400s. The depth is not checked up front: that would cost a scan of every body, while
+    the C parser already counts its depth and stops with ``RecursionError`` (catching it is safe: the
+    parser unwinds cleanly). Documents that do parse are at most ~1000 levels deep, and nothing
+    below walks them recursively without a bound (NumPy stops at its maximum rank, messages use
+    :mod:`reprlib`).
+    """
+    try:
+        # UTF-8 only (RFC 8259): json.loads(bytes) would also guess UTF-16/32, which no KServe client sends.
+        return json.loads(body.decode("utf-8"))
+    except RecursionError:
+        raise KServeError(f"{what} nests JSON too deeply (beyond the parser's recursion limit of about "
+                          f"{sys.getrecursionlimit()} levels); expected {expected}") from None
+    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError, too many integer digits
+        raise KServeError(f"{what} is not valid JSON ({_short(str(err), 160)}); expected {expected}") from None
+
+
+_REQUEST_SHAPE = '{"inputs": [{"name", "shape", "datatype", "data"}]}'
+
+
 def _parse_header(body: bytes, header_length: int | None) -> tuple[dict[str, Any], bytes]:
     if header_length is not None:
         if not 0 < header_length <= len(body):
@@ -74,11 +109,7 @@ def _parse_header(body: bytes, header_length: int | None) -> tuple[dict[str, Any
         head, rest = body[:header_length], body[header_length:]
     else:
         head, rest = body, b""
-    try:
-        doc = json.loads(head)
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise KServeError(f"request body is not valid JSON ({err}); expected "
-                          '{"inputs": [{"name", "shape", "datatype", "data"}]}') from None
+    doc = parse_json(head, "request body" if header_length is None else "request JSON header", _REQUEST_SHAPE)
     if not isinstance(doc, dict):
         raise KServeError(f"request body must be a JSON object with 'inputs', got {type(doc).__name__}")
     return doc, rest
@@ -102,8 +133,8 @@ def decode_request(body: bytes, inputs: list[TensorSpec], outputs: list[TensorSp
         if not isinstance(tensor, dict):
             raise KServeError(f"inputs[{i}] must be an object with name/shape/datatype/data, got {_short(tensor)}")
         name = tensor.get("name")
-        if name not in specs:
-            raise KServeError(f"unknown input {name!r}; the model's inputs are {sorted(specs)}")
+        if not isinstance(name, str) or name not in specs:
+            raise KServeError(f"unknown input {_short(name)}; the model's inputs are {sorted(specs)}")
         if name in arrays:
             raise KServeError(f"input {name!r} given twice")
         array, offset = _decode_tensor(tensor, specs[name], binary, offset)
@@ -117,43 +148,86 @@ def decode_request(body: bytes, inputs: list[TensorSpec], outputs: list[TensorSp
         raise KServeError(f"all inputs must have the same batch size, got {sorted(rows)}")
     requested = _requested_outputs(doc.get("outputs"), outputs)
     request_id = doc.get("id")
+    if request_id is not None and (isinstance(request_id, bool) or not isinstance(request_id, (str, int))):
+        raise KServeError(f"'id' must be a string (the request id), got {_short(request_id)}")
     return InferRequest(arrays, requested, None if request_id is None else str(request_id), rows.pop())
 
 
 def _decode_tensor(tensor: dict[str, Any], spec: TensorSpec, binary: bytes, offset: int) -> tuple[np.ndarray, int]:
     name, datatype, shape = spec.name, tensor.get("datatype"), tensor.get("shape")
     if datatype != spec.datatype:
-        raise KServeError(f"input {name!r}: datatype {datatype!r} received, expected {spec.datatype!r}")
+        raise KServeError(f"input {name!r}: datatype {_short(datatype)} received, expected {spec.datatype!r}")
     if not isinstance(shape, list) or not all(
             isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
         raise KServeError(f"input {name!r}: shape must be a list of non-negative integers, got {_short(shape)}")
     if len(shape) != len(spec.shape) or any(e != -1 and e != d for e, d in zip(spec.shape, shape)):
-        raise KServeError(f"input {name!r}: shape {shape} received, expected {list(spec.shape)} (-1 = any size)")
+        raise KServeError(f"input {name!r}: shape {_short(shape)} received, expected {list(spec.shape)} "
+                          "(-1 = any size)")
     if shape[0] == 0:
         raise KServeError(f"input {name!r}: shape {shape} has an empty batch; expected at least one row")
-    count = math.prod(shape)
+    count = math.prod(shape)  # exact (Python ints): a declared [2**31, 8] cannot overflow into a small number
     dtype = DATATYPES[spec.datatype]
     params = tensor.get("parameters") or {}
     if isinstance(params, dict) and "binary_data_size" in params:
         size = params["binary_data_size"]
-        if not isinstance(size, int) or size != count * dtype.itemsize or offset + size > len(binary):
-            raise KServeError(f"input {name!r}: binary_data_size {size!r} received, expected "
+        if (isinstance(size, bool) or not isinstance(size, int) or size != count * dtype.itemsize
+                or offset + size > len(binary)):
+            raise KServeError(f"input {name!r}: binary_data_size {_short(size)} received, expected "
                               f"{count * dtype.itemsize} bytes for shape {shape} {spec.datatype} "
                               f"({len(binary) - offset} bytes left in the body)")
         array = np.frombuffer(binary, dtype=dtype.newbyteorder("<"), count=count, offset=offset)
-        return array.astype(dtype).reshape(shape), offset + size
+        array = array.astype(dtype).reshape(shape)
+        _check_finite(array, name, spec.datatype)
+        return array, offset + size
     data = tensor.get("data")
     if not isinstance(data, list):
         raise KServeError(f"input {name!r}: 'data' must be a list (row-major, flat or nested), got {_short(data)}")
-    try:
-        array = np.asarray(data, dtype=dtype)
-    except (TypeError, ValueError, OverflowError) as err:
-        raise KServeError(f"input {name!r}: data is not convertible to {spec.datatype} ({err})") from None
+    array = _json_values(data, name, spec.datatype, dtype)
     if array.size != count:
         raise KServeError(f"input {name!r}: {array.size} values received, shape {shape} needs {count}")
-    if dtype.kind == "f" and array.dtype.kind == "f" and not np.isfinite(array).all():
-        raise KServeError(f"input {name!r}: data contains NaN or infinity; expected finite values")
-    return array.reshape(shape), offset
+    array = array.reshape(shape)
+    _check_finite(array, name, spec.datatype)  # after the reshape: the position it names is in the declared shape
+    return array, offset
+
+
+# JSON value types a tensor of each NumPy kind accepts (bool is a subclass of int: checked by exact type).
+_ACCEPTED = {"b": (bool,), "i": (int,), "u": (int,), "f": (int, float)}
+
+
+def _json_values(data: list[Any], name: str, datatype: str, dtype: np.dtype) -> np.ndarray:
+    """The flat or nested JSON list ``data`` as a ``dtype`` array, refusing values of the wrong JSON type.
+
+    NumPy's own conversion is too lenient for a public endpoint (``"1.5"`` -> 1.5, ``true`` -> 1,
+    ``null`` -> NaN), so the element types are checked first, through an object array: one C-level
+    pass to build it, one over its elements, both cheap next to parsing the JSON.
+    """
+    try:
+        values = np.asarray(data, dtype=object)
+    except (TypeError, ValueError) as err:
+        raise KServeError(f"input {name!r}: data is not a regular (rectangular) list of values ({err})") from None
+    accepted = _ACCEPTED[dtype.kind]
+    if not set(map(type, values.flat)) <= set(accepted):  # C-level pass; the Python loop only to name the culprit
+        position, value = next((i, v) for i, v in enumerate(values.flat) if type(v) not in accepted)
+        what = ("a nested list of uneven length or deeper than the shape" if isinstance(value, list)
+                else f"{type(value).__name__} {_short(value, 40)}")
+        raise KServeError(f"input {name!r}: value {position} (row-major) is {what}; expected "
+                          f"{' or '.join(t.__name__ for t in accepted)} values for {datatype}")
+    try:
+        with np.errstate(over="ignore"):  # numbers beyond the range become inf: refused by _check_finite
+            return values.astype(dtype)
+    except (TypeError, ValueError, OverflowError) as err:  # e.g. an integer beyond int64 or float range
+        raise KServeError(f"input {name!r}: data is not convertible to {datatype} ({_short(str(err), 120)})") from None
+
+
+def _check_finite(array: np.ndarray, name: str, datatype: str) -> None:
+    """Refuse NaN and infinity in a floating-point input, naming the input, the count and the first position."""
+    if array.dtype.kind != "f":
+        return
+    bad = ~np.isfinite(array)
+    if bad.any():
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise KServeError(f"input {name!r}: {int(bad.sum())} value(s) are NaN or infinity (or beyond the {datatype} "
+                          f"range), the first at index {list(first)} ({array[first]}); expected finite numbers")
 
 
 def _requested_outputs(requested: Any, outputs: list[TensorSpec]) -> list[str] | None:
@@ -165,8 +239,8 @@ def _requested_outputs(requested: Any, outputs: list[TensorSpec]) -> list[str] |
     names = []
     for item in requested:
         name = item.get("name") if isinstance(item, dict) else None
-        if name not in known:
-            raise KServeError(f"unknown output {name!r} requested; the model's outputs are {known}")
+        if not isinstance(name, str) or name not in known:
+            raise KServeError(f"unknown output {_short(name)} requested; the model's outputs are {known}")
         names.append(name)
     return names
 
@@ -184,6 +258,11 @@ def encode_response(model: str, version: str, request_id: str | None, results: d
     return body
 
 
+# Bounded repr for messages: a hostile value may be a megabyte string or nested deeply; reprlib stops early.
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxdict, _REPR.maxstring, _REPR.maxother, _REPR.maxlong = 3, 8, 6, 80, 80, 40
+
+
 def _short(value: Any, limit: int = 80) -> str:
-    text = repr(value)
+    text = _REPR.repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -9,23 +9,44 @@ header. Ray Serve's proxy owns that header: it keeps the client's or generates o
 it back in the response, so the ingress adopts it rather than add a second, different one. With an
 inference log (``log_dir``), a sample of answered requests is recorded (a buffer append; a thread
 writes Parquet) and ``POST /v2/models/{name}/feedback`` takes ground-truth labels for those ids later.
+
+Faults: inference is idempotent, so a call that meets a dead or unavailable model replica, or that a
+replica does not answer within ``request_timeout_s`` (a hung process), is retried -- a bounded number
+of attempts, each routed afresh by Serve, which drops dead replicas -- and only when every attempt
+failed does the caller get 503 with ``Retry-After``. Model errors (the model raised) are not retried.
+
+Control: with ``control_port`` the control routes (``/-/traffic``, ``/-/promote``, ``/-/rollback``,
+``/-/status``) are refused on the serving port and served by a second, small HTTP server that this
+replica runs on its own event loop, so both share the same in-memory state without locks.
 """
 
 # No `from __future__ import annotations`: FastAPI must see the real `Request` annotation of
 # methods that Ray Serve wraps, or it treats `request` as a required query parameter (422).
 import asyncio
-import json
+import hashlib
+import hmac
 import logging
+import socket
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from ray import serve
+from ray.exceptions import RayActorError, RayTaskError
+from ray.serve.exceptions import BackPressureError, ReplicaUnavailableError
 
-from modelyard.serve.ray_codec import InferRequest, KServeError, TensorSpec, decode_request, encode_response
+from modelyard.serve.ray_codec import (
+    InferRequest,
+    KServeError,
+    TensorSpec,
+    decode_request,
+    encode_response,
+    parse_json,
+)
 from modelyard.serve.ray_router import TrafficRouter, validate_weights
 from modelyard.serve.ray_stats import ShadowLog, VersionStats
 
@@ -37,6 +58,10 @@ app = FastAPI(title="modelyard serve ray (KServe v2)")
 
 SHADOW_TIMEOUT_S = 10.0
 RETRY_AFTER_S = "1"
+# Pause before retry n is n times this: enough for Serve to learn of a dead replica, short for callers.
+RETRY_BACKOFF_S = 0.05
+# A replaced ingress replica may still hold the control port while it drains: wait this long for it.
+CONTROL_BIND_WAIT_S = 30.0
 
 
 def predicted_classes(outputs: dict[str, np.ndarray]) -> list[int] | None:
@@ -72,6 +97,79 @@ def _int_header(value: str | None, name: str = "Inference-Header-Content-Length"
         raise KServeError(f"{name} header {value!r} received; expected an integer") from None
 
 
+def _retryable(err: BaseException) -> bool:
+    """A failure of the replica, not of the model: it died, is gone, or did not answer in time.
+
+    ``RayTaskError`` wraps what the model itself raised (even a ``TimeoutError``): never retried.
+    """
+    return isinstance(err, (TimeoutError, RayActorError, ReplicaUnavailableError)) and not isinstance(
+        err, RayTaskError)
+
+
+def _control_app(ingress: Any) -> FastAPI:
+    """The control port's app: the control routes of ``ingress`` (the replica's own instance)."""
+    control = FastAPI(title="modelyard serve ray (control)", docs_url=None, redoc_url=None, openapi_url=None)
+
+    @control.post("/-/traffic")
+    async def traffic(request: Request) -> JSONResponse:
+        return await ingress._control(request, ingress._set_traffic)  # noqa: SLF001 - the app's own replica
+
+    @control.post("/-/promote")
+    async def promote(request: Request) -> JSONResponse:
+        return await ingress._control(request, ingress._promote)  # noqa: SLF001
+
+    @control.post("/-/rollback")
+    async def rollback(request: Request) -> JSONResponse:
+        return await ingress._control(request, ingress._rollback)  # noqa: SLF001
+
+    @control.get("/-/status")
+    async def status(request: Request) -> JSONResponse:
+        return await ingress._control(request, ingress._status)  # noqa: SLF001
+
+    return control
+
+
+def _control_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    return socket.create_server((host, port), family=family)  # SO_REUSEADDR on POSIX
+
+
+async def _start_control_server(app_: FastAPI, host: str, port: int) -> tuple[Any, asyncio.Task]:
+    """Bind ``host:port`` (waiting up to :data:`CONTROL_BIND_WAIT_S` for a draining predecessor to let
+    go of it) and serve ``app_`` with uvicorn on the running loop; returns once it accepts connections.
+
+    Raises:
+        OSError: the port stayed taken, naming the address and what is expected.
+    """
+    import uvicorn
+
+    class _Server(uvicorn.Server):
+        # The replica owns its signals (Serve's graceful shutdown); this server never installs handlers.
+        def capture_signals(self):  # type: ignore[override]
+            import contextlib
+
+            return contextlib.nullcontext()
+
+    deadline = time.monotonic() + CONTROL_BIND_WAIT_S
+    while True:
+        try:
+            sock = _control_socket(host, port)
+            break
+        except OSError as err:
+            if time.monotonic() > deadline:
+                raise OSError(f"control_port: cannot bind {host}:{port} ({err}) for {CONTROL_BIND_WAIT_S:.0f} s; "
+                              "expected a free port reserved for the control routes") from err
+            await asyncio.sleep(0.5)
+    server = _Server(uvicorn.Config(app_, lifespan="off", access_log=False, log_level="warning"))
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:
+        if task.done():  # startup failed: surface its error in the replica's __init__
+            task.result()
+            raise RuntimeError(f"control server on {host}:{port} stopped during startup")
+        await asyncio.sleep(0.02)
+    return server, task
+
+
 # Helpers above stay above the class: Ray pickles the ingress class by value with the globals that
 # exist when it is decorated.
 @serve.deployment(ray_actor_options={"num_cpus": 0}, num_replicas=1)
@@ -79,10 +177,13 @@ def _int_header(value: str | None, name: str = "Inference-Header-Content-Length"
 class KServeIngress:
     """Routes ``/v2/models/{model}/infer`` to the stable or canary model deployment."""
 
-    def __init__(self, model: str, stable: Any, stable_label: str, canary: Any | None, canary_label: str | None,
-                 inputs: list[TensorSpec], outputs: list[TensorSpec], canary_weight: float, shadow_weight: float,
-                 sticky_header: str, max_body_bytes: int, max_inflight: int,
-                 inference_log: dict[str, Any] | None = None) -> None:
+    async def __init__(self, model: str, stable: Any, stable_label: str, canary: Any | None,
+                       canary_label: str | None, inputs: list[TensorSpec], outputs: list[TensorSpec],
+                       canary_weight: float, shadow_weight: float, sticky_header: str, max_body_bytes: int,
+                       max_inflight: int, inference_log: dict[str, Any] | None = None,
+                       retry: dict[str, Any] | None = None, control: dict[str, Any] | None = None) -> None:
+        """``retry``: ``{"timeout_s", "attempts"}`` per request towards the model deployments;
+        ``control``: :meth:`RayServeConfig.control_settings` (``port`` None: control on the serving port)."""
         from ray.serve.metrics import Counter, Histogram
 
         from modelyard.monitor.feedback import FeedbackLog
@@ -100,6 +201,16 @@ class KServeIngress:
         self.shadow = ShadowLog()
         self.inflight = 0
         self.rejected: dict[str, int] = {}
+        self.retries: dict[str, int] = {}  # retried model calls by reason (timeout, ActorDiedError, ...)
+        retry = retry or {}
+        self.request_timeout_s = float(retry.get("timeout_s", 10.0))
+        self.request_attempts = int(retry.get("attempts", 3))
+        control = control or {}
+        self.control_token_sha256: str | None = control.get("token_sha256")
+        self.control_token_env: str = control.get("token_env") or "MODELYARD_CONTROL_TOKEN"  # named in 401s
+        self.control_address: str | None = None
+        self._control_server: Any = None
+        self._control_task: asyncio.Task | None = None
         self._background: set[asyncio.Task] = set()  # strong references: the loop keeps only weak ones
         self._retired: list[tuple[str, Any]] = []
         # inference_log: InferenceLog keyword arguments with an absolute "root" (RayServeConfig.log_settings).
@@ -115,6 +226,14 @@ class KServeIngress:
                                    boundaries=[1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 5000], tag_keys=tags)
         self.m_classes = Counter("modelyard_serve_predicted_class_total", "Predicted class per row.",
                                  tag_keys=(*tags, "class"))
+        self.m_retries = Counter("modelyard_serve_retries_total",
+                                 "Model calls retried on another replica (dead, unavailable or timed out).",
+                                 tag_keys=(*tags, "reason"))
+        if control.get("port") is not None:
+            host, port = control.get("host") or "127.0.0.1", int(control["port"])
+            self._control_server, self._control_task = await _start_control_server(_control_app(self), host, port)
+            self.control_address = f"http://{host}:{port}"
+            logger.info("control routes of %s on %s (refused on the serving port)", model, self.control_address)
 
     # --- KServe v2 metadata -------------------------------------------------------------------------
     @app.get("/v2")
@@ -191,8 +310,6 @@ class KServeIngress:
 
     async def _run(self, req: InferRequest, version: str | None, key: str | None,
                    header_id: str | None = None) -> JSONResponse:
-        from ray.serve.exceptions import BackPressureError
-
         if version is not None:
             roles = [r for r, label in self.labels.items() if label == version]
             if not roles:
@@ -206,20 +323,38 @@ class KServeIngress:
         handle, label = self.handles[role], self.labels[role]
         request_id = req.id or header_id or uuid.uuid4().hex
         tags = {"model": self.model, "version": label, "role": role}
+        payload = {"inputs": req.inputs, "role": role}
         started = time.perf_counter()
-        try:
-            result = await handle.remote({"inputs": req.inputs, "role": role})
-        except BackPressureError as err:
-            return self._reject(503, f"overloaded: {err}", {"Retry-After": RETRY_AFTER_S})
-        except Exception as err:  # noqa: BLE001 - a model failure is answered, counted and logged
-            self.stats[label].record(time.perf_counter() - started, error=True)
-            self.m_requests.inc(tags=tags)
-            self.m_errors.inc(tags=tags)
-            logger.exception("%s v%s failed", self.model, label)
-            return _error(500, f"model {self.model} version {label} failed: {type(err).__name__}: {err}")
+        attempt = 0
+        while True:
+            attempt += 1
+            response = handle.remote(payload)
+            try:
+                async with asyncio.timeout(self.request_timeout_s):
+                    result = await response
+                break
+            except BackPressureError as err:
+                return self._reject(503, f"overloaded: {err}", {"Retry-After": RETRY_AFTER_S})
+            except Exception as err:  # noqa: BLE001 - a model failure is answered, counted and logged
+                if not _retryable(err):
+                    self.stats[label].record(time.perf_counter() - started, error=True)
+                    self.m_requests.inc(tags=tags)
+                    self.m_errors.inc(tags=tags)
+                    logger.exception("%s v%s failed", self.model, label)
+                    return _error(500, f"model {self.model} version {label} failed: {type(err).__name__}: {err}")
+                reason = "timeout" if isinstance(err, TimeoutError) else type(err).__name__
+                if reason == "timeout":
+                    response.cancel()  # the replica may still be alive: free its slot
+                if attempt >= self.request_attempts:
+                    return self._unavailable(label, tags, started, attempt, reason)
+                self.retries[reason] = self.retries.get(reason, 0) + 1
+                self.m_retries.inc(tags={**tags, "reason": reason})
+                logger.warning("%s v%s: attempt %d of %d failed (%s); retrying", self.model, label, attempt,
+                               self.request_attempts, reason)
+                await asyncio.sleep(RETRY_BACKOFF_S * attempt)
         elapsed = time.perf_counter() - started
         classes = predicted_classes(result["outputs"])
-        self.stats[label].record(elapsed, classes, result.get("batch_size"))
+        self.stats[label].record(elapsed, classes, result.get("batch_size"), replica=result.get("replica"))
         self.m_requests.inc(tags=tags)
         self.m_latency.observe(elapsed * 1000.0, tags=tags)
         for c in classes or []:
@@ -252,6 +387,17 @@ class KServeIngress:
             self.m_errors.inc(tags=tags)
             logger.warning("shadow request to %s v%s failed: %s", self.model, label, err)
 
+    def _unavailable(self, label: str, tags: dict[str, str], started: float, attempts: int,
+                     reason: str) -> JSONResponse:
+        """Every attempt met a dead, unavailable or silent replica: 503, the caller may retry later."""
+        self.stats[label].record(time.perf_counter() - started, error=True)
+        self.m_requests.inc(tags=tags)
+        self.m_errors.inc(tags=tags)
+        logger.error("%s v%s unavailable: %d attempts failed, the last with %s", self.model, label, attempts, reason)
+        timeout = f" within {self.request_timeout_s:g} s" if reason == "timeout" else ""
+        return self._reject(503, f"model {self.model} version {label} did not answer{timeout} in {attempts} "
+                            f"attempts (last: {reason}); retry later", {"Retry-After": RETRY_AFTER_S})
+
     def _reject(self, status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
         self.rejected[str(status)] = self.rejected.get(str(status), 0) + 1
         return _error(status, message, headers)
@@ -266,11 +412,9 @@ class KServeIngress:
             return _error(409, "feedback needs the inference log; start the server with log_dir")
         shape = '{"labels": [{"id": ID, "label": L}, {"id": ID, "row": R, "label": L}, {"id": ID, "labels": [...]}]}'
         try:
-            body = json.loads(await self._read_body(request))
-        except KServeError as err:
+            body = parse_json(await self._read_body(request), "feedback body", shape)
+        except KServeError as err:  # not JSON, too deep (400) or over max_body_bytes (413)
             return _error(err.status, str(err))
-        except ValueError as err:
-            return _error(400, f"feedback body is not valid JSON ({err}); expected {shape}")
         if not isinstance(body, dict) or not isinstance(body.get("labels"), list) or set(body) != {"labels"}:
             got = sorted(body) if isinstance(body, dict) else type(body).__name__
             return _error(400, f"feedback body {got} received; expected {shape}")
@@ -289,6 +433,13 @@ class KServeIngress:
     async def __del__(self) -> None:
         """Write what the inference log still holds. Ray Serve awaits this on a graceful replica stop
         (``serve.shutdown``, a redeploy, scale-down: ``ray.serve._private.replica`` ``call_destructor``)."""
+        server, task = getattr(self, "_control_server", None), getattr(self, "_control_task", None)
+        if server is not None and task is not None:
+            server.should_exit = True  # uvicorn checks it every 0.1 s, then closes the port
+            try:
+                await asyncio.wait_for(task, 5.0)
+            except Exception:  # noqa: BLE001 - a slow or failed stop: stopping anyway
+                task.cancel()
         log = getattr(self, "log", None)  # __init__ may have failed before setting it
         if log is not None:
             await asyncio.to_thread(log.close)  # the final write must not block the event loop
@@ -298,18 +449,53 @@ class KServeIngress:
     # args) replaces the ingress replica and its in-memory statistics. The monitor's loop redeploys
     # only to add a new canary, before its rollout starts taking statistics (the old replica drains
     # and flushes its inference log; the loop's tests see no failed request across the swap).
+    # With control_port these routes answer 404 here and live on the control server (_control_app).
     @app.post("/-/traffic")
     async def traffic(self, request: Request) -> JSONResponse:
+        return await self._control(request, self._set_traffic, serving_port=True)
+
+    @app.post("/-/promote")
+    async def promote(self, request: Request) -> JSONResponse:
+        return await self._control(request, self._promote, serving_port=True)
+
+    @app.post("/-/rollback")
+    async def rollback(self, request: Request) -> JSONResponse:
+        return await self._control(request, self._rollback, serving_port=True)
+
+    @app.get("/-/status")
+    async def status(self, request: Request) -> JSONResponse:
+        return await self._control(request, self._status, serving_port=True)
+
+    async def _control(self, request: Request, action: Callable[[Request], Awaitable[JSONResponse]],
+                       serving_port: bool = False) -> JSONResponse:
+        """Run a control ``action`` where control lives, for a caller holding the token (if one is set)."""
+        if serving_port and self.control_address is not None:
+            return _error(404, f"{request.url.path} is not served on the serving port; control routes live on "
+                          f"{self.control_address} (control_port)")
+        if self.control_token_sha256 is not None:
+            scheme, _, token = request.headers.get("authorization", "").partition(" ")
+            digest = hashlib.sha256(token.strip().encode()).hexdigest()
+            if scheme.lower() != "bearer" or not hmac.compare_digest(digest, self.control_token_sha256):
+                got = "no Authorization header" if not scheme else f"an Authorization header ({scheme} ...) " \
+                      "with a wrong token"
+                return _error(401, f"{request.url.path} needs 'Authorization: Bearer <token>', the value of "
+                              f"${self.control_token_env} where the server was deployed; got {got}",
+                              {"WWW-Authenticate": "Bearer"})
+        return await action(request)
+
+    async def _set_traffic(self, request: Request) -> JSONResponse:
         try:
-            weights = validate_weights(await request.json())
-            self.router.set_weights(**weights)
-        except ValueError as err:  # also json.JSONDecodeError
+            body = parse_json(await self._read_body(request), "traffic update",
+                              '{"canary_weight": 0.25, "shadow_weight": 0.0}')
+            self.router.set_weights(**validate_weights(body))
+        except KServeError as err:  # not JSON, too deep (400) or over max_body_bytes (413)
+            return _error(err.status, f"bad traffic update: {err}")
+        except ValueError as err:
             return _error(400, f"bad traffic update: {err}")
         logger.info("traffic: canary %.3f shadow %.3f", self.router.canary_weight, self.router.shadow_weight)
         return JSONResponse(self.status_json())
 
-    @app.post("/-/promote")
-    async def promote(self) -> JSONResponse:
+    async def _promote(self, _request: Request) -> JSONResponse:
         if "canary" not in self.handles:
             return _error(409, "no canary to promote; deploy one with --canary")
         # Keep the old stable handle referenced: requests already awaiting it still hold it locally
@@ -320,14 +506,12 @@ class KServeIngress:
         logger.info("promoted %s v%s to stable", self.model, self.labels["stable"])
         return JSONResponse(self.status_json())
 
-    @app.post("/-/rollback")
-    async def rollback(self) -> JSONResponse:
+    async def _rollback(self, _request: Request) -> JSONResponse:
         self.router.rollback()
         logger.info("rollback: canary and shadow weight 0")
         return JSONResponse(self.status_json())
 
-    @app.get("/-/status")
-    async def status(self) -> JSONResponse:
+    async def _status(self, _request: Request) -> JSONResponse:
         return JSONResponse(self.status_json())
 
     def status_json(self) -> dict[str, Any]:
@@ -338,6 +522,7 @@ class KServeIngress:
             "shadow": self.shadow.as_json(),
             "inflight": self.inflight,
             "rejected": dict(self.rejected),
+            "retries": dict(self.retries),
             "retired": [label for label, _ in self._retired],
             "inference_log": self.log.stats() if self.log is not None else None,
         }

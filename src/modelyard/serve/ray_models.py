@@ -12,6 +12,7 @@ import asyncio
 import logging
 import random
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from typing import Any
 import numpy as np
 from ray import serve
 
+from modelyard.safety import check_name, check_version, contained, resolves_inside
 from modelyard.serve.ray_codec import TensorSpec, spec_from_ort
 
 __all__ = ["ModelSource", "ModelVersion", "read_specs", "resolve_reference"]
@@ -42,7 +44,13 @@ def resolve_reference(reference: str, model: str, tracking_uri: str | None = Non
         ValueError: the reference is malformed, or names a file/version/alias that does not exist.
     """
     if reference.startswith("path:"):
-        path = Path(reference.removeprefix("path:")).expanduser().resolve()
+        # An operator's own file, so any folder is allowed; but judged as a string first: no NUL, no
+        # URI (file://, s3://: not fetched here), an .onnx name, then a regular file once links are followed.
+        raw = reference.removeprefix("path:")
+        if "\0" in raw or "://" in raw or not raw.endswith(".onnx"):
+            raise ValueError(f"model reference {reference!r} refused: expected path:FILE.onnx, a local ONNX file "
+                             "path without a URI scheme or NUL character")
+        path = Path(raw).expanduser().resolve()
         if not path.is_file():
             raise ValueError(f"model reference {reference!r}: no file at {path}; expected path:FILE.onnx")
         # triton_models/<name>/<version>/model.onnx -> that version number; else the file's stem.
@@ -70,14 +78,18 @@ def _from_registry(reference: str, model: str, tracking_uri: str | None) -> Mode
     tags = mv.tags or {}
     repo, triton_version = tags.get("modelyard.triton_repo"), tags.get("modelyard.triton_version")
     if repo and triton_version:
-        candidate = Path(repo) / model / triton_version / "model.onnx"
+        # Tags are data anyone with registry write access can set: the path is built from checked
+        # names and must stay inside the repository once symlinks are followed.
+        check_version(triton_version, f"{model} v{version} tag modelyard.triton_version")
+        candidate = contained(repo, f"{check_name(model, 'model name')}/{triton_version}/model.onnx",
+                              f"{model} v{version} Triton copy")
         if candidate.is_file():
             return ModelSource(reference, str(candidate.resolve()), version)
         logger.warning("%s v%s: Triton copy %s is missing; using the version's artifacts", model, version, candidate)
     import mlflow.artifacts
 
     local = Path(mlflow.artifacts.download_artifacts(artifact_uri=mv.source, tracking_uri=client.tracking_uri))
-    files = [local] if local.is_file() else sorted(local.rglob("*.onnx"))
+    files = [local] if local.is_file() else sorted(f for f in local.rglob("*.onnx") if resolves_inside(local, f))
     if not files:
         raise ValueError(f"model reference {reference!r}: {model} v{version} has no Triton copy "
                          f"({repo}/{model}/{triton_version}) and no .onnx artifact under {mv.source}")
@@ -95,20 +107,50 @@ def _session(path: str) -> Any:
 
 
 def read_specs(path: str) -> tuple[list[TensorSpec], list[TensorSpec]]:
-    """Input and output specs of an ONNX file (read in the driver, so the ingress validates up front)."""
-    session = _session(path)
+    """Input and output specs of an ONNX file (read in the driver, so the ingress validates up front).
+
+    Raises:
+        ValueError: ONNX Runtime cannot load the file (corrupt, truncated, an unknown operator), so a
+            bad model is a configuration error named before anything is deployed.
+    """
+    try:
+        session = _session(path)
+    except Exception as err:  # noqa: BLE001 - ONNX Runtime raises its own exception types (Fail, InvalidGraph...)
+        raise ValueError(f"ONNX Runtime cannot load model file {path}: {type(err).__name__}: "
+                         f"{str(err).strip()[:500]}; expected a valid ONNX model as modelyard export writes it"
+                         ) from None
     return spec_from_ort(session.get_inputs()), spec_from_ort(session.get_outputs())
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0}, health_check_period_s=5)
+def _replica_id() -> str:
+    """This replica's full Serve id: its actor's name (``SERVE_REPLICA::app#deployment#suffix``), the
+    name ``ray list actors`` shows; ``"local"`` outside Serve."""
+    try:
+        return serve.get_replica_context().replica_id.to_full_id_str()
+    except Exception:  # noqa: BLE001 - RayServeException outside a replica (unit tests)
+        return "local"
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0}, health_check_period_s=10, health_check_timeout_s=30)
 class ModelVersion:
-    """One model version: an ONNX Runtime session behind Ray Serve dynamic batching."""
+    """One model version: an ONNX Runtime session behind Ray Serve dynamic batching.
+
+    ONNX Runtime runs on a worker thread of the replica so that the replica's event loop stays free
+    while a batch runs: Serve's health check then still reaches :meth:`check_health`, which fails
+    when a batch has run longer than ``max_batch_run_s`` -- a stuck call in a live process gets the
+    replica replaced, not only a dead or frozen one (Serve's own health-check timeout covers those).
+    """
 
     def __init__(self, model: str, label: str, path: str, max_batch_size: int, batch_wait_timeout_s: float,
-                 fault_error_rate: float = 0.0, fault_delay_ms: float = 0.0) -> None:
+                 fault_error_rate: float = 0.0, fault_delay_ms: float = 0.0, max_batch_run_s: float = 30.0) -> None:
         from ray.serve.metrics import Histogram
 
         self.model, self.label = model, label
+        self.replica = _replica_id()
+        self.max_batch_run_s = max_batch_run_s
+        # One thread: batches run one at a time (serve.batch's default), so one is all they need.
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"ort-{label}")
+        self._batch_started: float | None = None  # monotonic start of the running batch, None when idle
         self.fault_error_rate, self.fault_delay_s = fault_error_rate, fault_delay_ms / 1000.0
         if fault_error_rate or fault_delay_ms:
             logger.warning("%s v%s injects faults: %.0f%% errors, +%.0f ms latency (drill configuration)",
@@ -137,12 +179,29 @@ class ModelVersion:
         """
         counts = [next(iter(r["inputs"].values())).shape[0] for r in requests]
         feed = {s.name: np.concatenate([r["inputs"][s.name] for r in requests]) for s in self.inputs}
-        results = self.session.run(self.output_names, feed)
+        self._batch_started = time.monotonic()
+        try:
+            results = await asyncio.get_running_loop().run_in_executor(
+                self._executor, self.session.run, self.output_names, feed)
+        finally:
+            self._batch_started = None
         rows = sum(counts)
         self.batch_hist.observe(rows, tags={"model": self.model, "version": self.label, "role": requests[0]["role"]})
         bounds = np.cumsum([0, *counts])
         return [{"outputs": {n: r[bounds[i]:bounds[i + 1]] for n, r in zip(self.output_names, results)},
-                 "version": self.label, "batch_size": rows} for i in range(len(requests))]
+                 "version": self.label, "batch_size": rows, "replica": self.replica} for i in range(len(requests))]
+
+    def check_health(self) -> None:
+        """Called by Serve every ``health_check_period_s``; raising marks the replica unhealthy (replaced).
+
+        Raises:
+            RuntimeError: the running batch has taken longer than ``max_batch_run_s``.
+        """
+        started = self._batch_started
+        if started is not None and (running := time.monotonic() - started) > self.max_batch_run_s:
+            raise RuntimeError(f"{self.model} v{self.label} replica {self.replica}: a batch has been running "
+                               f"{running:.1f} s, longer than max_batch_run_s={self.max_batch_run_s:g} s; "
+                               "ONNX Runtime looks stuck")
 
     async def __call__(self, request: dict[str, Any]) -> dict[str, Any]:
         if self.fault_delay_s:

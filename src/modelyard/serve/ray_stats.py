@@ -36,13 +36,16 @@ class VersionStats:
     durations_ms: deque[float] = field(init=False)
     batch_sizes: Counter[int] = field(default_factory=Counter)
     predicted_classes: Counter[str] = field(default_factory=Counter)
+    # Answers per model replica (its actor name): shows the spread and that a replacement serves.
+    replicas: Counter[str] = field(default_factory=Counter)
 
     def __post_init__(self) -> None:
         self.durations_ms = deque(maxlen=self.window)
 
     def record(self, duration_s: float, classes: list[int] | None = None, batch_size: int | None = None,
-               error: bool = False) -> None:
-        """One request: its duration, predicted class per row, the batch it ran in, or that it failed."""
+               error: bool = False, replica: str | None = None) -> None:
+        """One request: its duration, predicted class per row, the batch it ran in and the replica that
+        answered it, or that it failed."""
         self.requests += 1
         self.durations_ms.append(duration_s * 1000.0)
         if error:
@@ -50,6 +53,8 @@ class VersionStats:
             return
         if batch_size is not None:
             self.batch_sizes[batch_size] += 1
+        if replica is not None:
+            self.replicas[replica] += 1
         for c in classes or []:
             self.predicted_classes[str(c)] += 1
             self.rows += 1
@@ -65,6 +70,7 @@ class VersionStats:
             "latency_window": len(self.durations_ms),
             "batch_sizes": {str(k): v for k, v in sorted(self.batch_sizes.items())},
             "predicted_classes": dict(sorted(self.predicted_classes.items())),
+            "replicas": dict(sorted(self.replicas.items())),
         }
 
 

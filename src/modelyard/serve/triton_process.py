@@ -19,8 +19,8 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["TritonStartError", "check_ports_free", "find_server_pid", "log_tail", "pid_running",
-           "python_libdir_on_library_path", "wait_for_exit", "wait_until_ready"]
+__all__ = ["TritonStartError", "check_ports_free", "child_pids", "find_server_pid", "http_ok", "log_tail",
+           "pid_running", "python_libdir_on_library_path", "reap", "wait_for_exit", "wait_until_ready"]
 
 logger = logging.getLogger(__name__)
 
@@ -126,9 +126,45 @@ def find_server_pid(http_port: int, parent: int | None = None) -> int | None:
     return None
 
 
-def _http_ok(url: str) -> bool:
+def child_pids(pid: int) -> dict[int, str]:
+    """The live children of ``pid`` with their process names (the Python backend's stub processes
+    of a ``tritonserver``), so they can be checked for after the server dies."""
+    children: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (stat := _proc_stat(int(entry.name))) is not None and stat[2] == pid \
+                and stat[1] not in ("Z", "X"):
+            children[int(entry.name)] = stat[0]
+    return children
+
+
+def reap(processes: Mapping[int, str], timeout_s: float = 10.0) -> list[int]:
+    """Wait up to ``timeout_s`` for ``processes`` (pid -> name, from :func:`child_pids`) to exit and
+    SIGKILL the ones left; returns those killed.
+
+    A pid is only killed while it still carries the recorded name, so a number reused by an
+    unrelated process after the original exited is left alone.
+    """
+    def alive() -> list[int]:
+        return [pid for pid, name in processes.items() if (stat := _proc_stat(pid)) is not None
+                and stat[0] == name and stat[1] not in ("Z", "X")]
+
+    deadline = time.monotonic() + timeout_s
+    while alive() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    killed = alive()
+    for pid in killed:
+        logger.warning("%s (pid %d) outlived its tritonserver by %g s; killing it", processes[pid], pid, timeout_s)
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return killed
+
+
+def http_ok(url: str, timeout_s: float = 2.0) -> bool:
+    """Whether a GET of ``url`` answers 200 within ``timeout_s``."""
     try:
-        with urllib.request.urlopen(url, timeout=2) as response:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:
             return response.status == 200
     except (urllib.error.URLError, OSError):
         return False
@@ -143,7 +179,7 @@ def wait_until_ready(http_url: str, model: str, version: int, timeout_s: float, 
     checks = [f"{http_url}/v2/health/ready", f"{http_url}/v2/models/{model}/versions/{version}/ready"]
     deadline = time.monotonic() + timeout_s
     while True:
-        pending = [url for url in checks if not _http_ok(url)]
+        pending = [url for url in checks if not http_ok(url)]
         if not pending:
             return
         if pid is not None and not pid_running(pid):

@@ -4,8 +4,14 @@
 ``modelyard train`` does.
 """
 
-from modelyard.train.config import (CheckpointConfig, DataModuleConfig, MlflowConfig, ModelConfig, TrainConfig,
-                                    parse_train_args)
+from modelyard.train.config import (
+                                    CheckpointConfig,
+                                    DataModuleConfig,
+                                    MlflowConfig,
+                                    ModelConfig,
+                                    TrainConfig,
+                                    parse_train_args,
+)
 from modelyard.train.run import TrainResult, run
 
 __all__ = ["CheckpointConfig", "DataModuleConfig", "MlflowConfig", "ModelConfig", "TrainConfig", "TrainResult",

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import random
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -81,14 +83,40 @@ class ThroughputCallback(Callback):
 class PreemptionCheckpoint(Callback):
     """On SIGTERM (preemption, ``scancel``, ``kubectl delete``) write ``last.ckpt`` and exit cleanly.
 
-    Lightning turns SIGTERM into a ``SIGTERMException`` at the next batch boundary and stops the
-    other ranks; rank 0 writes the checkpoint directly through the checkpoint IO (no barrier: the
-    other ranks may already be gone).
+    One process: Lightning turns SIGTERM into a ``SIGTERMException`` at the next batch boundary.
+    Several ranks: Lightning's own handler broadcasts over the process group from *inside the signal
+    handler*, which can interleave with a collective the rank is in the middle of (the gradient
+    all-reduce, its per-batch SIGTERM broadcast) and deadlock the job; its end-of-batch check also
+    reads each rank's own flag, so ranks can stop at different batches. Here the handler only notes
+    the signal (and forwards it to the ranks this process launched, as Lightning does), and every
+    rank agrees at the start of each training batch, through one all-reduce, whether any rank was
+    signalled; then all raise ``SIGTERMException`` at the same batch. Rank 0 writes the checkpoint
+    directly through the checkpoint IO (no barrier: the other ranks are stopping too).
     """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.saved = False
+        self._signalled = False
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # Lightning registers its handlers after on_fit_start and restores the previous ones at
+        # teardown; replacing SIGTERM's here keeps that restore intact.
+        if trainer.world_size <= 1 or threading.current_thread() is not threading.main_thread():
+            return
+        launcher = trainer.strategy.launcher
+
+        def note(signum: int, _frame: Any) -> None:
+            logger.info("rank %d: SIGTERM received; stopping at the next training batch", trainer.global_rank)
+            if not self._signalled and launcher is not None and hasattr(launcher, "kill"):
+                launcher.kill(signum)
+            self._signalled = True
+
+        signal.signal(signal.SIGTERM, note)
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        if trainer.world_size > 1 and trainer.strategy.reduce_boolean_decision(self._signalled, all=False):
+            raise SIGTERMException()
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
         if not isinstance(exception, SIGTERMException) or trainer.global_rank != 0:

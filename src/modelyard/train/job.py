@@ -10,6 +10,7 @@ Lightning or Ray start for the other ranks are told the folder through ``MODELYA
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 import time
@@ -18,10 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from modelyard._io import atomic_write_text
+from modelyard.safety import check_name
 
 __all__ = ["JOB_DIR_ENV", "Job", "JobNotFoundError", "create_job", "find_job"]
 
 JOB_DIR_ENV = "MODELYARD_JOB_DIR"
+
+logger = logging.getLogger(__name__)
 
 
 class JobNotFoundError(LookupError):
@@ -53,6 +57,22 @@ class Job:
         atomic_write_text(self.state_file, json.dumps(state, indent=2, default=str))
         return state
 
+    def remove_partial_writes(self) -> list[Path]:
+        """Delete the temp files of atomic writes that never finished (``.<name>.<random>.tmp``); the list.
+
+        A process killed while writing a checkpoint, ``job.json`` or the profile leaves its temp file
+        beside the target (the target itself is untouched). Nothing reads these names; they only take
+        disk space, so a resumed job removes them before anything else writes to the folder.
+        """
+        removed = [p for folder in (self.dir, self.checkpoint_dir) if folder.is_dir()
+                   for p in folder.glob(".*.tmp") if p.is_file()]
+        for path in removed:
+            path.unlink(missing_ok=True)
+        if removed:
+            logger.info("removed %d unfinished write(s) of an earlier attempt: %s", len(removed),
+                        ", ".join(p.name for p in removed))
+        return removed
+
     @property
     def run_id(self) -> str | None:
         return self.state().get("run_id")
@@ -61,8 +81,8 @@ class Job:
 def _job_id() -> str:
     for var in ("SLURM_JOB_ID", "TORCHELASTIC_RUN_ID"):
         value = os.environ.get(var)
-        if value and value != "none":
-            return f"{var.split('_')[0].lower()}-{value}"
+        if value and value != "none":  # the scheduler's id becomes a folder name: checked as one
+            return check_name(f"{var.split('_')[0].lower()}-{value}", f"job id from ${var}")
     return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
 
 

@@ -11,9 +11,12 @@ model's validation accuracy (the yardsticks for label shift and live accuracy).
 
 from __future__ import annotations
 
+import io
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from modelyard._io import atomic_write_bytes
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -180,5 +183,7 @@ def plot_reference_profile(profile: dict[str, Any], path: str) -> None:
         ax.axis("off")
     fig.suptitle(f"reference profile of data {profile.get('data_digest', '')[:12]}", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    buffer = io.BytesIO()  # rendered in memory, then written atomically like every other job file
+    fig.savefig(buffer, dpi=90, format="png")
     plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())

@@ -24,9 +24,11 @@ import yaml
 
 from modelyard._io import atomic_copy, atomic_write_text
 from modelyard.config import flatten
+from modelyard.safety import check_name
 from modelyard.tracking import client_for, ensure_experiment, git_commit, resolve_tracking_uri
 from modelyard.train.config import ModelConfig, TrainConfig
 from modelyard.train.job import JOB_DIR_ENV, Job, create_job, find_job
+from modelyard.train.metric_buffer import SPILL_FILE, bounded_http, deliver_spilled
 
 if TYPE_CHECKING:
     from lightning import LightningModule
@@ -67,6 +69,8 @@ class TrainResult:
     best_score: float | None = None
     monitor: str = "val_loss"
     data_digest: str = ""
+    undelivered_metrics: int = 0  # metric points MLflow could not take (server unreachable to the end)
+    undelivered_file: Path | None = None  # where they are kept until --resume delivers them
 
 
 def run(cfg: TrainConfig) -> TrainResult:
@@ -79,12 +83,14 @@ def run(cfg: TrainConfig) -> TrainResult:
     seed_everything(cfg.seed_everything, workers=True, verbose=False)
     datamodule = SnapshotDataModule(**vars(cfg.data), seed=cfg.seed_everything)
     spec = datamodule.prepare()
-    experiment = cfg.mlflow.experiment or datamodule.snapshot.name
+    experiment = check_name(cfg.mlflow.experiment or datamodule.snapshot.name, "experiment name")  # a folder name
     uri = resolve_tracking_uri(cfg.mlflow.tracking_uri)
     root = Path(cfg.output_dir) / experiment
     job = find_job(root, cfg.resume) if cfg.resume else create_job(root)
 
     is_launcher = rank_zero_only.rank == 0 and JOB_DIR_ENV not in os.environ
+    if is_launcher and cfg.resume:
+        job.remove_partial_writes()  # temp files of writes a killed attempt did not finish
     run_id = _open_run(cfg, job, datamodule, uri, experiment) if is_launcher else os.environ.get(RUN_ID_ENV)
     env = {JOB_DIR_ENV: str(job.dir.resolve()), RUN_ID_ENV: run_id or ""}
     try:
@@ -101,11 +107,17 @@ def run(cfg: TrainConfig) -> TrainResult:
             for key in env:
                 os.environ.pop(key, None)
     state = job.state()
+    delivery = state.get("metric_delivery") or {}
+    if is_launcher and delivery.get("undelivered"):
+        logger.error("%d metric points were not delivered to MLflow at %s; they are in %s (--resume of the job "
+                     "delivers them)", delivery["undelivered"], uri, (job.dir / SPILL_FILE).resolve())
     return TrainResult(
         run_id=run_id, experiment=experiment, tracking_uri=uri, job_dir=job.dir,
         status=state.get("status", "unknown"),
         best_checkpoint=Path(state["best_checkpoint"]) if state.get("best_checkpoint") else None,
         best_score=state.get("best_score"), monitor=cfg.checkpoint.monitor, data_digest=spec.digest,
+        undelivered_metrics=int(delivery.get("undelivered") or 0),
+        undelivered_file=(job.dir / SPILL_FILE).resolve() if (job.dir / SPILL_FILE).exists() else None,
     )
 
 
@@ -115,8 +127,12 @@ def fit(cfg: TrainConfig, job: Job, run_id: str | None, uri: str, experiment: st
     from lightning import Trainer
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-    from modelyard.train.callbacks import (AtomicCheckpointIO, EpochSeedCallback, PreemptionCheckpoint,
-                                           ThroughputCallback)
+    from modelyard.train.callbacks import (
+        AtomicCheckpointIO,
+        EpochSeedCallback,
+        PreemptionCheckpoint,
+        ThroughputCallback,
+    )
 
     quiet_lightning_tips()
     model = instantiate_model(cfg.model, spec)
@@ -133,9 +149,9 @@ def fit(cfg: TrainConfig, job: Job, run_id: str | None, uri: str, experiment: st
         plugins.append(RayLightningEnvironment())
     trainer = Trainer(
         **trainer_args,
-        callbacks=[checkpoint, EpochSeedCallback(cfg.seed_everything), ThroughputCallback(trainer_args.get("log_every_n_steps", 10)),
-                   preemption],
-        logger=_run_logger(run_id, uri, experiment) if run_id else False,
+        callbacks=[checkpoint, _last_checkpoint_callback(job), EpochSeedCallback(cfg.seed_everything),
+                   ThroughputCallback(trainer_args.get("log_every_n_steps", 10)), preemption],
+        logger=_run_logger(run_id, uri, experiment, job) if run_id else False,
         plugins=plugins,
         default_root_dir=str(job.dir),
     )
@@ -144,12 +160,19 @@ def fit(cfg: TrainConfig, job: Job, run_id: str | None, uri: str, experiment: st
 
         trainer = prepare_trainer(trainer)
     if run_id and trainer.global_rank == 0:
-        client_for(uri).set_tag(run_id, "modelyard.world_size", str(trainer.world_size))
+        try:
+            with bounded_http(retries=2):
+                client_for(uri).set_tag(run_id, "modelyard.world_size", str(trainer.world_size))
+        except Exception as err:  # noqa: BLE001 - a tag is not worth a job; metrics are buffered
+            logger.warning("could not tag MLflow run %s with its world size: %s", run_id, err)
     resume_from = job.last_checkpoint if cfg.resume and job.last_checkpoint.exists() else None
     if resume_from:
         logger.info("resuming job %s from %s", job.dir.name, resume_from)
     try:
-        trainer.fit(model, datamodule=datamodule, ckpt_path=str(resume_from) if resume_from else None)
+        # weights_only=True: Lightning passes None, which torch turns into a full unpickle when the
+        # environment sets TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD; a checkpoint is data, never code.
+        trainer.fit(model, datamodule=datamodule, ckpt_path=str(resume_from) if resume_from else None,
+                    weights_only=True)
     except SIGTERMException:
         if trainer.global_rank == 0:
             job.update(status="preempted", preempted_at_step=trainer.global_step)
@@ -191,20 +214,74 @@ def _checkpoint_callback(cfg: TrainConfig, job: Job) -> ModelCheckpoint:
         dirpath=job.checkpoint_dir,
         filename=f"epoch{{epoch:03d}}-step{{step}}-{monitor}{{{monitor}:.4f}}",
         monitor=monitor, mode=cfg.checkpoint.mode, save_top_k=cfg.checkpoint.save_top_k,
-        save_last=True, auto_insert_metric_name=False,
+        save_last=False, auto_insert_metric_name=False,
     )
 
 
-def _run_logger(run_id: str, uri: str, experiment: str) -> Any:
+def _last_checkpoint_callback(job: Job) -> ModelCheckpoint:
+    """``last.ckpt`` at the end of every epoch, whatever the monitored metric did.
+
+    Lightning's ``save_last=True`` writes ``last.ckpt`` only when a top-k checkpoint is written too:
+    once the metric stops improving, ``last`` stops moving and a job killed later would resume from
+    that old epoch, losing every epoch since. A second, metric-free callback keeps one file named
+    ``last`` up to date instead.
+    """
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    return ModelCheckpoint(dirpath=job.checkpoint_dir, filename=job.last_checkpoint.stem, monitor=None,
+                           save_top_k=1, enable_version_counter=False)
+
+
+def _run_logger(run_id: str, uri: str, experiment: str, job: Job) -> Any:
+    import re
+
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
     from lightning.pytorch.loggers import MLFlowLogger
+    from mlflow.entities import Metric
+
+    from modelyard.train.metric_buffer import MetricBuffer, bounded_http
 
     class RunLogger(MLFlowLogger):
-        """Lightning's MLflow logger on an existing run. The data spec is logged as a JSON artifact,
-        not flattened into hundreds of params."""
+        """Lightning's MLflow logger on an existing run, with metrics sent through a
+        :class:`~modelyard.train.metric_buffer.MetricBuffer` (a server outage does not stop training).
+        The data spec is logged as a JSON artifact, not flattened into hundreds of params."""
+
+        buffer: MetricBuffer | None = None
 
         def log_hyperparams(self, params: Any) -> None:
             params = dict(params) if not isinstance(params, dict) else params
             super().log_hyperparams({f"model.{k}": v for k, v in params.items() if k != "data_spec"})
+
+        @rank_zero_only
+        def log_metrics(self, metrics: Any, step: int | None = None) -> None:
+            if self.buffer is None:
+                self.buffer = MetricBuffer(self._mlflow_client, run_id)
+            stamp = int(time.time() * 1000)  # when it was measured, not when the server got it
+            # the same filtering as Lightning's logger: numbers only, names MLflow accepts
+            points = [Metric(re.sub("[^a-zA-Z0-9_/. -]+", "", k), float(v), stamp, step or 0)
+                      for k, v in metrics.items() if not isinstance(v, str)]
+            self.buffer.add(points)
+
+        @rank_zero_only
+        def finalize(self, status: str = "success") -> None:
+            if self.buffer is not None:
+                left = self.buffer.drain()
+                spill = self.buffer.spill(job.dir.resolve()) if left else None
+                job.update(metric_delivery=self.buffer.summary() | {"spill_file": str(spill) if spill else None})
+                if spill is not None:
+                    logger.error("%d metric points could not be delivered to MLflow at %s (%s); they are kept "
+                                 "in %s and delivered by --resume of this job", left, uri, self.buffer.last_error,
+                                 spill)
+            if not self._initialized:
+                return
+            # Lightning marks the run FINISHED / FAILED here; the job's own end (_finish_run) marks it
+            # again after logging its artifacts, so a server that is down now only costs seconds.
+            state = {"success": "FINISHED", "finished": "FINISHED", "failed": "FAILED"}.get(status, status)
+            try:
+                with bounded_http(retries=1):
+                    self._mlflow_client.set_terminated(run_id, state)
+            except Exception as err:  # noqa: BLE001 - the status is set again at the end or on --resume
+                logger.warning("could not mark MLflow run %s %s: %s", run_id, state, err)
 
     return RunLogger(experiment_name=experiment, run_id=run_id, tracking_uri=uri, log_model=False)
 
@@ -226,6 +303,11 @@ def _open_run(cfg: TrainConfig, job: Job, datamodule: SnapshotDataModule, uri: s
             logger.warning("the configuration differs from the one job %s started with; continuing with "
                            "the new one (the original is in %s)", job.dir.name, job.dir / "config.yaml")
         client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+        try:
+            deliver_spilled(job.dir, client)
+        except Exception as err:  # noqa: BLE001 - kept for the next attempt; training need not wait
+            logger.warning("metric points kept from an earlier MLflow outage are still undelivered (%s); they "
+                           "stay in %s", err, job.dir / SPILL_FILE)
         job.update(status="running", resumed=job.state().get("resumed", 0) + 1)
         logger.info("continuing MLflow run %s", run_id)
         return run_id
@@ -303,14 +385,30 @@ def _finish_run(cfg: TrainConfig, job: Job, run_id: str | None, uri: str, model:
     job.update(status="finished", best_checkpoint=str(stable_best.resolve()), best_source=best.name,
                best_score=score, monitor=cfg.checkpoint.monitor)
     if run_id:
-        client = client_for(uri)
-        client.log_artifact(run_id, str(stable_best), "checkpoints")
-        client.log_artifact(run_id, str(job.dir / "reference_profile.json"))
-        client.log_artifact(run_id, str(job.dir / "reference_profile.png"))
-        if score is not None:
-            client.log_metric(run_id, f"best_{cfg.checkpoint.monitor}", score)
-        client.set_tag(run_id, "modelyard.best_checkpoint", best.name)
-        client.set_tag(run_id, "modelyard.monitor", f"{cfg.checkpoint.monitor} ({cfg.checkpoint.mode})")
-        client.set_terminated(run_id, "FINISHED")
+        try:
+            # MLflow's default retries would hold a finished job for minutes per call while the server
+            # is down; the files are in the job folder whatever happens here.
+            with bounded_http(retries=2, timeout_s=30):
+                _log_results(cfg, run_id, uri, job, stable_best, best, score)
+            job.update(tracking="complete", tracking_error=None)
+        except Exception as err:  # noqa: BLE001 - training is done; only its tracking is incomplete
+            job.update(tracking="incomplete", tracking_error=f"{type(err).__name__}: {err}"[:500])
+            logger.error("training finished but its results could not be logged to MLflow at %s (%s); the best "
+                         "checkpoint and reference profile are in %s, and --resume of the job logs them to the run",
+                         uri, err, job.dir.resolve())
     logger.info("best %s = %s at %s", cfg.checkpoint.monitor, f"{score:.4f}" if score is not None else "n/a",
                 best)
+
+
+def _log_results(cfg: TrainConfig, run_id: str, uri: str, job: Job, stable_best: Path, best: Path,
+                 score: float | None) -> None:
+    """The end of a job in its MLflow run: best checkpoint, reference profile, best score, FINISHED."""
+    client = client_for(uri)
+    client.log_artifact(run_id, str(stable_best), "checkpoints")
+    client.log_artifact(run_id, str(job.dir / "reference_profile.json"))
+    client.log_artifact(run_id, str(job.dir / "reference_profile.png"))
+    if score is not None:
+        client.log_metric(run_id, f"best_{cfg.checkpoint.monitor}", score)
+    client.set_tag(run_id, "modelyard.best_checkpoint", best.name)
+    client.set_tag(run_id, "modelyard.monitor", f"{cfg.checkpoint.monitor} ({cfg.checkpoint.mode})")
+    client.set_terminated(run_id, "FINISHED")

@@ -238,3 +238,41 @@ def test_unsafe_model_names_are_refused(tmp_path, onnx_model, name, rule):
 @pytest.mark.parametrize("name", ["fraud", "fraud-detector_v2.1", "a" * 128, "A9"])
 def test_safe_model_names_pass(name):
     assert validate_model_name(name) == name
+
+
+def test_temp_folders_of_exports_killed_over_an_hour_ago_are_removed(tmp_path, onnx_model, caplog):
+    """A kill mid-copy leaves ``.tmp-<N>-<random>/`` beside the versions; the next write of the model
+    deletes such folders untouched for an hour, and keeps a recent one (an export still writing)."""
+    import os
+    import time
+
+    write_model_version(tmp_path, "fraud", onnx_model)
+    model_dir = tmp_path / "fraud"
+    two_hours_ago = time.time() - 7200
+
+    def leftover(folder: Path, mtime: float | None) -> Path:
+        folder.mkdir(parents=True)
+        (folder / "model.onnx").write_bytes(b"half a model")
+        if mtime is not None:
+            os.utime(folder, (mtime, mtime))
+        return folder
+
+    stale = leftover(model_dir / ".tmp-2-k1lled_x", two_hours_ago)
+    recent = leftover(model_dir / ".tmp-2-inprogress", None)  # another export building version 2 right now
+    not_ours = leftover(model_dir / ".previous-2", two_hours_ago)  # only the writer's own temp folders go
+    other_model = leftover(tmp_path / "other" / ".tmp-1-abc", two_hours_ago)
+    outside = leftover(tmp_path / "outside", two_hours_ago)
+    link = model_dir / ".tmp-3-link"
+    link.symlink_to(outside, target_is_directory=True)
+    os.utime(link, (two_hours_ago, two_hours_ago), follow_symlinks=False)
+
+    with caplog.at_level("WARNING", logger="modelyard.export.triton_repo"):
+        written = write_model_version(tmp_path, "fraud", onnx_model)
+    assert written.version == 2
+    assert not stale.exists()
+    assert recent.is_dir() and not_ours.is_dir() and other_model.is_dir()
+    assert link.is_symlink() and (outside / "model.onnx").read_bytes() == b"half a model"  # not followed
+    assert any(".tmp-2-k1lled_x" in r.getMessage() and "interrupted" in r.getMessage() for r in caplog.records)
+    assert sorted(p.name for p in model_dir.iterdir() if not p.name.startswith(".")) == ["1", "2", "config.pbtxt"]
+    assert triton_repo.remove_stale_temp_dirs(model_dir) == []  # nothing old is left to remove
+    assert triton_repo.remove_stale_temp_dirs(model_dir, max_age_s=0) == [recent]

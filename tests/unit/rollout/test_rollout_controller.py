@@ -6,7 +6,6 @@ import json
 from dataclasses import dataclass, field, replace
 
 import numpy as np
-
 import pytest
 
 from modelyard.rollout import RolloutConfig, RolloutController, RolloutError, StateStore
@@ -123,13 +122,14 @@ def test_healthy_candidate_is_promoted_through_every_step_and_becomes_champion(t
     assert state.state == "promoted"
     assert serving.weight_calls() == [0.05, 0.25, 0.5, 1.0]
     assert serving.calls[-1] == ("promote",)
-    assert [d["action"] for d in state.decisions] == ["start", "advance", "advance", "advance", "promote"]
+    assert [d["action"] for d in state.decisions] == ["start", "apply", "advance", "apply", "advance", "apply",
+                                                      "advance", "apply", "promote"]
     assert registry.moves and registry.moves[0][:2] == ("fraud", "2")
     assert "PROMOTE" in registry.moves[0][2]  # the alias move's reason is the decision summary
     last = state.decisions[-1]
     assert last["extra"]["previous_champion"] == "1" and state.previous_champion == "1"
     # Evidence: figures, thresholds, window bounds and requests per version.
-    judged = state.decisions[1]
+    judged = state.decisions[2]  # [0] start, [1] apply, [2] the first verdict
     assert judged["window"]["requests"]["canary"] >= 200 and judged["window"]["end"] > judged["window"]["start"]
     names = {c["name"]: c for c in judged["checks"]}
     assert set(names) == {"error_rate_increase", "latency_ratio_p95", "latency_ratio_p99", "agreement"}
@@ -199,7 +199,7 @@ def test_restart_after_deciding_a_step_but_before_applying_it_checks_the_ingress
 def test_failed_checks_below_the_limit_hold_then_roll_back(tmp_path):
     ctl, serving, _, _ = make(tmp_path, FakeServing(canary=Profile(error_rate=0.2)), failed_checks_to_rollback=2)
     state = ctl.run()
-    assert [d["action"] for d in state.decisions] == ["start", "hold", "rollback"]
+    assert [d["action"] for d in state.decisions] == ["start", "apply", "hold", "rollback"]
     assert state.failed_checks == 2
 
 
@@ -254,12 +254,12 @@ def test_state_is_written_atomically_and_the_audit_log_is_append_only(tmp_path, 
     on_disk = json.loads((folder / "fraud.json").read_text())
     assert on_disk["state"] == "promoted" and on_disk["decisions"] == state.decisions
     lines = (folder / "fraud.decisions.jsonl").read_text().splitlines()
-    assert [json.loads(line)["seq"] for line in lines] == [1, 2, 3, 4, 5]
+    assert [json.loads(line)["seq"] for line in lines] == list(range(1, 10))  # start, 4 x (apply, verdict)
     assert all(json.loads(line)["summary"] for line in lines)
     # A second rollout appends; the first one's lines stay as they were.
     make(tmp_path)[0].run()
     after = (folder / "fraud.decisions.jsonl").read_text().splitlines()
-    assert after[:5] == lines and len(after) == 10
+    assert after[:9] == lines and len(after) == 18
 
 
 def test_candidate_must_be_the_canary_being_served(tmp_path):
