@@ -19,7 +19,7 @@ BIN := $(VENV)/bin
 BENCH_PROFILE ?= ci
 BENCH_OUT ?= build/bench
 
-.PHONY: setup demo test test-unit bench clean
+.PHONY: setup demo test test-unit bench reliability clean
 
 setup: $(VENV)/.installed
 
@@ -37,6 +37,7 @@ demo: setup
 	PATH="$(abspath $(BIN)):$$PATH" bash scripts/demo.sh
 
 test: setup
+	rm -rf build/reliability
 	$(BIN)/python -m pytest tests
 	$(MAKE) --no-print-directory bench
 
@@ -48,6 +49,12 @@ bench: setup
 
 test-unit: setup
 	$(BIN)/python -m pytest tests/unit
+
+# The reliability tier alone (faults, load, hostile input, access), then its table in docs/reliability.md.
+reliability: setup
+	rm -rf build/reliability
+	$(BIN)/python -m pytest tests/reliability
+	$(BIN)/python scripts/reliability_report.py
 
 clean:
 	rm -rf $(VENV) mlflow.db mlartifacts data/store runs build/bench

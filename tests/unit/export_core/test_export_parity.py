@@ -1,4 +1,4 @@
-"""Parity gate arithmetic, the accuracy budget, exporter fallback (malicious checkpoints: tests/reliability/test_deserialisation.py)."""
+"""Parity gate arithmetic, the accuracy budget, the exporter fallback (malicious checkpoints: tests/reliability)."""
 
 from __future__ import annotations
 
