@@ -392,15 +392,15 @@ def send(host: str, port: int, case: HostileCase, timeout_s: float = 30.0) -> An
 
 
 def _message(raw: bytes) -> tuple[str, bool]:
-    """The error message of a JSON error body (``error``, FastAPI's ``detail``, or the feedback
-    route's ``messages`` plus its per-item errors); the raw text when the body is not JSON."""
+    """The error message of a JSON error body (``error``, or the feedback route's ``messages`` plus its
+    per-item errors); the raw text when the body is not JSON."""
     try:
         doc = json.loads(raw)
     except ValueError:
         return raw.decode("utf-8", "replace"), False
     if not isinstance(doc, dict):
         return str(doc), True
-    parts = [str(doc[key]) for key in ("error", "detail") if doc.get(key)]
+    parts = [str(doc["error"])] if doc.get("error") else []
     parts += [str(m) for m in doc.get("messages") or []]
     parts += [str(i.get("error")) for i in doc.get("invalid") or [] if isinstance(i, dict)]
     return " | ".join(parts), True

@@ -38,6 +38,7 @@ from fastapi.responses import JSONResponse
 from ray import serve
 from ray.exceptions import RayActorError, RayTaskError
 from ray.serve.exceptions import BackPressureError, ReplicaUnavailableError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from modelyard.serve.ray_codec import (
     InferRequest,
@@ -55,6 +56,21 @@ __all__ = ["KServeIngress", "predicted_classes"]
 logger = logging.getLogger(__name__)
 
 app = FastAPI(title="modelyard serve ray (KServe v2)")
+
+
+@app.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """Unknown routes (404) and wrong methods (405) answer in the KServe error shape, ``{"error": ...}``,
+    like every other refusal of this server, instead of FastAPI's ``{"detail": ...}``."""
+    if exc.status_code == 404:
+        message = (f"not found: no route {request.method} {request.url.path}; this server answers /v2, "
+                   "/v2/health/live|ready, /v2/models/{name}[/ready], POST /v2/models/{name}[/versions/{v}]/infer "
+                   "and /feedback")
+    elif exc.status_code == 405:
+        message = f"method not allowed: {request.method} on {request.url.path}"
+    else:
+        message = str(exc.detail)
+    return JSONResponse({"error": message}, status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
 SHADOW_TIMEOUT_S = 10.0
 RETRY_AFTER_S = "1"
