@@ -46,7 +46,8 @@ class RolloutConfig:
         failed_checks_to_rollback: consecutive failed checks of a step that trigger the rollback;
             a failed check below this count re-observes the step in a fresh window.
         state_dir: where ``<model>.json`` (state) and ``<model>.decisions.jsonl`` (audit) live.
-        serve_url: base URL of the serving ingress (``/-/status``, ``/-/traffic`` ...).
+        serve_url: base URL of the ingress's control routes (``/-/status``, ``/-/traffic`` ...): the serving URL, or
+            ``http://<control_host>:<control_port>`` when the server runs with ``control_port``.
         http_timeout_s: timeout of each call to the serving ingress.
         tracking_uri: MLflow; default ``$MLFLOW_TRACKING_URI``, else ``./mlflow.db``.
         promote_alias: on promotion, move the ``champion`` alias to the candidate (audited).
