@@ -18,6 +18,7 @@ from train_fault_helpers import (
     make_store,
     run_cli,
     start_cli,
+    wait_glob,
 )
 
 from modelyard._net import free_port
@@ -81,7 +82,7 @@ def test_tracking_server_restart_mid_training_loses_no_metric(store, tmp_path, s
     env = cli_env(MLFLOW_TRACKING_URI=server.url, **{STOP_FILE_ENV: str(stop)})
     proc = start_cli(_args(store, "outage"), tmp_path, env, log)
     try:
-        last = _wait_glob(tmp_path, "runs/outage/*/checkpoints/last.ckpt", proc, log)
+        last = wait_glob(tmp_path, "runs/outage/*/checkpoints/last.ckpt", proc, log)
         epoch_before = _epoch_of(last)
         t_down = time.monotonic()
         server.stop()
@@ -135,7 +136,7 @@ def test_tracking_server_down_at_the_end_keeps_the_points_for_resume(store, tmp_
     env = cli_env(MLFLOW_TRACKING_URI=server.url, MODELYARD_MLFLOW_FINAL_WAIT_S="5", **{STOP_FILE_ENV: str(stop)})
     proc = start_cli(_args(store, "down"), tmp_path, env, log)
     try:
-        last = _wait_glob(tmp_path, "runs/down/*/checkpoints/last.ckpt", proc, log)
+        last = wait_glob(tmp_path, "runs/down/*/checkpoints/last.ckpt", proc, log)
         epoch_before = _epoch_of(last)
         server.stop()
         _wait_epoch_after(last, epoch_before, proc, log, timeout_s=180)
@@ -179,15 +180,3 @@ def test_tracking_server_down_at_the_end_keeps_the_points_for_resume(store, tmp_
     assert run.info.status == "FINISHED" and "best_val_auroc" in run.data.metrics
     assert json.loads((job / "job.json").read_text())["tracking"] == "complete"
 
-
-def _wait_glob(root: Path, pattern: str, proc, log: Path, timeout_s: float = 240) -> Path:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        found = list(root.glob(pattern))
-        if found:
-            return found[0]
-        if proc.poll() is not None:
-            raise AssertionError(f"training exited ({proc.returncode}) before {pattern}:\n{log.read_text()[-4000:]}")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{pattern} did not appear within {timeout_s:g} s:\n{log.read_text()[-4000:]}")
-        time.sleep(0.05)

@@ -20,6 +20,7 @@ from train_fault_helpers import (
     slow_write_env,
     start_cli,
     wait_for_file,
+    wait_glob,
 )
 
 pytestmark = pytest.mark.slow
@@ -105,7 +106,7 @@ def test_sigterm_to_a_ddp_job_checkpoints_and_every_rank_exits(store, tmp_path, 
                  "--trainer.max_epochs", "200", "--data.batch_size", "32")
     proc = start_cli(args, tmp_path, cli_env(), log)
     try:
-        last = _wait_glob(tmp_path, "runs/ddp-term/*/checkpoints/last.ckpt", proc, log, timeout_s=240)
+        last = wait_glob(tmp_path, "runs/ddp-term/*/checkpoints/last.ckpt", proc, log, timeout_s=240)
         epoch_end_step = _load(last)["global_step"]
         ranks = [proc.pid, *descendants(proc.pid)]
         python_ranks = [pid for pid in ranks if "modelyard.cli" in _cmdline(pid)]
@@ -155,15 +156,3 @@ def _cmdline(pid: int) -> str:
     except OSError:
         return ""
 
-
-def _wait_glob(root: Path, pattern: str, proc, log: Path, timeout_s: float) -> Path:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        found = list(root.glob(pattern))
-        if found:
-            return found[0]
-        if proc.poll() is not None:
-            raise AssertionError(f"training exited ({proc.returncode}) before {pattern}:\n{log.read_text()[-4000:]}")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{pattern} did not appear within {timeout_s:g} s:\n{log.read_text()[-4000:]}")
-        time.sleep(0.05)

@@ -191,6 +191,21 @@ def wait_for_file(path: Path, proc: subprocess.Popen, log: Path, timeout_s: floa
     return path
 
 
+def wait_glob(root: Path, pattern: str, proc: subprocess.Popen, log: Path, timeout_s: float = 240) -> Path:
+    """The first path under ``root`` matching ``pattern``, waiting for training to write it; fails with
+    the log's tail when the process exits first or ``timeout_s`` passes."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        found = list(root.glob(pattern))
+        if found:
+            return found[0]
+        if proc.poll() is not None:
+            raise AssertionError(f"training exited ({proc.returncode}) before {pattern}:\n{log.read_text()[-4000:]}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{pattern} did not appear within {timeout_s:g} s:\n{log.read_text()[-4000:]}")
+        time.sleep(0.05)
+
+
 def kill_group(proc: subprocess.Popen, sig: int = signal.SIGKILL, wait_s: float = 60) -> None:
     try:
         os.killpg(proc.pid, sig)
