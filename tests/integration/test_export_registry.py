@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import mlflow
@@ -11,7 +12,7 @@ import onnxruntime as ort
 import pytest
 from mlflow import MlflowClient
 
-from integration_helpers import run_cli, train_args
+from integration_helpers import run_cli, run_perturbed_export, train_args
 from modelyard.export.triton_config import read_config
 from modelyard.export.triton_validate import validate_repository
 from modelyard.registry import PromotionRefused, history, set_alias
@@ -125,12 +126,21 @@ def test_alias_moves_are_audited_and_unverified_versions_refused(exported):
 
 
 def test_a_parity_failure_registers_nothing_and_names_the_worst_element(trained, tmp_path):
-    # a zero tolerance that float32 kernels cannot meet: the gate must fail loudly
-    proc = run_cli("export", "--run", "latest", "--name", "strict", "--triton_repo", str(tmp_path / "repo"),
-                   "--tolerances", "{fp32: {atol: 0.0, rtol: 0.0, min_top1_agreement: 1.0}}", cwd=trained)
+    # The ONNX file really differs from the checkpoint: its output bias is moved by DELTA in one column
+    # before the gate reads it, so every row is off by DELTA there. With rtol 0 an element fails when
+    # |diff| > atol, and DELTA is 10x atol: the gate fails on any machine, whatever its float rounding.
+    delta, column, atol = 1.0, 1, 0.1
+    proc = run_perturbed_export("--run", "latest", "--name", "strict", "--triton_repo", str(tmp_path / "repo"),
+                                "--tolerances", f"{{fp32: {{atol: {atol}, rtol: 0.0, min_top1_agreement: 0.999}}}}",
+                                delta=delta, column=column, cwd=trained)
+    assert "perturbed " in proc.stderr  # the perturbation happened
     assert proc.returncode == 1
     assert "failed the parity gate" in proc.stderr and "output 'logits'" in proc.stderr
-    assert "worst element [" in proc.stderr and "atol 0 + rtol 0" in proc.stderr
+    worst = re.search(r"worst element \[(\d+), (\d+)\]: .*\|diff\|=([0-9.e+-]+) > allowed ([0-9.e+-]+) "
+                      r"\(atol 0\.1 \+ rtol 0 \* \|torch\|\)", proc.stderr)
+    assert worst, proc.stderr[-3000:]
+    assert int(worst[2]) == column and float(worst[3]) == pytest.approx(delta, rel=1e-3)
+    assert float(worst[4]) == pytest.approx(atol)
     assert not (tmp_path / "repo").exists()
     assert not list((trained / "exports").glob("strict/*")) and not list((trained / "exports").glob("strict/.*"))
     assert not _client(trained).search_registered_models(filter_string="name='strict'")
