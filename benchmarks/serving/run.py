@@ -275,7 +275,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(err))
     profile = PROFILES[args.profile]
     spec = json.loads((MODEL_DIR / "manifest.json").read_text())["data_spec"]
-    load_before = os.getloadavg()[0]  # other work on the machine shows here: judge the figures by it
+    # other work on the machine shows here: benchmarks/gate.py judges a failed ratio by it
+    load_before = [round(x, 2) for x in os.getloadavg()]
     started = time.perf_counter()
     rows: list[dict[str, Any]] = []
     failures: dict[str, str] = {}
@@ -291,7 +292,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 notes.update(g_notes)
                 pairs.update(g_pairs)
     doc = build_document(args.profile, selected, rows, failures, notes, time.perf_counter() - started, pairs)
-    doc["machine"]["load_avg_1m"] = {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)}
+    doc["machine"]["load_avg"] = {"before": load_before, "after": [round(x, 2) for x in os.getloadavg()]}
     problems = check_document(doc)
     if problems:  # a bug in this harness, not in what it measures
         raise AssertionError(f"results document does not match its schema: {problems}")

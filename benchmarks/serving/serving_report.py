@@ -145,6 +145,11 @@ def _rate(value: float | None) -> str:
     return "–" if value is None else f"{value:,.0f}"
 
 
+def _load_1m(value: Any) -> Any:
+    """The 1-minute figure of a recorded load average ``[1m, 5m, 15m]``."""
+    return value[0] if isinstance(value, (list, tuple)) and value else value
+
+
 def render_markdown(doc: dict[str, Any]) -> str:
     """The results as Markdown: one table row per target/concurrency/batch, then the ratios."""
     m, v, c = doc["machine"], doc["versions"], doc["commit"]
@@ -153,8 +158,8 @@ def render_markdown(doc: dict[str, Any]) -> str:
     lines = [
         f"# Serving benchmark ({doc['profile']} profile)", "",
         f"{doc['time']} · {m['cpus']} CPUs · {m['platform']} · Python {m['python']} · commit {sha}"
-        + (f" · 1-min load average {m['load_avg_1m']['before']} before, {m['load_avg_1m']['after']} after"
-           if m.get("load_avg_1m") else "") + "  ",
+        + (f" · 1-min load average {_load_1m(m['load_avg']['before'])} before, "
+           f"{_load_1m(m['load_avg']['after'])} after" if m.get("load_avg") else "") + "  ",
         " · ".join(f"{k} {val}" for k, val in v.items() if val) + "  ",
         (f"closed loop, {settings.get('warmup_s')} s warm-up + {settings.get('measure_s')} s measured per row; "
          "client and servers share the machine. Absolute times are reported, only the ratios are gated."), "",

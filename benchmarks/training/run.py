@@ -210,7 +210,9 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         (f"Every job: {c.get('epochs', '?')} epochs x {c.get('steps_per_epoch', '?')} steps; samples/s is the "
          "median over the epochs after the first (a warm-up) and over repeats. Job wall time includes "
-         "start-up, validation and tracking; it is reported, never gated."),
+         "start-up, validation and tracking; it is reported, never gated."
+         + (f" 1-min load average {load['before'][0]} before, {load['after'][0]} after."
+            if (load := report["machine"].get("load_avg")) else "")),
         "",
         "| variant | processes | steps | batch / process | samples/s (median) | job wall s |",
         "|---|---|---|---|---|---|",
@@ -383,6 +385,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise ValueError(f"profile {args.profile}: steps_per_epoch ({profile.steps_per_epoch}) must be a multiple "
                          f"of LOG_EVERY={LOG_EVERY} and epochs ({profile.epochs}) at least 2 (one is a warm-up)")
 
+    # other work on the machine shows here: benchmarks/gate.py judges a failed ratio by it
+    load_before = [round(x, 2) for x in os.getloadavg()]
     started = time.perf_counter()
     report: dict[str, Any] = {"benchmark": "training", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                               **environment(), "profile": args.profile,
@@ -407,6 +411,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                             " ".join(f"{v:,.0f}" for v in m.epoch_samples_per_sec), m.job_wall_s, m.attempts)
     report["results"], report["ratios"] = summarize(measurements)
     report["wall_s"] = time.perf_counter() - started
+    report["machine"]["load_avg"] = {"before": load_before, "after": [round(x, 2) for x in os.getloadavg()]}
 
     from modelyard._io import atomic_write_text  # a killed run leaves the old file, never half a JSON
 

@@ -144,3 +144,90 @@ def test_committed_gates_file_covers_the_harness_ratios():
             "ort_p50_over_torch_p50_b1", "batched_over_unbatched_throughput_c32",
             "lightning_over_plain_throughput", "ddp2_over_ddp1_throughput"} == set(gates)
     assert {"ort_int8_p50_over_fp32_p50_b32", "triton_grpc_p50_over_http_p50"} <= set(report_only)
+
+
+def _results_on(tmp_path: Path, name: str, ratios: dict, cpus: int, before: list, after: list) -> Path:
+    path = tmp_path / name
+    path.write_text(json.dumps({"benchmark": name, "ratios": ratios,
+                                "machine": {"cpus": cpus, "load_avg": {"before": before, "after": after}}}))
+    return path
+
+
+def test_a_failure_on_a_busy_machine_says_so_with_the_load_and_still_fails(gates_file, tmp_path, capsys):
+    # 2 CPUs, busy from a 1-minute load of 3.0 (1.5 per CPU) at the start
+    busy = _results_on(tmp_path, "training.json", {"speed_ratio": 0.2}, 2, [3.4, 2.0, 1.0], [5.1, 2.5, 1.2])
+    quiet = _results_on(tmp_path, "serving.json", {"latency_ratio": 1.0}, 2, [0.3, 0.2, 0.1], [4.0, 1.0, 0.4])
+    assert gate.main(["--gates", str(gates_file), str(busy), str(quiet)]) == 1
+    captured = capsys.readouterr()
+    [line] = [line for line in captured.out.splitlines() if line.startswith("speed_ratio")]
+    assert "FAIL" in line and "[machine busy: load 3.40 on 2 CPUs at the start]" in line
+    assert "too busy to measure" in captured.err
+    assert f"{busy} started at a 1-minute load average of 3.40 on 2 CPUs (busy at >= 3.00" in captured.err
+    assert "5.10 when it ended" in captured.err and "rerun `make bench` on an idle machine" in captured.err
+    assert str(quiet) not in captured.err  # only the harness behind the failure is named
+
+
+def test_a_failure_on_a_quiet_machine_blames_no_load(gates_file, tmp_path, capsys):
+    # the harness's own load at the end (here 3 per CPU) is not judged: it drives it up itself
+    path = _results_on(tmp_path, "r.json", {"speed_ratio": 0.2, "latency_ratio": 1.0}, 2, [2.9, 1.0, 0.5],
+                       [6.0, 2.0, 1.0])
+    assert gate.main(["--gates", str(gates_file), str(path)]) == 1
+    captured = capsys.readouterr()
+    assert "busy" not in captured.err and "machine busy" not in captured.out
+    assert "started at a 1-minute load average of 2.90 on 2 CPUs" in captured.out  # shown for the reader
+
+
+def test_a_missing_ratio_on_a_busy_machine_names_the_load(gates_file, tmp_path, capsys):
+    path = _results_on(tmp_path, "r.json", {"speed_ratio": 0.8, "latency_ratio": None}, 4, [7.0, 6.0, 5.0],
+                       [8.0, 6.0, 5.0])
+    assert gate.main(["--gates", str(gates_file), str(path)]) == 1
+    captured = capsys.readouterr()
+    [line] = [line for line in captured.out.splitlines() if line.startswith("latency_ratio")]
+    assert "MISSING" in line and "machine busy: load 7.00 on 4 CPUs" in line
+    assert "too busy to measure" in captured.err
+
+
+def test_a_pass_on_a_busy_machine_passes_and_says_where_it_was_measured(gates_file, tmp_path, capsys):
+    path = _results_on(tmp_path, "r.json", {"speed_ratio": 0.8, "latency_ratio": 1.0}, 2, [4.0, 3.0, 2.0],
+                       [4.0, 3.0, 2.0])
+    assert gate.main(["--gates", str(gates_file), str(path)]) == 0
+    assert "within bounds (on a busy machine:" in capsys.readouterr().out
+
+
+def test_a_failure_without_a_recorded_load_says_it_is_unknown(gates_file, tmp_path, capsys):
+    path = _results(tmp_path, "r.json", {"speed_ratio": 0.2, "latency_ratio": 1.0})
+    assert gate.main(["--gates", str(gates_file), str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "does not record the load average" in err and "too busy" not in err
+
+
+@pytest.mark.parametrize(("machine", "expected"), [
+    ({"cpus": 2, "load_avg": {"before": [3.0, 1, 1], "after": [4.0, 1, 1]}}, (2, 3.0, 4.0, True)),
+    ({"cpus": 2, "load_avg": {"before": [2.99, 1, 1], "after": [9.0, 1, 1]}}, (2, 2.99, 9.0, False)),
+    ({"cpus": 2, "load_avg_1m": {"before": 1.36, "after": 5.72}}, (2, 1.36, 5.72, False)),  # older serving.json
+    ({"cpus": None, "load_avg": {"before": [9.0], "after": [9.0]}}, (None, 9.0, 9.0, False)),
+    ({"cpus": 2}, (2, None, None, False)),
+    ({}, (None, None, None, False)),
+])
+def test_machine_load_reads_each_recorded_form(machine, expected):
+    load = gate.machine_load({"ratios": {}, "machine": machine}, "r.json")
+    assert (load.cpus, load.before, load.after, load.busy) == expected
+
+
+# Every gated bound must leave at least this much room around the committed healthy run's figure (a
+# ratio of 1.15: a min at most value / 1.15, a max at least value * 1.15), so a slower or busier
+# machine's noise does not cross it; a bound closer than that needs more measurements, or moving.
+MIN_MARGIN = 1.15
+
+
+def test_committed_bounds_have_margin_against_the_committed_healthy_figures():
+    gates, _ = gate.load_gates(ROOT / "benchmarks" / "gates.yaml")
+    results = sorted((ROOT / "benchmarks" / "results").glob("*.json"))
+    ratios = {name: value for name, (value, _) in gate.load_ratios(
+        [p for p in results if "ratios" in json.loads(p.read_text())]).items()}
+    tight = []
+    for name, g in gates.items():
+        value = ratios[name]
+        if (g.min is not None and value < g.min * MIN_MARGIN) or (g.max is not None and value * MIN_MARGIN > g.max):
+            tight.append(f"{name}: {value} vs {g.bound}")
+    assert not tight, tight

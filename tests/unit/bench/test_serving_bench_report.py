@@ -105,6 +105,12 @@ def test_markdown_has_one_row_per_result_and_every_ratio():
     assert "n/a" in text and "- `torch_eager`: RuntimeError: no torch" in text
 
 
+def test_markdown_shows_the_load_the_harness_recorded():
+    doc = _doc(_full_rows())
+    doc["machine"]["load_avg"] = {"before": [0.42, 0.3, 0.2], "after": [5.72, 2.0, 1.0]}
+    assert "1-min load average 0.42 before, 5.72 after" in render_markdown(doc)
+
+
 def test_strict_flags_failures_errors_and_missing_ratios_of_selected_targets_only():
     rows = [r for r in _full_rows() if r["target"] != "triton_grpc"]
     rows[0]["errors"], rows[0]["error"] = 2, "HTTP 503"

@@ -70,6 +70,9 @@ def test_markdown_table_lists_variants_and_ratios():
                            "versions": {"torch": "2", "lightning": "2"}, "results": results, "ratios": ratios})
     assert "| plain | 1 | 100 | 256 | 1,000 | 10.0 |" in text
     assert "| `lightning_over_plain_throughput` | 0.500 |" in text and "| `ddp2_over_ddp1_throughput` | n/a |" in text
+    loaded = bench.markdown({"profile": "ci", "time": "t", "versions": {}, "results": results, "ratios": ratios,
+                             "machine": {"cpus": 2, "load_avg": {"before": [0.5, 0.4, 0.3], "after": [2.1, 1.0, 0.5]}}})
+    assert "1-min load average 0.5 before, 2.1 after." in loaded
 
 
 def test_spread_ignores_one_outlier_epoch_but_not_scatter():
