@@ -38,7 +38,7 @@ demo: setup
 
 test: setup
 	rm -rf build/reliability
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest tests --durations=15
 	$(MAKE) --no-print-directory bench
 
 bench: setup
@@ -48,12 +48,12 @@ bench: setup
 	$(BIN)/python benchmarks/gate.py --gates benchmarks/gates.yaml $(BENCH_OUT)/serving.json $(BENCH_OUT)/training.json
 
 test-unit: setup
-	$(BIN)/python -m pytest tests/unit
+	$(BIN)/python -m pytest tests/unit --durations=15
 
 # The reliability tier alone (faults, load, hostile input, access), then its table in docs/reliability.md.
 reliability: setup
 	rm -rf build/reliability
-	$(BIN)/python -m pytest tests/reliability
+	$(BIN)/python -m pytest tests/reliability --durations=15
 	$(BIN)/python scripts/reliability_report.py
 
 clean:
