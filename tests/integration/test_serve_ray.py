@@ -306,7 +306,12 @@ def test_overload_answers_503_with_retry_after(server):
         codes = Counter(c for c, _, _ in results)
         assert codes[200] >= 1 and codes[503] >= 1 and set(codes) <= {200, 503, 429}, codes
         assert all(ra for c, ra, _ in results if c == 503)
-        assert all(t < 1.5 for c, _, t in results if c == 503)  # refused at once, not queued
+        # Refused at once, not queued: an answered request waits out a batch (batches of at most 2
+        # never fill 64), and every refusal came back before the first answer. Judged against that
+        # same-run time, not a wall-clock bound that a slower or busier machine misses.
+        answered = min(t for c, _, t in results if c == 200)
+        assert answered >= cfg.batch_wait_timeout_s
+        assert max(t for c, _, t in results if c != 200) < answered, sorted(results, key=lambda r: r[2])
     finally:
         serve.delete("overload")
 
