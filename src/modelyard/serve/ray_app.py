@@ -102,7 +102,10 @@ def _ensure_ray(metrics_port: int | None = None) -> bool:
         ray.init(address=address, log_to_driver=False)
     else:
         extra = {"_metrics_export_port": metrics_port} if metrics_port else {}
-        ray.init(num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False, log_to_driver=False, **extra)
+        # "local": a new instance of its own. Without it ray.init joins whatever `ray start` cluster
+        # /tmp/ray/ray_current_cluster names on this machine (one left from docs/access.md, say).
+        ray.init(address="local", num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False,
+                 log_to_driver=False, **extra)
     return True
 
 
