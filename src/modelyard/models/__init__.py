@@ -7,6 +7,7 @@ Batches are ``(features (B, F) float32, target (B,) int64)``.
 
 from modelyard.models.spec import DataSpec, FeatureSpec, encode_features, encode_labels, fit_data_spec
 from modelyard.models.tabular import TabularMLP
+from modelyard.models.text import TextTransformer
 from modelyard.models.vision import SmallCNN
 
-__all__ = ["DataSpec", "FeatureSpec", "SmallCNN", "TabularMLP", "encode_features", "encode_labels", "fit_data_spec"]
+__all__ = ["DataSpec", "FeatureSpec", "SmallCNN", "TabularMLP", "TextTransformer", "encode_features", "encode_labels", "fit_data_spec"]

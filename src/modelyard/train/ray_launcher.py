@@ -30,10 +30,12 @@ def fit_on_ray(cfg: TrainConfig, job: Job, run_id: str | None, uri: str, experim
     use_gpu = str(cfg.trainer.get("accelerator", "cpu")) in ("gpu", "cuda")
     started_here = not ray.is_initialized()
     if started_here:
-        # Address from $RAY_ADDRESS when set; a local instance otherwise. Workers must import this
-        # package: locally they share our environment, on a cluster it must be installed there.
-        # The dashboard (and its job API) only on this machine's loopback, whatever Ray's default.
-        ray.init(logging_level=logging.WARNING, log_to_driver=True, dashboard_host="127.0.0.1")
+        # Address from $RAY_ADDRESS when set; otherwise a local instance of our own ("local"): a bare
+        # ray.init() would join any `ray start` cluster left running on the machine. Workers must
+        # import this package: locally they share our environment, on a cluster it must be installed
+        # there. The dashboard (and its job API) only on this machine's loopback, whatever Ray's default.
+        ray.init(address=os.environ.get("RAY_ADDRESS") or "local", logging_level=logging.WARNING,
+                 log_to_driver=True, dashboard_host="127.0.0.1")
     logger.info("Ray Train: %d workers (%s) on %s", cfg.num_workers, "GPU" if use_gpu else "CPU",
                 os.environ.get("RAY_ADDRESS") or "a local Ray instance")
     trainer = TorchTrainer(

@@ -31,6 +31,7 @@ from modelyard.train.job import JOB_DIR_ENV, Job, create_job, find_job
 from modelyard.train.metric_buffer import SPILL_FILE, bounded_http, deliver_spilled
 
 if TYPE_CHECKING:
+    import torch
     from lightning import LightningModule
     from lightning.pytorch.callbacks import ModelCheckpoint
 
@@ -178,7 +179,7 @@ def fit(cfg: TrainConfig, job: Job, run_id: str | None, uri: str, experiment: st
             job.update(status="preempted", preempted_at_step=trainer.global_step)
         return
     if trainer.global_rank == 0:
-        _finish_run(cfg, job, run_id, uri, model, checkpoint, datamodule, spec)
+        _finish_run(cfg, job, run_id, uri, model, checkpoint, datamodule, spec, trainer.strategy.root_device)
 
 
 def resolve_model_class(class_path: str) -> type[LightningModule]:
@@ -362,8 +363,14 @@ def _log_dataset_input(client: Any, run_id: str, snapshot: Any) -> None:
 
 
 def _finish_run(cfg: TrainConfig, job: Job, run_id: str | None, uri: str, model: LightningModule,
-                checkpoint: ModelCheckpoint, datamodule: SnapshotDataModule, spec: DataSpec) -> None:
-    """Rank 0, after fit: best checkpoint, reference profile and status to MLflow and job.json."""
+                checkpoint: ModelCheckpoint, datamodule: SnapshotDataModule, spec: DataSpec,
+                device: torch.device | None = None) -> None:
+    """Rank 0, after fit: best checkpoint, reference profile and status to MLflow and job.json.
+
+    The validation predictions of the profile are computed on ``device``, the one the job trained
+    on (Lightning hands the model back on the CPU after fit: a transformer's validation split would
+    take minutes there), in float32, and the model goes back to the CPU afterwards.
+    """
     import torch
 
     from modelyard.train.profile import build_reference_profile, plot_reference_profile
@@ -372,10 +379,12 @@ def _finish_run(cfg: TrainConfig, job: Job, run_id: str | None, uri: str, model:
     score = float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else None
     state = torch.load(best, map_location="cpu", weights_only=True)
     model.load_state_dict(state["state_dict"])
-    model.eval()
+    model.eval().to(device or "cpu")
     val = datamodule.dataset("val").tensors[0]  # (N, F)
     with torch.no_grad():
-        logits = torch.cat([model(chunk) for chunk in val.split(4096)]) if len(val) else torch.zeros(0, 1)
+        logits = (torch.cat([model(chunk.to(model.device)).float().cpu() for chunk in val.split(1024)])
+                  if len(val) else torch.zeros(0, 1))
+    model.cpu()
     profile = build_reference_profile(datamodule.snapshot.split("train"), logits, spec, run_id=run_id,
                                       checkpoint=best.name, val_labels=datamodule.dataset("val").tensors[1])
     atomic_write_text(job.dir / "reference_profile.json", json.dumps(profile, indent=2))

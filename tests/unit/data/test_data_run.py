@@ -123,7 +123,7 @@ def test_config_problems_are_reported_together(store) -> None:
     with pytest.raises(ValueError) as info:
         run(cfg)
     message = str(info.value)
-    assert "dataset 'tranzactions' is unknown; use a built-in (transactions, digits) or 'file'" in message
+    assert "dataset 'tranzactions' is unknown; use a built-in (transactions, digits, text) or 'file'" in message
     assert "split fractions must sum to 1" in message
     assert "ref name 'a/b' is not allowed" in message
     assert "drift.concept_drift must be in [0, 1]" in message

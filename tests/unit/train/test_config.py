@@ -12,7 +12,8 @@ from modelyard.train.config import parse_train_args
 
 ROOT = Path(__file__).resolve().parents[3]
 TRAIN_CONFIGS = sorted((ROOT / "configs" / "train").glob("*.yaml"))
-MODEL_CONFIGS = [p for p in TRAIN_CONFIGS if "model" in (yaml.safe_load(p.read_text()) or {})]
+# whole configs name a model class; layers (gpu.yaml, text-large.yaml) only change keys of one
+MODEL_CONFIGS = [p for p in TRAIN_CONFIGS if "class_path" in ((yaml.safe_load(p.read_text()) or {}).get("model") or {})]
 
 
 @pytest.mark.parametrize("path", TRAIN_CONFIGS, ids=lambda p: p.name)
@@ -25,6 +26,15 @@ def test_every_train_config_parses(path):
     cfg = parse_train_args(["--config", str(path)])
     assert cfg.model.class_path.startswith("modelyard.models.")
     assert cfg.trainer["max_epochs"] >= 1
+
+
+def test_text_large_layer_widens_the_text_transformer():
+    cfg = parse_train_args(["--config", str(ROOT / "configs/train/text.yaml"),
+                            "--config", str(ROOT / "configs/train/gpu.yaml"),
+                            "--config", str(ROOT / "configs/train/text-large.yaml")])
+    assert cfg.model.class_path == "modelyard.models.TextTransformer"
+    assert cfg.model.init_args["d_model"] == 2048 and cfg.model.init_args["vocab_size"] == 1024
+    assert cfg.trainer["precision"] == "bf16-mixed" and cfg.trainer["limit_train_batches"] == 100
 
 
 def test_layered_gpu_config_overrides_trainer_keys():

@@ -1,0 +1,130 @@
+"""A pre-norm transformer encoder that classifies fixed-length token sequences.
+
+The sequence travels as today's one float32 matrix ``features (B, T)`` (token ids as the values of
+``T`` integer columns, e.g. the built-in ``text`` dataset), so it trains, exports and serves through
+the same path as the tabular models; ``forward`` turns the values back into int64 ids inside the
+graph. Attention runs through ``F.scaled_dot_product_attention`` (flash attention on a GPU in bf16)
+without a padding mask; id 0 is padding and is left out of the mean pooling only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from lightning import LightningModule
+from torch import nn
+
+from modelyard.models._classification import build_metrics, classification_step
+from modelyard.models.spec import DataSpec
+
+__all__ = ["TextTransformer", "transformer_flops_per_token"]
+
+
+def transformer_flops_per_token(n_params: int, n_layers: int, d_model: int, seq_len: int) -> int:
+    """Model FLOPs of one training token (forward + backward): ``6 N + 12 L d T``.
+
+    ``N`` counts the weights a token passes through (the token and position embeddings are
+    lookups, not matrix products, and are left out); ``12 L d T`` is the attention score and value
+    products (PaLM, appendix B). This is the "model FLOPs" of MFU: recomputation is not counted.
+    """
+    return 6 * n_params + 12 * n_layers * d_model * seq_len
+
+
+class _Block(nn.Module):
+    def __init__(self, d_model: int, n_heads: int, dropout: float) -> None:
+        super().__init__()
+        self.n_heads, self.dropout = n_heads, dropout
+        self.ln1, self.ln2 = nn.LayerNorm(d_model), nn.LayerNorm(d_model)
+        self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.proj = nn.Linear(d_model, d_model)
+        self.mlp = nn.Sequential(nn.Linear(d_model, 4 * d_model), nn.GELU(), nn.Linear(4 * d_model, d_model),
+                                 nn.Dropout(dropout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape  # (B, T, D)
+        q, k, v = self.qkv(self.ln1(x)).split(d, dim=-1)
+        q, k, v = (z.reshape(b, t, self.n_heads, d // self.n_heads).transpose(1, 2) for z in (q, k, v))  # (B, H, T, D/H)
+        attn = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
+        x = x + self.proj(attn.transpose(1, 2).reshape(b, t, d))
+        return x + self.mlp(self.ln2(x))
+
+
+class TextTransformer(LightningModule):
+    """Token embedding + learned positions, ``n_layers`` pre-norm blocks, masked mean pool, linear head.
+
+    Args:
+        data_spec: the fitted :class:`DataSpec`; its ``num_features`` is the sequence length ``T``.
+        vocab_size: ids are clamped into ``[0, vocab_size)``; 0 is padding.
+        d_model: width of the residual stream (a multiple of ``n_heads``).
+        n_layers: transformer blocks.
+        n_heads: attention heads per block.
+        dropout: dropout in attention and after each MLP.
+        lr: AdamW learning rate (fused AdamW on CUDA), after ``warmup_steps`` of linear warm-up.
+        weight_decay: AdamW weight decay.
+        warmup_steps: linear learning-rate warm-up.
+
+    ``forward``: ``(B, T)`` float32 token ids -> ``(B, C)`` logits.
+    """
+
+    def __init__(
+        self,
+        data_spec: dict[str, Any] | DataSpec,
+        vocab_size: int = 1024,
+        d_model: int = 128,
+        n_layers: int = 2,
+        n_heads: int = 4,
+        dropout: float = 0.0,
+        lr: float = 1e-3,
+        weight_decay: float = 0.01,
+        warmup_steps: int = 50,
+    ) -> None:
+        super().__init__()
+        spec = DataSpec.from_dict(data_spec)
+        if d_model % n_heads:
+            raise ValueError(f"TextTransformer: d_model ({d_model}) must be a multiple of n_heads ({n_heads})")
+        self.save_hyperparameters({"data_spec": spec.to_dict(), "vocab_size": vocab_size, "d_model": d_model,
+                                   "n_layers": n_layers, "n_heads": n_heads, "dropout": dropout, "lr": lr,
+                                   "weight_decay": weight_decay, "warmup_steps": warmup_steps})
+        self.spec = spec
+        self.seq_len, self.vocab_size = spec.num_features, vocab_size
+        self.tokens = nn.Embedding(vocab_size, d_model)
+        self.positions = nn.Embedding(self.seq_len, d_model)
+        self.blocks = nn.ModuleList(_Block(d_model, n_heads, dropout) for _ in range(n_layers))
+        self.ln_f = nn.LayerNorm(d_model)
+        self.head = nn.Linear(d_model, spec.num_classes)
+        self.metrics = build_metrics(spec.num_classes)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        ids = torch.nan_to_num(features, nan=0.0).round().clamp(0, self.vocab_size - 1).long()  # (B, T)
+        positions = torch.arange(ids.shape[1], device=ids.device)
+        x = self.tokens(ids) + self.positions(positions)  # (B, T, D)
+        for block in self.blocks:
+            x = block(x)
+        x = self.ln_f(x)
+        keep = (ids != 0).unsqueeze(-1).to(x.dtype)  # (B, T, 1)
+        pooled = (x * keep).sum(1) / keep.sum(1).clamp_min(1.0)  # (B, D)
+        return self.head(pooled)  # (B, C)
+
+    def flops_per_token(self) -> int:
+        """Training FLOPs per token, see :func:`transformer_flops_per_token`."""
+        dense = sum(p.numel() for name, p in self.named_parameters()
+                    if not name.startswith(("tokens.", "positions.")))
+        return transformer_flops_per_token(dense, self.hparams.n_layers, self.hparams.d_model, self.seq_len)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return classification_step(self, batch, "train", self.metrics)
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        classification_step(self, batch, "val", self.metrics)
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        classification_step(self, batch, "test", self.metrics)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        optimizer = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay,
+                                      fused=self.device.type == "cuda")
+        warmup = max(1, self.hparams.warmup_steps)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
