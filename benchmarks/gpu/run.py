@@ -11,8 +11,9 @@ which changes no latency. Each call is what a server pays: a host array in, a ho
 - ``ort-trt-fp32`` and ``ort-trt-fp16`` (TensorRT with FP16 kernels allowed, as the gpu-tensorrt
   Triton model runs it); one engine build per precision covers both batch sizes
 
-Run: ``python benchmarks/gpu/run.py`` on a GPU machine with the `cuda` extra (a minute or two, most
-of it TensorRT's engine builds). Writes ``benchmarks/results/gpu.json`` and ``gpu.md``. Without a CUDA
+Run: ``python benchmarks/gpu/run.py [--out DIR]`` on a GPU machine with the `cuda` extra (a minute or
+two, most of it TensorRT's engine builds). Writes ``DIR/gpu_ort.json`` and ``gpu_ort.md`` (default
+``benchmarks/results``; ``scripts/gpu_tier.sh`` adds the table to ``gpu.md``). Without a CUDA
 GPU it prints why and exits 0 without touching the results; an engine whose provider is missing
 (no onnxruntime-gpu, no TensorRT libraries) is listed as skipped with the reason.
 """
@@ -162,7 +163,12 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=RESULTS, help="where gpu_ort.json and gpu_ort.md go")
+    out = parser.parse_args(argv).out
     try:
         import torch
     except ImportError:
@@ -170,7 +176,7 @@ def main() -> int:
         return 0
     if not torch.cuda.is_available():
         print(f"gpu benchmark skipped: no CUDA GPU (torch {torch.__version__}, torch.cuda.is_available() is "
-              "False); results in benchmarks/results/ left as they were")
+              "False); nothing written")
         return 0
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="gpu-bench-") as tmp:
@@ -190,13 +196,13 @@ def main() -> int:
     report = {"harness": "benchmarks/gpu/run.py", "hardware": hardware(),
               "config": {"batches": list(BATCHES), "warmup": WARMUP, "calls": CALLS, "rows": ROWS},
               "results": results, "skipped": skipped, "seconds": round(time.perf_counter() - started, 1)}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "gpu.json").write_text(json.dumps(report, indent=2) + "\n")
-    (RESULTS / "gpu.md").write_text(markdown(report))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "gpu_ort.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "gpu_ort.md").write_text(markdown(report))
     print(markdown(report))
     for engine, why in skipped.items():
         print(f"skipped {engine}: {why}")
-    print(f"wrote {RESULTS / 'gpu.json'} and gpu.md in {report['seconds']} s")
+    print(f"wrote {out / 'gpu_ort.json'} and gpu_ort.md in {report['seconds']} s")
     return 0
 
 

@@ -4,7 +4,9 @@
 Training: bf16-mixed on one GPU, `configs/train/gpu.yaml` as written (every visible GPU, DDP/nccl),
 DDP with nccl on two. Inference: ONNX Runtime's CUDA and TensorRT execution providers against eager
 PyTorch on the run's validation split with the project's per-precision tolerances, and GPU serving
-latency (recorded, never asserted: a test is not a timer).
+latency (recorded, never asserted: a test is not a timer); those need onnxruntime-gpu
+(``requires_onnxruntime_gpu``). The text transformer: bf16-mixed training on one GPU, its reference
+profile computed on the GPU, and the GPU-trained checkpoint through the export's parity gate.
 """
 
 from __future__ import annotations
@@ -53,6 +55,31 @@ def test_ddp_with_nccl_on_two_gpus(store, tmp_path):
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     [run] = client.search_runs([client.get_experiment_by_name("nccl").experiment_id])
     assert run.data.tags["modelyard.world_size"] == "2"
+
+
+@pytest.mark.requires_gpu(1)
+def test_text_transformer_trains_in_bf16_on_a_gpu_and_passes_the_parity_gate(tmp_path):
+    """The transformer workload through train and export: bf16-mixed on one GPU, one MLflow run, and
+    the GPU-trained checkpoint exported with fp32 parity on ONNX Runtime over the validation split."""
+    text = [str(ROOT / "configs" / c) for c in ("data/text.yaml", "train/text.yaml", "train/gpu.yaml")]
+    assert run_cli("data", "--config", text[0], "--rows", "4000", cwd=tmp_path).returncode == 0
+    proc = run_cli("train", "--config", text[1], "--config", text[2], "--trainer.devices", "1",
+                   "--trainer.strategy", "auto", "--trainer.max_epochs", "2", "--trainer.enable_progress_bar",
+                   "false", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    [run] = client.search_runs([client.get_experiment_by_name("text").experiment_id])
+    assert run.info.status == "FINISHED" and run.data.params["trainer.precision"] == "bf16-mixed"
+    [job] = (tmp_path / "runs" / "text").iterdir()
+    profile = json.loads((job / "reference_profile.json").read_text())
+    assert profile["predictions"]["count"] == json.loads(next(
+        (tmp_path / "data" / "store").glob("snapshots/*/manifest.json")).read_text())["splits"]["val"]
+    proc = run_cli("export", "--run", "latest", "--experiment", "text", "--name", "text", "--variants", "[fp16]",
+                   cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    [folder] = (tmp_path / "exports" / "text").iterdir()
+    parity = json.loads((folder / "parity.json").read_text())
+    assert parity["fp32"]["status"] == "passed" and parity["fp16"]["status"] == "passed", parity
 
 
 # ---- one run trained with configs/train/gpu.yaml, exported with configs/export/gpu-tensorrt.yaml ----
@@ -127,6 +154,7 @@ def test_gpu_config_trains_on_every_visible_gpu(gpu_run):
 
 
 @pytest.mark.requires_gpu(1)
+@pytest.mark.requires_onnxruntime_gpu
 def test_gpu_tensorrt_export_measures_fp16_on_the_cuda_provider(gpu_export, gpu_run):
     from modelyard.export.triton_config import read_config
     from modelyard.export.triton_validate import validate_repository
@@ -146,6 +174,7 @@ def test_gpu_tensorrt_export_measures_fp16_on_the_cuda_provider(gpu_export, gpu_
 
 
 @pytest.mark.requires_gpu(1)
+@pytest.mark.requires_onnxruntime_gpu
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_onnx_runtime_cuda_provider_matches_pytorch(gpu_export, reference, precision):
     _cuda_ep_or_fail()
@@ -160,6 +189,7 @@ def test_onnx_runtime_cuda_provider_matches_pytorch(gpu_export, reference, preci
 
 
 @pytest.mark.requires_gpu(1)
+@pytest.mark.requires_onnxruntime_gpu
 def test_tensorrt_provider_fp16_matches_pytorch(gpu_export, reference, tmp_path):
     """The fp32 graph under TensorRT with FP16 kernels allowed, as the gpu-tensorrt Triton model runs
     it, within the fp16 tolerances."""
@@ -184,6 +214,7 @@ def test_tensorrt_provider_fp16_matches_pytorch(gpu_export, reference, tmp_path)
 
 
 @pytest.mark.requires_gpu(1)
+@pytest.mark.requires_onnxruntime_gpu
 def test_gpu_serving_latency_is_measured(gpu_run, gpu_export, reference, tmp_path):
     """Per-request latency of the deployable model on the GPU, as a server would pay it (host arrays
     in, host arrays out): ONNX Runtime CUDA EP fp32 and fp16 and eager PyTorch on CUDA at batch 1
