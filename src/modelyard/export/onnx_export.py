@@ -16,9 +16,11 @@ import numpy as np
 from modelyard.export.parity import DEFAULT_TOLERANCES, ParityReport, Tolerance, compare_outputs
 
 if TYPE_CHECKING:
+    import onnx
     import torch
 
-__all__ = ["ExportedGraph", "evaluate", "export_onnx", "make_variant", "onnx_outputs", "torch_outputs"]
+__all__ = ["ExportedGraph", "drop_duplicate_nodes", "evaluate", "export_onnx", "make_variant", "onnx_outputs",
+           "torch_outputs"]
 
 logger = logging.getLogger(__name__)
 
@@ -144,6 +146,7 @@ def make_variant(fp32_path: Path, precision: str) -> Path:
 
             converted = convert_float_to_float16(onnx.load(str(fp32_path)), keep_io_types=True,
                                                  op_block_list=list(DEFAULT_OP_BLOCK_LIST) + _FP16_BLOCKED_OPS)
+            drop_duplicate_nodes(converted.graph)
             # the converter appends its input casts at the end of the node list; the ONNX spec (and
             # onnx.checker) wants nodes in topological order
             graph = onnx_ir.from_proto(converted)
@@ -155,6 +158,28 @@ def make_variant(fp32_path: Path, precision: str) -> Path:
         root.setLevel(level)
     onnx.checker.check_model(str(target), full_check=True)
     return target
+
+
+def drop_duplicate_nodes(graph: onnx.GraphProto) -> int:
+    """Remove nodes that repeat an earlier node exactly (same name, op, inputs, outputs, attributes).
+
+    ONNX Runtime's float16 converter before 1.32 adds its cast back to float32 once per blocked
+    consumer of a value: an input read by both IsNaN and IsInf (``torch.nan_to_num``) gets the same
+    Cast node twice, and the graph declares that output twice, which onnx_ir and the checker refuse.
+    Returns how many nodes were removed.
+    """
+    seen: set[bytes] = set()
+    unique = []
+    for node in graph.node:
+        key = node.SerializeToString(deterministic=True)
+        if key not in seen:
+            seen.add(key)
+            unique.append(node)
+    removed = len(graph.node) - len(unique)
+    if removed:
+        del graph.node[:]
+        graph.node.extend(unique)
+    return removed
 
 
 def torch_outputs(model: torch.nn.Module, features: torch.Tensor, chunk: int = 4096) -> list[np.ndarray]:

@@ -98,3 +98,29 @@ def test_torch_export_path_with_dynamic_batch_and_variants(tmp_path):
         variant = evaluate(precision, path, graph, reference, x.numpy(), labels)
         assert variant.rows == 64 and variant.outputs[0].max_abs_error > 0
         assert variant.status in ("passed", "failed")
+
+
+def test_a_repeated_cast_node_is_dropped_once_and_the_graph_loads(tmp_path):
+    """ONNX Runtime's float16 converter before 1.32 casts an input read by both IsNaN and IsInf back to
+    float32 twice, with one node name and one output: onnx_ir and the checker refuse such a graph."""
+    import onnx
+    import onnx_ir
+    from onnx import TensorProto, helper
+
+    from modelyard.export.onnx_export import drop_duplicate_nodes
+
+    cast = helper.make_node("Cast", ["x16"], ["x32"], name="back_to_fp32", to=TensorProto.FLOAT)
+    graph = helper.make_graph(
+        [helper.make_node("Cast", ["x"], ["x16"], name="to_fp16", to=TensorProto.FLOAT16), cast, cast,
+         helper.make_node("IsNaN", ["x32"], ["nan"]), helper.make_node("IsInf", ["x32"], ["inf"])],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info("nan", TensorProto.BOOL, [2]), helper.make_tensor_value_info("inf", TensorProto.BOOL, [2])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    with pytest.raises(Exception) as refused:
+        onnx_ir.from_proto(model)
+    assert "redeclared" in str(refused.value.__cause__)
+    assert drop_duplicate_nodes(model.graph) == 1
+    assert [n.name for n in model.graph.node][:2] == ["to_fp16", "back_to_fp32"] and len(model.graph.node) == 4
+    onnx_ir.from_proto(model)
+    onnx.checker.check_model(model, full_check=True)
+    assert drop_duplicate_nodes(model.graph) == 0
