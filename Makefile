@@ -19,7 +19,7 @@ BIN := $(VENV)/bin
 BENCH_PROFILE ?= ci
 BENCH_OUT ?= build/bench
 
-.PHONY: setup demo test test-unit bench reliability clean
+.PHONY: setup demo lint test test-unit bench reliability clean
 
 setup: $(VENV)/.installed
 
@@ -36,7 +36,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 demo: setup
 	PATH="$(abspath $(BIN)):$$PATH" bash scripts/demo.sh
 
-test: setup
+test: setup lint
 	rm -rf build/reliability
 	$(BIN)/python -m pytest tests --durations=15
 	$(MAKE) --no-print-directory bench
@@ -46,6 +46,10 @@ bench: setup
 	$(BIN)/python benchmarks/serving/run.py --profile $(BENCH_PROFILE) --out $(BENCH_OUT)
 	$(BIN)/python benchmarks/training/run.py --profile $(BENCH_PROFILE) --out $(BENCH_OUT)
 	$(BIN)/python benchmarks/gate.py --gates benchmarks/gates.yaml $(BENCH_OUT)/serving.json $(BENCH_OUT)/training.json
+
+# ruff (pycodestyle, pyflakes, isort, bugbear; settings in pyproject.toml) before any test runs
+lint: setup
+	$(BIN)/ruff check src tests benchmarks scripts
 
 test-unit: setup
 	$(BIN)/python -m pytest tests/unit --durations=15

@@ -35,7 +35,8 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=8)
     args = parser.parse_args()
 
-    version_dir = max((p for p in (Path(args.repo) / args.model).iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+    version_dir = max((p for p in (Path(args.repo) / args.model).iterdir() if p.name.isdigit()),
+                      key=lambda p: int(p.name))
     manifest = json.loads((version_dir / "manifest.json").read_text())
     spec = DataSpec.from_dict(manifest["data_spec"])
     test = Snapshot.open(args.snapshot).split("test")
@@ -49,7 +50,8 @@ def main() -> None:
                             metrics_port=free_port())
     with serving(cfg) as endpoint:
         print(f"Triton is serving {endpoint.model} v{endpoint.version} at {endpoint.http_url} and {endpoint.grpc_url}")
-        for name, module, url in (("HTTP", httpclient, endpoint.http_address), ("gRPC", grpcclient, endpoint.grpc_address)):
+        for name, module, url in (("HTTP", httpclient, endpoint.http_address),
+                                  ("gRPC", grpcclient, endpoint.grpc_address)):
             client = module.InferenceServerClient(url)
             request = module.InferInput("features", list(features.shape), "FP32")
             request.set_data_from_numpy(features)

@@ -10,7 +10,8 @@ time limit still reports what it finished):
    export and serving use) and ``large`` (``configs/train/text-large.yaml``, 200M parameters, a
    size whose matrix products keep an H100/H200 busy). Each job is one MLflow run in the embedded
    SQLite store (MLflow 3's file store refuses to open by default); samples/s is the job's own
-   ``samples_per_sec`` metric over the steady part of the epoch (the first logging window, with CUDA's start-up, left out); tokens/s = samples/s x 128; MFU = tokens/s x model
+   ``samples_per_sec`` metric over the steady part of the epoch (the first logging window, with
+   CUDA's start-up, left out); tokens/s = samples/s x 128; MFU = tokens/s x model
    FLOPs per token (``6 N + 12 L d T``) / peak.
 3. ``plain``: the same model, data order, batch, bf16 autocast and fused AdamW in a plain PyTorch loop,
    timed over the same steps: Lightning's overhead is the ratio of the two.
@@ -454,21 +455,26 @@ def markdown(report: dict[str, Any]) -> str:
     if peak:
         lines += [f"Measured dense bf16 peak ({peak['n']}^3 products): **{peak['tflops']:.4g} TFLOP/s**, "
                   "the denominator of MFU.", ""]
-    lines += ["## Training (`modelyard train`, bf16-mixed, one GPU, one MLflow run per job in the embedded SQLite store)", "",
+    lines += ["## Training (`modelyard train`, bf16-mixed, one GPU, one MLflow run per job in the embedded "
+              "SQLite store)", "",
               "| workload | parameters | batch x tokens | samples/s | tokens/s | model TFLOP/s | MFU | best val_acc |",
               "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for size in ("small", "large"):
         t = steps.get(f"train_{size}")
         if t:
-            lines.append(f"| text-{size} (Lightning) | {t['parameters'] / 1e6:,.1f}M | {t['batch_size']} x {t['seq_len']} | "
+            accuracy = None if t["best_val_acc"] is None else round(t["best_val_acc"], 4)
+            lines.append(f"| text-{size} (Lightning) | {t['parameters'] / 1e6:,.1f}M | "
+                         f"{t['batch_size']} x {t['seq_len']} | "
                          f"{t['samples_per_s']:,.0f} | {t['tokens_per_s']:,.0f} | {t['model_tflops']:.1f} | "
-                         f"{_pct(t['mfu'])} | {t['best_val_acc'] if t['best_val_acc'] is None else round(t['best_val_acc'], 4)} |")
+                         f"{_pct(t['mfu'])} | {accuracy} |")
     plain = steps.get("plain_large")
     if plain:
-        lines.append(f"| text-large (plain PyTorch loop) | | {plain['batch_size']} x 128 | {plain['samples_per_s']:,.0f} | "
+        lines.append(f"| text-large (plain PyTorch loop) | | {plain['batch_size']} x 128 | "
+                     f"{plain['samples_per_s']:,.0f} | "
                      f"{plain['tokens_per_s']:,.0f} | {plain['model_tflops']:.1f} | {_pct(plain['mfu'])} | |")
         if "lightning_over_plain" in plain:
-            lines += ["", f"Lightning over the plain loop (same steps, same model): **{plain['lightning_over_plain']:.3f}**."]
+            lines += ["", "Lightning over the plain loop (same steps, same model): "
+                          f"**{plain['lightning_over_plain']:.3f}**."]
     exp = steps.get("export")
     if exp:
         lines += ["", "## Export of the GPU-trained small run (`modelyard export`, parity gate on ONNX Runtime)", "",
@@ -493,7 +499,8 @@ def markdown(report: dict[str, Any]) -> str:
     if lat:
         lines += ["", f"## Inference latency (host array in, host array out; {lat['calls']} timed calls after "
                       f"{lat['warmup']} warm-up calls)", "",
-                  "| model | engine | batch | p50 ms | p95 ms | p99 ms | sequences/s |", "|---|---|---:|---:|---:|---:|---:|"]
+                  "| model | engine | batch | p50 ms | p95 ms | p99 ms | sequences/s |",
+                  "|---|---|---:|---:|---:|---:|---:|"]
         for r in lat["rows"]:
             lines.append(f"| text-{r['size']} | {r['engine']} | {r['batch']} | {r['p50_ms']:.3f} | {r['p95_ms']:.3f} | "
                          f"{r['p99_ms']:.3f} | {r['sequences_per_s']:,.0f} |")

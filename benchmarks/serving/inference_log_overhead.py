@@ -50,7 +50,7 @@ def bench_record(folder: Path) -> dict[str, float]:
     timings = {}
     for name, fn in (("noop", noop), ("record", log.record)):
         started = time.perf_counter_ns()
-        for i in range(RECORD_CALLS):
+        for _ in range(RECORD_CALLS):
             fn("a-request-id", "1", "stable", x, y)
         timings[name] = (time.perf_counter_ns() - started) / RECORD_CALLS
     log.close()

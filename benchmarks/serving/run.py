@@ -111,7 +111,8 @@ def measure(target: Target, concurrency: int, batch: int, rows: Any, profile: Pr
     cell = run_cell(target, concurrency, batch, rows, profile.warmup_s, profile.measure_s)
 
     return _row(target.name, concurrency, batch, requests=cell.requests, p50_ms=_round(cell.p50_ms),
-                p95_ms=_round(cell.p95_ms), p99_ms=_round(cell.p99_ms), throughput_rows_s=round(cell.throughput_rows_s, 1),
+                p95_ms=_round(cell.p95_ms), p99_ms=_round(cell.p99_ms),
+                throughput_rows_s=round(cell.throughput_rows_s, 1),
                 throughput_req_s=round(cell.throughput_req_s, 1), errors=cell.errors, error=cell.first_error)
 
 
@@ -259,7 +260,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", choices=sorted(PROFILES), default="ci",
-                        help="ci: ~1.5 s per row, 6 paired rounds per ratio (about 3.5 minutes on 2 CPUs); full: 12 s per row, 10 rounds")
+                        help="ci: ~1.5 s per row, 6 paired rounds per ratio (about 3.5 minutes on 2 CPUs); "
+                             "full: 12 s per row, 10 rounds")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results",
                         help="folder for serving.json, serving.md and serving.png")
     parser.add_argument("--only", default=None,

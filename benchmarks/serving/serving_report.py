@@ -98,7 +98,8 @@ def check_document(doc: dict[str, Any]) -> list[str]:
             if key not in row:
                 problems.append(f"results[{i}] lacks {key!r}")
             elif isinstance(row[key], bool) or not isinstance(row[key], kinds):
-                problems.append(f"results[{i}].{key} is {row[key]!r}; expected {' or '.join(k.__name__ for k in kinds)}")
+                expected = " or ".join(k.__name__ for k in kinds)
+                problems.append(f"results[{i}].{key} is {row[key]!r}; expected {expected}")
     ratios = doc.get("ratios")
     if isinstance(ratios, dict):
         for name in RATIOS:

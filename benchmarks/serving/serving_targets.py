@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from serving_load import CallFactory
 
 __all__ = ["GROUPS", "TARGETS", "Target", "example_rows", "start_group"]
@@ -122,12 +123,14 @@ def eager_model(onnx_path: Path, spec: dict[str, Any]) -> tuple[Any, dict[str, A
     from modelyard.models import TabularMLP
 
     weights = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(onnx_path)).graph.initializer}
-    linears = sorted((int(k.split(".")[1]), v.shape) for k, v in weights.items() if re.fullmatch(r"net\.\d+\.weight", k))
+    linears = sorted((int(k.split(".")[1]), v.shape) for k, v in weights.items()
+                     if re.fullmatch(r"net\.\d+\.weight", k))
     hidden = [shape[0] for _, shape in linears[:-1]] or [64, 32]
     embedding = weights.get("preprocess.embeddings.0.weight")
     model = TabularMLP(spec, hidden_sizes=hidden, embedding_dim=int(embedding.shape[1]) if embedding is not None else 4)
     state = model.state_dict()
-    matched = {k: torch.from_numpy(v.copy()) for k, v in weights.items() if k in state and tuple(state[k].shape) == v.shape}
+    matched = {k: torch.from_numpy(v.copy()) for k, v in weights.items()
+               if k in state and tuple(state[k].shape) == v.shape}
     model.load_state_dict(matched, strict=False)
     model.eval()
     return model, {"hidden_sizes": hidden, "weights_copied": f"{len(matched)}/{len(state)}"}

@@ -21,8 +21,8 @@ def test_gpu_tier_without_a_gpu_says_so_writes_nothing_and_exits_0(tmp_path):
     assert "== 0 CUDA GPU(s)" in proc.stdout
     # onnxruntime here is the CPU build: the tests that need its CUDA provider are listed, not dropped
     assert "not runnable on this image: onnxruntime-gpu" in proc.stdout
-    assert "not runnable on this image: tests/integration/test_gpu.py::test_onnx_runtime_cuda_provider_matches_pytorch" \
-        in proc.stdout
+    needs_ort_gpu = "tests/integration/test_gpu.py::test_onnx_runtime_cuda_provider_matches_pytorch"
+    assert f"not runnable on this image: {needs_ort_gpu}" in proc.stdout
     assert "needs 1 CUDA GPU(s), this machine has 0" in proc.stdout  # each skip with its reason
     assert "gpu transformer benchmark skipped: no CUDA GPU" in proc.stdout
     assert "0 passed, 0 failed" in proc.stdout and "no CUDA GPU here: nothing written" in proc.stdout

@@ -68,7 +68,8 @@ def perturb_output_bias(path: Path, output: str, column: int, delta: float) -> s
 
 # ``python -c PERTURBED_EXPORT DELTA COLUMN export ...``: `modelyard export` whose freshly written
 # ONNX file has the output bias perturbed (perturb_output_bias) before the parity gate reads it.
-PERTURBED_EXPORT = "import sys; from integration_helpers import perturbed_export_main; sys.exit(perturbed_export_main())"
+PERTURBED_EXPORT = ("import sys; from integration_helpers import perturbed_export_main; "
+                    "sys.exit(perturbed_export_main())")
 
 
 def perturbed_export_main() -> int:

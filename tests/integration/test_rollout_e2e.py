@@ -14,11 +14,11 @@ import pytest
 from mlflow import MlflowClient
 
 from modelyard._net import free_port
-from ray_serve_helpers import STABLE_ONNX, features, make_canary
 from modelyard.registry import history, set_alias
 from modelyard.rollout import HttpTrafficControl, MlflowRegistry, RolloutConfig, RolloutController
 from modelyard.serve.load import LoadGenerator
 from modelyard.serve.ray_app import RayServeConfig, serving_ray
+from ray_serve_helpers import STABLE_ONNX, features, make_canary
 
 pytestmark = pytest.mark.slow
 
@@ -59,7 +59,8 @@ def test_a_healthy_candidate_is_promoted_with_no_failed_requests(tmp_path, regis
     assert str(MlflowClient(registry).get_model_version_by_alias("fraud", "champion").version) == "2"
     last = history("fraud", registry)[-1]
     assert (last.alias, last.from_version, last.to_version) == ("champion", "1", "2")
-    decisions = [json.loads(line) for line in (tmp_path / "rollouts" / "fraud.decisions.jsonl").read_text().splitlines()]
+    decisions_file = tmp_path / "rollouts" / "fraud.decisions.jsonl"
+    decisions = [json.loads(line) for line in decisions_file.read_text().splitlines()]
     assert [d["action"] for d in decisions][-1] == "promote"
     assert all(d["window"]["requests"] for d in decisions if d["action"] == "advance")
 

@@ -9,10 +9,10 @@ import tritonclient.http as httpclient
 from mlflow import MlflowClient
 
 from modelyard._net import free_port
-from ray_serve_helpers import ROOT, features
 from modelyard.registry import set_alias
 from modelyard.serve.ray_app import RayServeConfig, serving_ray
 from modelyard.serve.triton import TritonServeConfig, serving
+from ray_serve_helpers import ROOT, features
 
 pytestmark = pytest.mark.slow
 REPO = ROOT / "triton_models"

@@ -188,7 +188,8 @@ def test_shadow_never_changes_answers_and_records_pairs(server):
     assert status["shadow"]["recent"][-1]["canary_version"] == "2"
     for role in ("stable", "canary"):
         v = status["versions"][role]
-        assert {"requests", "errors", "latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "predicted_classes"} <= set(v)
+        expected = {"requests", "errors", "latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "predicted_classes"}
+        assert expected <= set(v)
     assert status["versions"]["stable"]["latency_p99_ms"] >= status["versions"]["stable"]["latency_p50_ms"] > 0
     assert status["weights"] == {"canary": 0.0, "shadow": 1.0}
 
@@ -268,7 +269,8 @@ def test_fuzz_never_5xx_and_server_stays_healthy(server):
             return json.dumps({"inputs": [{"name": rng.choice(["features", "", None, 3]),
                                            "shape": rng.choice([[1, 8], "1,8", None]),
                                            "datatype": rng.choice(["FP32", "BYTES", "fp32", None]),
-                                           "data": rng.choice([[0.0] * 8, ["a"] * 8, None, {"x": 1}, [[0.0] * 8]])}]}).encode()
+                                           "data": rng.choice([[0.0] * 8, ["a"] * 8, None, {"x": 1},
+                                                               [[0.0] * 8]])}]}).encode()
         if kind == 3:
             return json.dumps(rng.choice([[], None, 1, "s", {"inputs": {}}, {"inputs": [None]},
                                           {"inputs": [{"name": "features", "shape": [1, 8], "datatype": "FP32",

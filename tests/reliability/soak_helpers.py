@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+
 from reliability_helpers import rss_bytes
 
 MIB = 1024 * 1024

@@ -15,11 +15,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from access_helpers import CLI, http_status, is_loopback, tracking_server
-from reliability_helpers import ROOT
 
+from access_helpers import CLI, http_status, is_loopback, tracking_server
 from modelyard._net import free_port
 from modelyard.serve.triton import TritonServeConfig, serving
+from reliability_helpers import ROOT
 
 pytestmark = pytest.mark.slow
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from train_fault_helpers import TRAIN_CONFIG, kill_group, make_store, run_cli, slow_write_env, start_cli, wait_for_file
 
 pytestmark = pytest.mark.slow

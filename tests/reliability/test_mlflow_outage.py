@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 from mlflow import MlflowClient
+
+from modelyard._net import free_port
 from train_fault_helpers import (
     STOP_FILE_ENV,
     TRAIN_CONFIG,
@@ -20,8 +22,6 @@ from train_fault_helpers import (
     start_cli,
     wait_glob,
 )
-
-from modelyard._net import free_port
 
 pytestmark = pytest.mark.slow
 

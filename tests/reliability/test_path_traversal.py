@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from fs_audit_guard import FilesystemTouched, forbid_filesystem, record_filesystem, touched_inside
 from reliability_helpers import EXAMPLE_ONNX, EXAMPLE_REPO
 

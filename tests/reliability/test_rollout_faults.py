@@ -20,10 +20,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from reliability_helpers import EXAMPLE_ONNX, MODEL, features, perturbed, register_version, wait_for
-from rollout_fault_helpers import VARIANTS, sha256_of, truncate
 
 from modelyard._net import free_port
+from reliability_helpers import EXAMPLE_ONNX, MODEL, features, perturbed, register_version, wait_for
+from rollout_fault_helpers import VARIANTS, sha256_of, truncate
 
 pytest.importorskip("ray.serve")
 

@@ -15,9 +15,9 @@ from collections import Counter
 
 import pytest
 import requests
-from reliability_helpers import EXAMPLE_ONNX, MODEL, features, perturbed, wait_for
 
 from modelyard._net import free_port
+from reliability_helpers import EXAMPLE_ONNX, MODEL, features, perturbed, wait_for
 
 pytest.importorskip("ray.serve")
 

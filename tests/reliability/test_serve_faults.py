@@ -13,6 +13,8 @@ import time
 
 import pytest
 import requests
+
+from modelyard._net import free_port
 from reliability_helpers import EXAMPLE_ONNX, MODEL, features, wait_for
 from serve_fault_helpers import (
     SteadyLoad,
@@ -24,8 +26,6 @@ from serve_fault_helpers import (
     replicas,
     running_replicas,
 )
-
-from modelyard._net import free_port
 
 pytest.importorskip("ray.serve")
 

@@ -6,10 +6,10 @@ import os
 import time
 
 import pytest
-from reliability_helpers import EXAMPLE_ONNX, MODEL, features, perturbed
-from soak_helpers import percentile_ms, rss_mib, serve_process_pids
 
 from modelyard._net import free_port
+from reliability_helpers import EXAMPLE_ONNX, MODEL, features, perturbed
+from soak_helpers import percentile_ms, rss_mib, serve_process_pids
 
 pytest.importorskip("ray.serve")
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from train_fault_helpers import (
     TRAIN_CONFIG,
     alive,
@@ -117,7 +118,8 @@ def test_sigterm_to_a_ddp_job_checkpoints_and_every_rank_exits(store, tmp_path, 
         try:
             proc.wait(timeout=60)
         except Exception:  # noqa: BLE001 - a hang is the failure this test looks for
-            raise AssertionError(f"the launcher did not exit within 60 s of SIGTERM:\n{log.read_text()[-4000:]}")
+            raise AssertionError(
+                f"the launcher did not exit within 60 s of SIGTERM:\n{log.read_text()[-4000:]}") from None
         exit_s = time.monotonic() - t0
         deadline = time.monotonic() + 30
         while any(alive(pid) for pid in ranks) and time.monotonic() < deadline:

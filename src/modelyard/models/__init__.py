@@ -10,4 +10,5 @@ from modelyard.models.tabular import TabularMLP
 from modelyard.models.text import TextTransformer
 from modelyard.models.vision import SmallCNN
 
-__all__ = ["DataSpec", "FeatureSpec", "SmallCNN", "TabularMLP", "TextTransformer", "encode_features", "encode_labels", "fit_data_spec"]
+__all__ = ["DataSpec", "FeatureSpec", "SmallCNN", "TabularMLP", "TextTransformer", "encode_features", "encode_labels",
+           "fit_data_spec"]

@@ -154,7 +154,7 @@ def encode_features(frame: pd.DataFrame, spec: DataSpec) -> np.ndarray:
         values = frame[feat.name]
         if feat.kind == "categorical":
             lookup = {c: i + 1 for i, c in enumerate(feat.categories)}
-            codes = values.map(lambda v: lookup.get(str(v), 0) if v is not None else 0)
+            codes = values.map(lambda v, lookup=lookup: lookup.get(str(v), 0) if v is not None else 0)
             columns.append(codes.to_numpy(dtype=np.float32))
         else:
             columns.append(values.astype("float64").to_numpy(dtype=np.float32, na_value=np.nan))

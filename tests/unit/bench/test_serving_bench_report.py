@@ -12,8 +12,8 @@ import pytest
 HERE = Path(__file__).resolve().parents[3] / "benchmarks" / "serving"
 sys.path.insert(0, str(HERE))
 
-from serving_report import RATIOS, check_document, compute_ratios, render_markdown, write_plot
-from serving_targets import GROUPS, TARGETS, example_rows
+from serving_report import RATIOS, check_document, compute_ratios, render_markdown, write_plot  # noqa: E402
+from serving_targets import GROUPS, TARGETS, example_rows  # noqa: E402
 
 # run.py under a unique module name: a bare `run` could collide with another harness's run.py.
 _spec = importlib.util.spec_from_file_location("serving_bench_run", HERE / "run.py")

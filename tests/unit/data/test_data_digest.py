@@ -63,4 +63,5 @@ def test_nulls_are_distinguished_from_zero_and_empty() -> None:
     assert len(digests) == 4
     # length prefixes keep ["ab", "c"] apart from ["a", "bc"]
     two = Schema("t", "y", (ColumnSpec("y", "string"),))
-    assert compute_digest(pd.DataFrame({"y": ["ab", "c"]}), two) != compute_digest(pd.DataFrame({"y": ["a", "bc"]}), two)
+    assert (compute_digest(pd.DataFrame({"y": ["ab", "c"]}), two)
+            != compute_digest(pd.DataFrame({"y": ["a", "bc"]}), two))

@@ -71,7 +71,8 @@ def test_gpu_and_tensorrt_targets(tmp_path, onnx_model):
     from tritonclient.grpc import model_config_pb2 as pb
 
     gpu = build_config("fraud", onnx_model, TritonTarget(kind="gpu", instance_count=2, gpus=[0, 1]))
-    assert [(g.kind, g.count, list(g.gpus)) for g in gpu.instance_group] == [(pb.ModelInstanceGroup.KIND_GPU, 2, [0, 1])]
+    groups = [(g.kind, g.count, list(g.gpus)) for g in gpu.instance_group]
+    assert groups == [(pb.ModelInstanceGroup.KIND_GPU, 2, [0, 1])]
     assert not gpu.optimization.execution_accelerators.gpu_execution_accelerator
 
     write_model_version(tmp_path, "fraud", onnx_model, "gpu-tensorrt")

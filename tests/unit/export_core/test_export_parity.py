@@ -114,7 +114,8 @@ def test_a_repeated_cast_node_is_dropped_once_and_the_graph_loads(tmp_path):
         [helper.make_node("Cast", ["x"], ["x16"], name="to_fp16", to=TensorProto.FLOAT16), cast, cast,
          helper.make_node("IsNaN", ["x32"], ["nan"]), helper.make_node("IsInf", ["x32"], ["inf"])],
         "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
-        [helper.make_tensor_value_info("nan", TensorProto.BOOL, [2]), helper.make_tensor_value_info("inf", TensorProto.BOOL, [2])])
+        [helper.make_tensor_value_info("nan", TensorProto.BOOL, [2]),
+         helper.make_tensor_value_info("inf", TensorProto.BOOL, [2])])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     with pytest.raises(Exception) as refused:
         onnx_ir.from_proto(model)

@@ -10,7 +10,14 @@ from pathlib import Path
 import pytest
 
 from modelyard.config import ConfigError
-from modelyard.rollout import HttpTrafficControl, RolloutError, TrafficError, parse_rollout_args, parse_rollout_command, parse_steps
+from modelyard.rollout import (
+    HttpTrafficControl,
+    RolloutError,
+    TrafficError,
+    parse_rollout_args,
+    parse_rollout_command,
+    parse_steps,
+)
 from modelyard.rollout.cli import main
 
 ROOT = Path(__file__).resolve().parents[3]
