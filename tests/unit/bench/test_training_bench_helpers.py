@@ -104,3 +104,22 @@ def test_steady_gives_up_after_the_retries():
     assert best.attempts == bench.RETRIES + 1
     [result], _ = bench.summarize([best])
     assert result["steady"] is False and result["attempts"] == [bench.RETRIES + 1]
+
+
+def test_the_harness_waits_for_the_last_harness_load_to_decay_but_not_forever(monkeypatch):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import gate
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    assert bench.BUSY_LOAD_PER_CPU == gate.BUSY_LOAD_PER_CPU  # one busy line for the harness and the gate
+    clock = {"now": 0.0}
+    monkeypatch.setattr(bench.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(bench.time, "monotonic", lambda: clock["now"])
+    monkeypatch.setattr(bench.time, "sleep", lambda s: clock.__setitem__("now", clock["now"] + s))
+    loads = iter([5.0, 4.0, 3.1, 2.9])  # decaying after the serving harness; busy at 3.0 on 2 CPUs
+    monkeypatch.setattr(bench.os, "getloadavg", lambda: (next(loads, 2.9), 0.0, 0.0))
+    assert bench.wait_for_settled_load(max_s=90, poll_s=5) == 15.0
+    monkeypatch.setattr(bench.os, "getloadavg", lambda: (8.0, 0.0, 0.0))  # other work that does not stop
+    clock["now"] = 0.0
+    assert bench.wait_for_settled_load(max_s=90, poll_s=5) == 90.0
