@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from modelyard._io import file_sha256
 from modelyard.rollout import RolloutConfig, RolloutController, StateStore
-from modelyard.rollout.preflight import ModelFile, PreflightError, check_model_file, sha256_of, signature_of
+from modelyard.rollout.preflight import ModelFile, PreflightError, check_model_file, signature_of
 
 EXAMPLE = Path(__file__).resolve().parents[3] / "triton_models" / "example_fraud" / "1" / "model.onnx"
 
@@ -169,7 +170,7 @@ def test_a_broken_candidate_is_refused_before_any_call_to_the_ingress(tmp_path, 
 
 
 def test_a_candidate_changed_after_export_is_refused_on_its_checksum(tmp_path):
-    files = _files(tmp_path, sha256=sha256_of(EXAMPLE))
+    files = _files(tmp_path, sha256=file_sha256(EXAMPLE))
     target = Path(files["2"].path)
     target.write_bytes(target.read_bytes() + b"\x00")  # one byte appended: the checksum decides first
     state = controller(tmp_path, Ingress(), Registry(files)).run()
@@ -177,7 +178,7 @@ def test_a_candidate_changed_after_export_is_refused_on_its_checksum(tmp_path):
 
 
 def test_a_sound_candidate_passes_and_its_evidence_is_in_the_start_decision(tmp_path):
-    ingress, registry = Ingress(), Registry(_files(tmp_path, sha256=sha256_of(EXAMPLE)))
+    ingress, registry = Ingress(), Registry(_files(tmp_path, sha256=file_sha256(EXAMPLE)))
     state = controller(tmp_path, ingress, registry).run()
     assert state.state == "promoted", state.decisions
     preflight = state.decisions[0]["extra"]["preflight"]

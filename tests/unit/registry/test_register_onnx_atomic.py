@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
+from modelyard._io import file_sha256
 from modelyard.registry.register import register_onnx, version_tags
-from modelyard.registry.store import PARITY_TAG
-from modelyard.rollout.preflight import SHA256_TAG, sha256_of
+from modelyard.registry.store import PARITY_TAG, SHA256_TAG
 from modelyard.tracking import tracking_uri_scope
 
 EXAMPLE = Path(__file__).resolve().parents[3] / "triton_models" / "example_fraud" / "1" / "model.onnx"
@@ -82,7 +82,7 @@ def test_the_version_is_created_once_with_every_tag_and_the_run_stays_finished(s
 
     assert version == "1" and len(seen["create"]) == 1 and not seen["tag"]
     created = seen["create"][0]
-    assert created[PARITY_TAG] == "passed" and created[SHA256_TAG] == sha256_of(EXAMPLE)
+    assert created[PARITY_TAG] == "passed" and created[SHA256_TAG] == file_sha256(EXAMPLE)
     assert seen["status"] and set(seen["status"]) == {"FINISHED"}  # never reopened while logging
     mv = client.get_model_version("fraud", version)
     assert mv.tags == created and mv.run_id == run_id and mv.source.startswith("models:/m-")
