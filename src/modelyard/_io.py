@@ -6,6 +6,7 @@ within one filesystem), flushed to disk, then moved over the target with ``os.re
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import tempfile
@@ -14,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["atomic_copy", "atomic_open", "atomic_write_bytes", "atomic_write_text"]
+__all__ = ["atomic_copy", "atomic_open", "atomic_write_bytes", "atomic_write_text", "file_sha256"]
 
 # mkstemp creates files readable by their owner only; a file written atomically should get the
 # permissions a plain open() would give (a Triton server in a container often runs as another user).
@@ -61,3 +62,9 @@ def atomic_copy(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Pat
     with open(src, "rb") as source, atomic_open(dst) as handle:
         shutil.copyfileobj(source, handle)
     return Path(dst)
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """Hex sha256 of a file's bytes, read in chunks (``hashlib.file_digest``)."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()

@@ -163,7 +163,7 @@ def test_a_corrupt_candidate_is_refused_before_any_traffic_moves(tmp_path, serve
     The candidate's replica is already running (it loaded the file when deployed); the file is then damaged
     at rest, which only the preflight of the file itself can catch before a promotion would replace replicas.
     """
-    from modelyard.rollout.preflight import SHA256_TAG
+    from modelyard.registry.store import SHA256_TAG
     from modelyard.serve.load import LoadGenerator
     from modelyard.tracking import client_for
 

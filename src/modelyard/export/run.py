@@ -8,7 +8,6 @@ version, register it with its tags and model card, and move an alias if asked.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
@@ -17,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from modelyard._io import atomic_write_text
+from modelyard._io import atomic_write_text, file_sha256
 from modelyard.export.config import ExportConfig
 from modelyard.export.parity import DEFAULT_TOLERANCES, ParityError, ParityReport, Tolerance
 
@@ -158,14 +157,6 @@ def _tolerance(cfg: ExportConfig, precision: str) -> Tolerance:
     return Tolerance(**vars(override)) if override else DEFAULT_TOLERANCES[precision]
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _manifest(source: Any, graph: Any, folder: Path, reports: dict[str, ParityReport], name: str) -> dict[str, Any]:
     """Everything needed to trust and call the exported files (style: artifacts describe themselves)."""
     import onnx
@@ -185,7 +176,7 @@ def _manifest(source: Any, graph: Any, folder: Path, reports: dict[str, ParityRe
         "opset": graph.opset,
         "exporter": graph.exporter,
         "exporter_fallback_reason": graph.fallback_reason or None,
-        "files": {r.file: {"precision": p, "sha256": _sha256(folder / r.file), "parity": r.status}
+        "files": {r.file: {"precision": p, "sha256": file_sha256(folder / r.file), "parity": r.status}
                   for p, r in reports.items() if (folder / r.file).exists()},
         "versions": {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__},
         "data_digest": source.data_digest,

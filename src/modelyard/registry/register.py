@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from modelyard.registry.store import PARITY_TAG
-from modelyard.rollout.preflight import SHA256_TAG, sha256_of
+from modelyard._io import file_sha256
+from modelyard.registry.store import PARITY_TAG, SHA256_TAG
 from modelyard.safety import check_name
 from modelyard.tracking import client_for, ensure_experiment, tracking_uri_scope
 
@@ -49,7 +49,7 @@ def register_onnx(name: str, onnx_path: Path, *, tracking_uri: str, run_id: str 
     if PARITY_TAG not in tags:
         raise ValueError(f"refusing to register {name} without a parity verdict ({PARITY_TAG} tag)")
     # The bytes registered, so a rollout can refuse a file changed or damaged after export (preflight).
-    tags = {SHA256_TAG: sha256_of(onnx_path), **tags}
+    tags = {SHA256_TAG: file_sha256(onnx_path), **tags}
     client = client_for(tracking_uri)
     created_run = run_id is None
     if run_id is None:

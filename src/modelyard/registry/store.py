@@ -26,6 +26,8 @@ logger = logging.getLogger(__name__)
 ALIASES = ("champion", "challenger")
 AUDIT_PREFIX = "modelyard.audit."
 PARITY_TAG = "modelyard.parity"
+# the hex sha256 of the exported ONNX file, recorded at registration and checked by the rollout preflight
+SHA256_TAG = "modelyard.sha256"
 
 
 class PromotionRefused(ModelyardError, RuntimeError):

@@ -28,9 +28,10 @@ from dataclasses import asdict
 from typing import Any, Protocol
 
 from modelyard.errors import ModelyardError
+from modelyard.registry.store import SHA256_TAG
 from modelyard.rollout.config import RolloutConfig
 from modelyard.rollout.decision import Check, Decision, baseline_of, judge, window_counts
-from modelyard.rollout.preflight import SHA256_TAG, ModelFile, PreflightError, check_model_file, signature_of
+from modelyard.rollout.preflight import ModelFile, PreflightError, check_model_file, signature_of
 from modelyard.rollout.state import RolloutState, StateStore
 from modelyard.rollout.traffic import LabelSource, TrafficControl
 

@@ -10,20 +10,17 @@ catches that before the first step; the refusal is a terminal decision in the au
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from modelyard._io import file_sha256
 from modelyard.errors import ModelyardError
 
-__all__ = ["SHA256_TAG", "ModelFile", "PreflightError", "check_model_file", "sha256_of", "signature_of"]
+__all__ = ["ModelFile", "PreflightError", "check_model_file", "signature_of"]
 
 logger = logging.getLogger(__name__)
-
-# The model version tag holding the sha256 of the exported ONNX file (hex), when export recorded one.
-SHA256_TAG = "modelyard.sha256"
 
 # ONNX Runtime's tensor type strings -> numpy dtype names (the types an exported model takes as input).
 _ORT_DTYPES = {"tensor(float)": "float32", "tensor(double)": "float64", "tensor(float16)": "float16",
@@ -54,14 +51,6 @@ class Signature:
 
     inputs: list[tuple[str, str, list[Any]]] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)
-
-
-def sha256_of(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _session(path: str) -> Any:
@@ -134,7 +123,7 @@ def check_model_file(path: str, expected_sha256: str | None = None,
 
     evidence: dict[str, Any] = {"path": path}
     if expected_sha256 is not None and Path(path).is_file():
-        actual = sha256_of(path)
+        actual = file_sha256(path)
         evidence["sha256"] = actual
         if actual.lower() != expected_sha256.strip().lower():
             raise PreflightError(f"model file {path} has sha256 {actual} but {expected_sha256} was recorded at "
