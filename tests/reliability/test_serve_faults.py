@@ -35,6 +35,7 @@ REPLICAS = 2
 LOAD_THREADS = 4
 # Bounds the tests assert: behaviour the issue states, generous for a loaded 2-core machine.
 REPLACEMENT_BOUND_S = 60.0
+FROZEN_BEFORE_KILL_S = 1.0  # the killed replica is frozen this long first, with calls queued on it
 CONTROLLER_BOUND_S = 60.0
 DETECTION_BOUND_S = 30.0
 
@@ -94,6 +95,12 @@ def test_model_replica_killed_under_load(server, figures):
         time.sleep(4)  # steady state first
         assert answered_by(server["status"])[victim.name] > answered.get(victim.name, 0), \
             f"replica {victim.name} answered nothing before the kill; the kill would hit an idle replica"
+        # Freeze it first: the calls routed to it in the next second are still in flight when it dies,
+        # so the kill meets some whatever the machine's speed (a bare SIGKILL between two fast calls
+        # could meet none). One second is far below the 3 s request timeout: they fail as a dead
+        # replica, not as a timeout.
+        os.kill(victim.pid, signal.SIGSTOP)
+        time.sleep(FROZEN_BEFORE_KILL_S)
         killed_at = time.monotonic()
         os.kill(victim.pid, signal.SIGKILL)
 
