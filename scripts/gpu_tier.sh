@@ -12,7 +12,7 @@
 # A bare CUDA image (torch, lightning, onnx, onnxruntime, pyarrow, pandas, numpy, no network) lacks
 # what `modelyard train` and `modelyard export` import: mlflow (the skinny client with SQLite through
 # SQLAlchemy), jsonargparse and tritonclient (Triton's config schema). `--fetch-wheels` downloads
-# those, pinned to this environment's versions, for CPython 3.12 on x86-64 (about 20 MB); the tier
+# those, pinned to this environment's versions, for CPython 3.12 on x86-64 (about 25 MB); the tier
 # installs every wheel in GPU_TIER_WHEELS (default .whl) into a temporary folder first, then
 # modelyard itself with --no-deps. What cannot travel that way (Ray, onnxruntime-gpu, TensorRT:
 # hundreds of MB each) is reported as "not runnable on this image", with the reason, never skipped
