@@ -2,13 +2,15 @@
 
 Any LightningModule can be trained by ``modelyard train`` (``model.class_path`` in the config); if
 its ``__init__`` takes a ``data_spec`` argument it receives the fitted :class:`DataSpec`.
-Batches are ``(features (B, F) float32, target (B,) int64)``.
+The tabular built-ins take batches ``(features (B, F) float32, target (B,) int64)``; the text and
+image classifiers take named inputs and return ``logits`` and ``embedding`` (the batch convention
+of :mod:`modelyard.models.batch`).
 """
 
 from modelyard.models.spec import DataSpec, FeatureSpec, encode_features, encode_labels, fit_data_spec
 from modelyard.models.tabular import TabularMLP
-from modelyard.models.text import TextTransformer
-from modelyard.models.vision import SmallCNN
+from modelyard.models.text import TextClassifier, TextTransformer
+from modelyard.models.vision import ImageClassifier, SmallCNN
 
-__all__ = ["DataSpec", "FeatureSpec", "SmallCNN", "TabularMLP", "TextTransformer", "encode_features", "encode_labels",
-           "fit_data_spec"]
+__all__ = ["DataSpec", "FeatureSpec", "ImageClassifier", "SmallCNN", "TabularMLP", "TextClassifier", "TextTransformer",
+           "encode_features", "encode_labels", "fit_data_spec"]

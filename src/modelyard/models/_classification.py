@@ -9,7 +9,7 @@ import torch.nn.functional as F
 import torchmetrics
 from lightning import LightningModule
 
-__all__ = ["build_metrics", "classification_step", "configure_adamw"]
+__all__ = ["build_metrics", "classification_step", "configure_adamw", "named_classification_step"]
 
 
 def build_metrics(num_classes: int) -> torch.nn.ModuleDict:
@@ -45,3 +45,21 @@ def classification_step(
 
 def configure_adamw(module: LightningModule, lr: float, weight_decay: float) -> torch.optim.Optimizer:
     return torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=weight_decay)
+
+
+def named_classification_step(module: LightningModule, batch: Any, stage: str,
+                              metrics: torch.nn.ModuleDict) -> torch.Tensor:
+    """:func:`classification_step` for models in the batch convention (``modelyard.models.batch``):
+    named or several inputs, and a ``logits`` output among several."""
+    from modelyard.models.batch import call_model, named_outputs, split_batch
+
+    inputs, y = split_batch(batch)
+    logits = named_outputs(call_model(module, inputs))["logits"]  # (B, C)
+    loss = F.cross_entropy(logits, y)
+    module.log(f"{stage}_loss", loss, on_step=stage == "train", on_epoch=True, prog_bar=True, sync_dist=True,
+               batch_size=len(y))
+    if stage in metrics:
+        probs = logits.softmax(dim=-1)
+        metrics[stage].update(probs[:, 1] if probs.shape[1] == 2 else probs, y)
+        module.log_dict(metrics[stage], on_step=False, on_epoch=True, prog_bar=stage == "val")
+    return loss

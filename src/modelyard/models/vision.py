@@ -8,10 +8,15 @@ import torch
 from lightning import LightningModule
 from torch import nn
 
-from modelyard.models._classification import build_metrics, classification_step, configure_adamw
+from modelyard.models._classification import (
+    build_metrics,
+    classification_step,
+    configure_adamw,
+    named_classification_step,
+)
 from modelyard.models.spec import DataSpec
 
-__all__ = ["SmallCNN"]
+__all__ = ["ImageClassifier", "SmallCNN"]
 
 
 class SmallCNN(LightningModule):
@@ -76,6 +81,53 @@ class SmallCNN(LightningModule):
 
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         classification_step(self, batch, "test", self.metrics)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return configure_adamw(self, self.hparams.lr, self.hparams.weight_decay)
+
+
+class ImageClassifier(LightningModule):
+    """A small CNN over UINT8 RGB pixels: ``logits`` and a pooled ``embedding``.
+
+    Args:
+        num_classes: classes of the target.
+        channels: output channels of the conv blocks (each block halves the resolution).
+        dropout: dropout before the head.
+        lr: AdamW learning rate.
+        weight_decay: AdamW weight decay.
+
+    ``forward(pixels (B, 3, H, W) uint8)`` -> ``{"logits": (B, C), "embedding": (B, channels[-1])}``.
+    Normalisation is part of the graph: pixels are scaled to [0, 1] and standardised per channel by
+    a batch norm without affine weights, whose running statistics are fitted during training, so a
+    client sends the bytes of its image and nothing else.
+    """
+
+    def __init__(self, num_classes: int = 4, channels: list[int] = [16, 32, 64],  # noqa: B006
+                 dropout: float = 0.1, lr: float = 3e-3, weight_decay: float = 1e-4) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.normalise = nn.BatchNorm2d(3, affine=False)
+        blocks, previous = [], 3
+        for width in channels:
+            blocks += [nn.Conv2d(previous, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(), nn.MaxPool2d(2)]
+            previous = width
+        self.features = nn.Sequential(*blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(previous, num_classes))
+        self.metrics = build_metrics(num_classes)
+
+    def forward(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
+        x = self.normalise(pixels.to(torch.float32) / 255.0)  # (B, 3, H, W)
+        embedding = self.features(x)  # (B, channels[-1])
+        return {"logits": self.head(embedding), "embedding": embedding}
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        return named_classification_step(self, batch, "train", self.metrics)
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        named_classification_step(self, batch, "val", self.metrics)
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        named_classification_step(self, batch, "test", self.metrics)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return configure_adamw(self, self.hparams.lr, self.hparams.weight_decay)

@@ -1,0 +1,266 @@
+"""The built-in ``text`` workload: short news-like texts of four topics, generated offline.
+
+:func:`make_texts` writes texts of a made-up newswire whose label is the topic. Each word is a word
+of the text's own topic with probability ``0.3``, of another topic with ``0.08`` and a common word
+otherwise, so a few words decide the class and a model must look at the whole text. Drift knobs
+shift what serving sees: the topic mix, unseen vocabulary (words the tokenizer never saw in
+training) and longer texts.
+
+:class:`TextDataModule` generates the texts (deterministic by seed), splits them, trains a WordPiece
+tokenizer on the training split with Hugging Face ``tokenizers``, and yields batches in the batch
+convention: ``({"input_ids": (B, T) int64, "attention_mask": (B, T) int64}, target (B,))``, padded
+to the longest text of the batch, so ``T`` varies from batch to batch. The tokenizer file is one of
+the datamodule's :meth:`~TextDataModule.artifacts`: it travels with the model version, and serving
+tokenises raw text with the very tokenizer training used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from lightning import LightningDataModule
+from torch.utils.data import DataLoader, DistributedSampler
+
+__all__ = ["TOPICS", "TextDataModule", "TextDrift", "encode_texts", "load_tokenizer", "make_texts", "train_tokenizer"]
+
+TOPICS: dict[str, tuple[str, ...]] = {
+    "sport": ("match", "goal", "striker", "coach", "league", "season", "penalty", "keeper", "final", "cup",
+              "referee", "stadium", "fans", "tackle", "midfield", "transfer", "derby", "score", "team", "title",
+              "injury", "pitch", "captain", "victory", "defeat", "draw", "sprint", "medal", "race", "record"),
+    "markets": ("shares", "stocks", "bond", "yield", "investors", "earnings", "profit", "dividend", "index",
+                "rally", "slump", "trader", "futures", "currency", "inflation", "rates", "bank", "merger",
+                "quarter", "revenue", "forecast", "equity", "hedge", "portfolio", "crude", "gold", "debt",
+                "credit", "broker", "valuation"),
+    "science": ("researchers", "study", "cells", "protein", "genome", "telescope", "galaxy", "planet", "orbit",
+                "laboratory", "experiment", "molecule", "quantum", "particle", "climate", "species", "fossil",
+                "enzyme", "neuron", "vaccine", "physics", "chemistry", "theory", "data", "sample", "microscope",
+                "reactor", "mission", "spacecraft", "discovery"),
+    "weather": ("rain", "storm", "wind", "snow", "forecasters", "temperatures", "frost", "heatwave", "flood",
+                "showers", "clouds", "sunshine", "gusts", "thunder", "hail", "drought", "humidity", "fog",
+                "cyclone", "warning", "coast", "degrees", "overnight", "breeze", "ice", "mild", "chilly",
+                "downpour", "sleet", "pressure"),
+}
+_COMMON = ("the", "a", "of", "to", "in", "and", "on", "for", "with", "after", "before", "said", "says", "was",
+           "is", "were", "will", "new", "first", "last", "year", "week", "today", "on", "by", "at", "from", "as",
+           "that", "this", "it", "its", "their", "more", "less", "than", "over", "under", "about", "could", "would",
+           "early", "late", "big", "small", "report", "news", "city", "country", "local", "national", "officials",
+           "people", "many", "few", "again", "still", "also", "while", "during", "near", "amid", "despite", "one",
+           "two", "three", "monday", "tuesday", "friday", "sunday", "morning", "evening", "expected", "likely")
+_SYLLABLES = ("zor", "blat", "quin", "vex", "mur", "tal", "pry", "dok", "sen", "wub", "fla", "grim", "yot", "kel")
+_P_OWN, _P_OTHER = 0.30, 0.08
+PAD, UNK, CLS = "[PAD]", "[UNK]", "[CLS]"
+
+
+@dataclass(frozen=True)
+class TextDrift:
+    """How serving traffic differs from training.
+
+    Attributes:
+        topic_weights: relative frequency of each topic (missing topics weigh 1); ``{}`` = uniform.
+        new_vocabulary: fraction of words replaced by words training never saw (0 = none).
+        length_scale: texts are this many times as long (1 = as in training).
+    """
+
+    topic_weights: Mapping[str, float] = field(default_factory=dict)
+    new_vocabulary: float = 0.0
+    length_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        problems = [f"topic_weights has unknown topic {t!r}; topics: {sorted(TOPICS)}"
+                    for t in self.topic_weights if t not in TOPICS]
+        problems += [f"topic_weights[{t!r}] is {w}; expected >= 0" for t, w in self.topic_weights.items() if w < 0]
+        if self.topic_weights and not any(w > 0 for w in self.topic_weights.values()) and \
+                len(self.topic_weights) == len(TOPICS):
+            problems.append("topic_weights are all 0; expected at least one positive weight")
+        if not 0.0 <= self.new_vocabulary <= 1.0:
+            problems.append(f"new_vocabulary is {self.new_vocabulary}; expected a fraction in [0, 1]")
+        if not 0.1 <= self.length_scale <= 20.0:
+            problems.append(f"length_scale is {self.length_scale}; expected a factor in [0.1, 20]")
+        if problems:
+            raise ValueError("text drift: " + "; ".join(problems))
+
+
+def make_texts(n_rows: int, seed: int = 0, drift: TextDrift | None = None,
+               min_words: int = 6, max_words: int = 48) -> tuple[list[str], np.ndarray]:
+    """``(texts, labels)``: ``n_rows`` texts and their topic index into ``list(TOPICS)``."""
+    drift = drift or TextDrift()
+    rng = np.random.default_rng(seed)
+    topics = list(TOPICS)
+    weights = np.array([drift.topic_weights.get(t, 1.0) for t in topics], float)
+    labels = rng.choice(len(topics), size=n_rows, p=weights / weights.sum())
+    lengths = np.maximum(1, np.round(rng.integers(min_words, max_words + 1, size=n_rows) * drift.length_scale))
+    unseen = ["".join(rng.choice(_SYLLABLES, size=3)) for _ in range(200)]
+    texts = []
+    for label, length in zip(labels, lengths.astype(int)):
+        draw = rng.random(length)
+        other = rng.integers(0, len(topics) - 1, size=length)
+        other = other + (other >= label)  # another topic, never the text's own
+        words = []
+        for i in range(length):
+            if drift.new_vocabulary and rng.random() < drift.new_vocabulary:
+                words.append(unseen[rng.integers(len(unseen))])
+            elif draw[i] < _P_OWN:
+                words.append(TOPICS[topics[label]][rng.integers(30)])
+            elif draw[i] < _P_OWN + _P_OTHER:
+                words.append(TOPICS[topics[other[i]]][rng.integers(30)])
+            else:
+                words.append(_COMMON[rng.integers(len(_COMMON))])
+        texts.append(" ".join(words))
+    return texts, labels.astype(np.int64)
+
+
+def train_tokenizer(texts: Sequence[str], vocab_size: int = 2000) -> Any:
+    """A lower-casing WordPiece tokenizer trained on ``texts``; ``[PAD]`` is id 0, ``[UNK]`` id 1.
+
+    Hugging Face ``tokenizers`` (Rust, the library behind every BERT tokenizer) rather than a
+    hand-written vocabulary: its JSON file is the whole tokenizer, so serving loads exactly it.
+    """
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.WordPiece(unk_token=UNK))
+    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=[PAD, UNK, CLS], show_progress=False)
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    return tokenizer
+
+
+def load_tokenizer(path: str | Path) -> Any:
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_file(str(path))
+
+
+def encode_texts(tokenizer: Any, texts: Sequence[str], max_length: int) -> dict[str, np.ndarray]:
+    """``{"input_ids", "attention_mask"}`` int64 ``(N, T)``: truncated to ``max_length`` tokens and
+    padded with ``[PAD]`` (id 0, mask 0) to the longest text, ``T <= max_length``."""
+    tokenizer.enable_truncation(max_length)
+    tokenizer.enable_padding(pad_id=tokenizer.token_to_id(PAD), pad_token=PAD)
+    encoded = tokenizer.encode_batch(list(texts))
+    ids = np.array([e.ids for e in encoded], np.int64).reshape(len(encoded), -1)
+    mask = np.array([e.attention_mask for e in encoded], np.int64).reshape(len(encoded), -1)
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+class _Encoded(torch.utils.data.Dataset):
+    """Token ids per text (unpadded) and labels; :meth:`collate` pads a batch to its longest text."""
+
+    def __init__(self, ids: list[list[int]], labels: np.ndarray) -> None:
+        self.ids, self.labels = ids, labels
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> tuple[list[int], int]:
+        return self.ids[i], int(self.labels[i])
+
+    @staticmethod
+    def collate(items: list[tuple[list[int], int]]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        longest = max(len(ids) for ids, _ in items)
+        input_ids = torch.zeros((len(items), longest), dtype=torch.int64)
+        mask = torch.zeros((len(items), longest), dtype=torch.int64)
+        for row, (ids, _) in enumerate(items):
+            input_ids[row, :len(ids)] = torch.tensor(ids, dtype=torch.int64)
+            mask[row, :len(ids)] = 1
+        return {"input_ids": input_ids, "attention_mask": mask}, torch.tensor([y for _, y in items])
+
+
+class TextDataModule(LightningDataModule):
+    """Generated topic texts, a tokenizer trained on the training split, padded token batches.
+
+    Args:
+        n_rows: texts generated in all (split 70/15/15 by a seeded permutation).
+        seed: generation and split seed; the same seed gives the same texts, splits and tokenizer.
+        batch_size: training texts per step and process.
+        eval_batch_size: validation/test batch size.
+        max_length: tokens kept per text (longer texts are truncated).
+        vocab_size: WordPiece vocabulary size.
+        drift: a :class:`TextDrift` applied to all splits (to make drifted traffic, not to train).
+        num_workers: DataLoader workers.
+    """
+
+    def __init__(self, n_rows: int = 6000, seed: int = 0, batch_size: int = 64, eval_batch_size: int = 256,
+                 max_length: int = 128, vocab_size: int = 2000, drift: TextDrift | None = None,
+                 num_workers: int = 0) -> None:
+        super().__init__()
+        if n_rows < 20:
+            raise ValueError(f"TextDataModule: n_rows is {n_rows}; expected at least 20 to fill three splits")
+        self.n_rows, self.seed, self.max_length, self.vocab_size = n_rows, seed, max_length, vocab_size
+        self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
+        self.drift = drift or TextDrift()
+        self.classes = list(TOPICS)
+        self.tokenizer: Any = None
+        self._splits: dict[str, tuple[list[str], np.ndarray]] = {}
+        self._encoded: dict[str, _Encoded] = {}
+        self._folder: tempfile.TemporaryDirectory[str] | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self._encoded:
+            return
+        texts, labels = make_texts(self.n_rows, self.seed, self.drift)
+        order = np.random.default_rng(self.seed + 1).permutation(self.n_rows)
+        n_val = n_test = max(1, int(0.15 * self.n_rows))
+        parts = {"val": order[:n_val], "test": order[n_val:n_val + n_test], "train": order[n_val + n_test:]}
+        self._splits = {name: ([texts[i] for i in idx], labels[idx]) for name, idx in parts.items()}
+        self.tokenizer = train_tokenizer(self._splits["train"][0], self.vocab_size)
+        self.tokenizer.enable_truncation(self.max_length)
+        self.tokenizer.no_padding()
+        for name, (split_texts, split_labels) in self._splits.items():
+            ids = [e.ids for e in self.tokenizer.encode_batch(split_texts)]
+            self._encoded[name] = _Encoded(ids, split_labels)
+
+    def texts(self, split: str) -> tuple[list[str], np.ndarray]:
+        """Raw texts and labels of a split (what a client would send as BYTES)."""
+        self.setup()
+        return self._splits[split]
+
+    def dataset_digest(self) -> str:
+        """sha256 of every text and label and the generation settings: the dataset's identity."""
+        self.setup()
+        digest = hashlib.sha256(json.dumps({"n_rows": self.n_rows, "seed": self.seed, "drift": asdict(self.drift)},
+                                           sort_keys=True, default=dict).encode())
+        for name in ("train", "val", "test"):
+            texts, labels = self._splits[name]
+            digest.update("\n".join(texts).encode())
+            digest.update(labels.tobytes())
+        return digest.hexdigest()
+
+    def artifacts(self) -> dict[str, Path]:
+        """Files that travel with the model version: the tokenizer (``tokenizer.json``)."""
+        self.setup()
+        if self._folder is None:
+            self._folder = tempfile.TemporaryDirectory(prefix="modelyard-text-")
+        path = Path(self._folder.name) / "tokenizer.json"
+        if not path.exists():
+            self.tokenizer.save(str(path))
+        return {"tokenizer.json": path}
+
+    def _loader(self, split: str, batch_size: int, sampler: Any = None) -> DataLoader:
+        self.setup()
+        return DataLoader(self._encoded[split], batch_size=batch_size, sampler=sampler, collate_fn=_Encoded.collate,
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        self.setup()
+        world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
+        sampler = DistributedSampler(self._encoded["train"], num_replicas=world, rank=rank, shuffle=True,
+                                     seed=self.seed)
+        return self._loader("train", self.batch_size, sampler)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", self.eval_batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", self.eval_batch_size)
