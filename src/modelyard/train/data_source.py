@@ -1,0 +1,165 @@
+"""Where a job's data comes from: a dataset snapshot or any ``LightningDataModule``.
+
+``data`` in a training config is either the built-in snapshot datamodule (``snapshot: fraud``) or,
+the LightningCLI way, ``class_path`` + ``init_args`` of any ``LightningDataModule``. Either way a
+:class:`DataSource` gives the rest of the job what it needs without caring which: the datamodule
+Lightning fits on, the dataset's identity for lineage, sample batches for the signature, the parity
+gate and the reference profile, and the files that travel with the model version.
+
+Hooks a datamodule may define (all optional, looked up by name):
+
+- ``dataset_digest() -> str``: a content digest of the data (recorded as ``modelyard.data_digest``;
+  without it the run records the class and its init args only).
+- ``artifacts() -> dict[str, Path]``: files the model needs beside its weights at serving time (a
+  tokenizer); logged with the run and carried into the export and the model version.
+- ``classes`` (list of class names) or ``num_classes``: named in the model card and used by the
+  reference profile.
+
+Batches follow the convention of :mod:`modelyard.models.batch`; ``data.batch_adapter`` names a
+function (``package.module.function``) that turns any other layout into ``(inputs, target)``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from modelyard.models.batch import split_batch
+
+__all__ = ["DataSource", "import_callable", "import_class"]
+
+
+def import_callable(path: str, what: str) -> Callable[..., Any]:
+    """The object at ``package.module.name``, or ``ValueError`` naming ``what`` and the fix."""
+    module_name, _, name = path.rpartition(".")
+    try:
+        obj = getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError, ValueError) as err:
+        raise ValueError(f"{what} {path!r} cannot be imported ({err}); expected 'package.module.name' on the "
+                         "Python path") from None
+    if not callable(obj):
+        raise ValueError(f"{what} {path!r} is a {type(obj).__name__}, not a class or function")
+    return obj
+
+
+def import_class(path: str, base: type, what: str) -> type:
+    """:func:`import_callable`, checked to be a subclass of ``base``."""
+    cls = import_callable(path, what)
+    if not (inspect.isclass(cls) and issubclass(cls, base)):
+        raise ValueError(f"{what} {path!r} is not a {base.__name__} subclass")
+    return cls
+
+
+def _init_problems(cls: type, init_args: Mapping[str, Any], what: str) -> list[str]:
+    params = inspect.signature(cls.__init__).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return []
+    valid = [p for p in params if p != "self"]
+    return [f"{what} {cls.__name__} has no argument {k!r}; its arguments: {', '.join(valid)}"
+            for k in init_args if k not in valid]
+
+
+@dataclass
+class DataSource:
+    """A datamodule plus what the job records about it (see the module docstring)."""
+
+    datamodule: Any  # a LightningDataModule
+    class_path: str
+    init_args: dict[str, Any] = field(default_factory=dict)
+    batch_adapter: Callable[[Any], tuple[Any, Any]] | None = None
+    snapshot: Any = None  # modelyard.data.Snapshot for the built-in datamodule
+    spec: Any = None  # modelyard.models.DataSpec for the built-in datamodule
+    _ready: bool = field(default=False, init=False, repr=False)
+
+    @classmethod
+    def from_class_path(cls, class_path: str, init_args: Mapping[str, Any] | None = None,
+                        batch_adapter: str | None = None) -> DataSource:
+        """Instantiate ``class_path(**init_args)``; ``ValueError`` names a wrong path or argument."""
+        from lightning import LightningDataModule
+
+        datamodule_cls = import_class(class_path, LightningDataModule, "data.class_path")
+        args = dict(init_args or {})
+        problems = _init_problems(datamodule_cls, args, "data.class_path")
+        if problems:
+            raise ValueError("; ".join(problems))
+        adapter = import_callable(batch_adapter, "data.batch_adapter") if batch_adapter else None
+        return cls(datamodule_cls(**args), class_path, args, adapter)
+
+    @property
+    def is_snapshot(self) -> bool:
+        return self.snapshot is not None
+
+    @property
+    def name(self) -> str:
+        """The dataset's name: the snapshot's, else the datamodule's ``name`` attribute or class name."""
+        if self.snapshot is not None:
+            return self.snapshot.name
+        explicit = getattr(self.datamodule, "name", None)
+        if isinstance(explicit, str) and explicit:
+            return explicit
+        return type(self.datamodule).__name__.removesuffix("DataModule").lower() or "data"
+
+    def setup(self) -> None:
+        """``prepare_data`` and ``setup("fit")`` once in this process (idempotent for well-behaved
+        datamodules, and Lightning calls ``setup`` again in each training process)."""
+        if not self._ready:
+            self.datamodule.prepare_data()
+            self.datamodule.setup("fit")
+            self._ready = True
+
+    def digest(self) -> str:
+        """The snapshot digest or the datamodule's ``dataset_digest()``; ``""`` when it has none."""
+        if self.snapshot is not None:
+            return self.snapshot.digest
+        hook = getattr(self.datamodule, "dataset_digest", None)
+        if not callable(hook):
+            return ""
+        self.setup()
+        return str(hook())
+
+    def artifacts(self) -> dict[str, Path]:
+        """Files the model version carries (``artifacts()`` hook; none for a snapshot)."""
+        hook = getattr(self.datamodule, "artifacts", None)
+        if not callable(hook):
+            return {}
+        self.setup()
+        files = {str(k): Path(v) for k, v in dict(hook()).items()}
+        missing = [f"{k} -> {v}" for k, v in files.items() if not v.is_file()]
+        if missing:
+            raise ValueError(f"{self.class_path}.artifacts() names files that do not exist: {', '.join(missing)}")
+        return files
+
+    def classes(self) -> list[str] | None:
+        if self.spec is not None:
+            return list(self.spec.classes)
+        named = getattr(self.datamodule, "classes", None)
+        if named:
+            return [str(c) for c in named]
+        count = getattr(self.datamodule, "num_classes", None)
+        return [str(i) for i in range(count)] if isinstance(count, int) else None
+
+    def describe(self) -> dict[str, Any]:
+        """What the run records about the data: class, init args, digest, name."""
+        return {"class_path": self.class_path, "init_args": self.init_args, "digest": self.digest(),
+                "name": self.name}
+
+    def samples(self, split: str = "val", max_batches: int = 8) -> list[tuple[Any, Any]]:
+        """Up to ``max_batches`` batches of ``split`` as ``(inputs, target)``."""
+        self.setup()
+        if split != "train" and hasattr(self.datamodule, "setup"):
+            self.datamodule.setup("validate" if split == "val" else "test")
+        loader = {"train": self.datamodule.train_dataloader, "val": self.datamodule.val_dataloader,
+                  "test": self.datamodule.test_dataloader}[split]()
+        out = []
+        for batch in loader:
+            out.append(split_batch(batch, self.batch_adapter))
+            if len(out) >= max_batches:
+                break
+        if not out:
+            raise ValueError(f"{self.class_path}: the {split} loader gave no batches; export and the reference "
+                             f"profile need {split} data")
+        return out
