@@ -86,7 +86,7 @@ class RayServeDeployer:
 
     @classmethod
     def from_file(cls, path: str, tracking_uri: str | None = None) -> RayServeDeployer:
-        cfg = load_serve_config(path)
+        cfg = _load_serve_config(path)
         return cls(replace(cfg, tracking_uri=cfg.tracking_uri or tracking_uri))
 
     def deploy_canary(self, version: str) -> str:
@@ -237,7 +237,7 @@ class RetrainPipeline:
         return cfg
 
 
-def load_serve_config(path: str) -> RayServeConfig:
+def _load_serve_config(path: str) -> RayServeConfig:
     """The ``modelyard serve ray`` config file at ``path``."""
     return parse_ray_serve_args(["--config", path])
 
@@ -255,7 +255,7 @@ def base_split(snapshot: Any, seed: int = 0) -> SplitConfig:
 def _serve_url_of(serve_config: str | None) -> str:
     if not serve_config:
         raise ModelyardError("set retrain.serve_url or retrain.serve_config: the rollout needs the ingress URL")
-    return control_url(load_serve_config(serve_config))
+    return control_url(_load_serve_config(serve_config))
 
 
 def _run_of_snapshot(tracking_uri: str, digest: str) -> str:
