@@ -33,6 +33,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from modelyard.config import dataclass_parser, parse_dataclass_args
 from modelyard.errors import ModelyardError
 
 __all__ = ["DEFAULT_MLFLOW_PASSWORD", "TrackingServerConfig", "TrackingServerError", "admin_credentials",
@@ -202,8 +203,6 @@ def run(cfg: TrackingServerConfig) -> int:
 
 
 def build_parser():  # -> jsonargparse.ArgumentParser
-    from modelyard.config import dataclass_parser
-
     return dataclass_parser(
         TrackingServerConfig, "modelyard tracking server",
         ("Run the MLflow tracking server with authentication (MLflow's basic-auth app): users and "
@@ -224,7 +223,5 @@ def main(argv: Sequence[str]) -> int:
               "  server  the MLflow tracking server with authentication (basic-auth app), 127.0.0.1 by default\n\n"
               "`modelyard tracking server --help` lists the options.")
         return 0 if args and args[0] in ("-h", "--help") else 2
-    from modelyard.config import parse_dataclass_args
-
     cfg = TrackingServerConfig(**parse_dataclass_args(build_parser(), args[1:], "tracking server configuration"))
     return run(cfg)

@@ -22,9 +22,8 @@ import json
 import logging
 import os
 import re
-import shutil
-import uuid
 from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from modelyard import safety
-from modelyard._io import atomic_write_text
+from modelyard._io import atomic_folder, atomic_write_text
 from modelyard.data._coercion import canonical_frame
 from modelyard.data.digest import compute_digest, short_digest
 from modelyard.data.schema import Schema
@@ -106,8 +105,6 @@ def list_refs(store: str | Path = DEFAULT_STORE) -> dict[str, str]:
 
 
 def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
         return version("modelyard")
     except PackageNotFoundError:
@@ -187,25 +184,21 @@ def write_snapshot(
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "modelyard_version": _version(),
         }
-        tmp = root / "snapshots" / f".tmp-{short_digest(digest)}-{uuid.uuid4().hex[:8]}"
-        tmp.mkdir(parents=True)
         try:
-            frame.to_parquet(tmp / "data.parquet", index=False)
-            pd.DataFrame({"split": pd.Series(splits, dtype=object)}).to_parquet(tmp / "splits.parquet", index=False)
-            schema.to_yaml(tmp / "schema.yaml")
-            if n_quarantined:
-                quarantine.to_parquet(tmp / "quarantine.parquet", index=False)  # type: ignore[union-attr]
-            # the manifest goes last: a directory with a manifest is complete
-            (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-            try:
-                tmp.rename(final)
-            except OSError:
-                if not (final / "manifest.json").is_file():
-                    raise
-                # another writer renamed the same content into place first; theirs is as good
-                logger.info("Snapshot %s was written concurrently; reusing it.", short_digest(digest))
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+            with atomic_folder(final, replace=False) as tmp:
+                frame.to_parquet(tmp / "data.parquet", index=False)
+                pd.DataFrame({"split": pd.Series(splits, dtype=object)}).to_parquet(tmp / "splits.parquet",
+                                                                                    index=False)
+                schema.to_yaml(tmp / "schema.yaml")
+                if n_quarantined:
+                    quarantine.to_parquet(tmp / "quarantine.parquet", index=False)  # type: ignore[union-attr]
+                # the manifest goes last: a directory with a manifest is complete
+                (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        except FileExistsError:
+            if not (final / "manifest.json").is_file():
+                raise
+            # another writer renamed the same content into place first; theirs is as good
+            logger.info("Snapshot %s was written concurrently; reusing it.", short_digest(digest))
     atomic_write_text(root / "refs" / name, digest + "\n")
     return Snapshot(final)
 

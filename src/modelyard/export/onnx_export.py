@@ -6,6 +6,7 @@ control flow, unsupported ops) does the TorchScript-based exporter take over, an
 
 from __future__ import annotations
 
+import inspect
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,8 +77,6 @@ def export_onnx(model: torch.nn.Module, sample: torch.Tensor, path: Path, *, inp
 
 
 def _forward_arg(model: torch.nn.Module) -> str:
-    import inspect
-
     params = [p for p in inspect.signature(model.forward).parameters.values() if p.name != "self"]
     return params[0].name if params else "x"
 

@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from modelyard._io import atomic_write_text, file_sha256
+from modelyard._io import atomic_folder, atomic_write_text, file_sha256
 from modelyard.export.config import ExportConfig
+from modelyard.export.onnx_export import evaluate, export_onnx, make_variant, torch_outputs
 from modelyard.export.parity import DEFAULT_TOLERANCES, ParityError, ParityReport, Tolerance
+from modelyard.export.source import load_source
+from modelyard.export.triton_repo import validate_model_name, write_model_version
+from modelyard.registry import model_card, register_onnx, set_alias, version_tags
 
 __all__ = ["ExportResult", "apply_accuracy_budget", "run"]
 
@@ -44,23 +47,15 @@ def run(cfg: ExportConfig) -> ExportResult:
         ParityError: the deployed precision failed the gate (the message names output, worst element
             and tolerance); nothing was written to the Triton repository or the registry.
     """
-    from modelyard.export.source import load_source
-    from modelyard.export.triton_repo import validate_model_name, write_model_version
     source = load_source(cfg.run if not cfg.checkpoint else None, cfg.checkpoint, cfg.experiment, cfg.tracking_uri)
     name = validate_model_name(cfg.name or source.experiment or source.spec.label)
     export_dir = Path(cfg.output_dir) / name / (source.run_id or time.strftime("%Y%m%d-%H%M%S"))
-    staging = export_dir.with_name(f".{export_dir.name}.tmp")
-    _recover_export_dir(export_dir)
-    shutil.rmtree(staging, ignore_errors=True)  # an earlier export of this run that was killed
-
-    try:
+    # The export folder appears whole or not at all; an earlier export of the run is replaced, never mixed.
+    with atomic_folder(export_dir) as staging:
         reports, graph, x, reference, refused = _export_and_gate(cfg, source, staging)
         manifest = _manifest(source, graph, staging, reports, name)
         atomic_write_text(staging / "manifest.json", json.dumps(manifest, indent=2))
         atomic_write_text(staging / "parity.json", json.dumps({k: r.to_dict() for k, r in reports.items()}, indent=2))
-        _replace_dir(staging, export_dir)  # the export folder appears whole or not at all
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     deploy_file = export_dir / ("model.onnx" if cfg.deploy == "fp32" else f"model.{cfg.deploy}.onnx")
     for report in reports.values():
         logger.info("%s: %s, max abs error %.3g, top-1 agreement %s, accuracy %s", report.file, report.status,
@@ -76,49 +71,16 @@ def run(cfg: ExportConfig) -> ExportResult:
         result.model_version = _register(cfg, source, name, deploy_file, manifest, reports, x, reference,
                                          version.version, export_dir)
         if cfg.alias:
-            from modelyard.registry import set_alias
-
             set_alias(name, cfg.alias, result.model_version, reason=f"export of run {source.run_id}",
                       tracking_uri=source.tracking_uri)
             result.alias = cfg.alias
     return result
 
 
-def _previous(folder: Path) -> Path:
-    return folder.with_name(f".{folder.name}.previous")
-
-
-def _replace_dir(new: Path, target: Path) -> None:
-    """Put the finished folder ``new`` at ``target``, whose earlier content is replaced, never mixed.
-
-    Deleting the old folder in place would leave a half-deleted export under the final name if the
-    process died meanwhile; it is moved aside by one rename instead, and deleted once ``new`` is in
-    place. A process killed between the two renames leaves only the hidden ``.<name>.previous``,
-    which the next export puts back (:func:`_recover_export_dir`).
-    """
-    previous = _previous(target)
-    shutil.rmtree(previous, ignore_errors=True)
-    if target.exists():
-        target.rename(previous)
-    new.rename(target)
-    shutil.rmtree(previous, ignore_errors=True)
-
-
-def _recover_export_dir(target: Path) -> None:
-    """Undo what a killed :func:`_replace_dir` left: the earlier export back under its name."""
-    previous = _previous(target)
-    if previous.is_dir() and not target.exists():
-        previous.rename(target)
-        logger.warning("restored %s, which an interrupted export had moved aside", target)
-    shutil.rmtree(previous, ignore_errors=True)
-
-
 def _export_and_gate(cfg: ExportConfig, source: Any, staging: Path) -> tuple[dict[str, ParityReport], Any, Any, Any,
                                                                            dict[str, str]]:
     """ONNX file(s) in ``staging`` and their parity reports; raises :class:`ParityError` when the
     deployed precision fails."""
-    from modelyard.export.onnx_export import evaluate, export_onnx, make_variant, torch_outputs
-
     features, labels = source.validation()
     graph = export_onnx(source.model, features[:2], staging / "model.onnx", input_name=source.spec.input_name,
                         opset=cfg.opset)
@@ -191,8 +153,6 @@ def _manifest(source: Any, graph: Any, folder: Path, reports: dict[str, ParityRe
 
 def _register(cfg: ExportConfig, source: Any, name: str, deploy_file: Path, manifest: dict[str, Any],
               reports: dict[str, ParityReport], x: Any, reference: Any, triton_version: int, export_dir: Path) -> str:
-    from modelyard.registry import model_card, register_onnx, version_tags
-
     snapshot = source.datamodule.snapshot
     card = model_card(
         name=name, version=None, intended_use=cfg.intended_use, limitations=cfg.limitations,

@@ -20,13 +20,14 @@ import yaml
 
 from modelyard.safety import check_digest, check_name, resolves_inside
 from modelyard.tracking import client_for, resolve_tracking_uri
+from modelyard.train.config import TrainConfig
+from modelyard.train.fit import instantiate_model
 
 if TYPE_CHECKING:
     import torch
     from lightning import LightningModule
 
     from modelyard.models.spec import DataSpec
-    from modelyard.train.config import TrainConfig
     from modelyard.train.datamodule import SnapshotDataModule
 
 __all__ = ["ExportSource", "RunNotFoundError", "find_run", "load_source"]
@@ -90,8 +91,7 @@ def find_run(client: Any, run: str, experiment: str | None = None) -> Any:
 def load_source(run: str | None, checkpoint: str | None, experiment: str | None = None,
                 tracking_uri: str | None = None) -> ExportSource:
     """Model (best checkpoint weights, eval mode), data spec and validation data of a run or checkpoint."""
-    from modelyard.train.config import TrainConfig
-    from modelyard.train.datamodule import SnapshotDataModule
+    from modelyard.train.datamodule import SnapshotDataModule  # a LightningDataModule: imports torch
 
     uri = resolve_tracking_uri(tracking_uri)
     client = client_for(uri)
@@ -157,8 +157,6 @@ def _run_checkpoint(client: Any, run: Any) -> Path:
 
 def _load_model(train_config: TrainConfig, spec: DataSpec, checkpoint: Path) -> LightningModule:
     import torch
-
-    from modelyard.train.run import instantiate_model
 
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     if "state_dict" not in state:

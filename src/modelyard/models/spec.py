@@ -17,8 +17,9 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
+import numpy as np
+
 if TYPE_CHECKING:
-    import numpy as np
     import pandas as pd
 
     from modelyard.data import Schema
@@ -147,8 +148,6 @@ def fit_data_spec(
 
 def encode_features(frame: pd.DataFrame, spec: DataSpec) -> np.ndarray:
     """Model input matrix ``(N, F)`` float32 from raw rows; see the module docstring."""
-    import numpy as np
-
     columns = []
     for feat in spec.features:
         values = frame[feat.name]
@@ -163,8 +162,6 @@ def encode_features(frame: pd.DataFrame, spec: DataSpec) -> np.ndarray:
 
 def encode_labels(frame: pd.DataFrame, spec: DataSpec) -> np.ndarray:
     """Class indices ``(N,)`` int64; raises ``ValueError`` naming labels outside ``spec.classes``."""
-    import numpy as np
-
     index = {c: i for i, c in enumerate(spec.classes)}
     raw = frame[spec.label].map(str)
     codes = raw.map(index)

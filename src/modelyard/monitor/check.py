@@ -19,13 +19,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from modelyard.errors import ModelyardError
-from modelyard.safety import check_name, check_version
+from modelyard.monitor.drift import DriftReport, decode_features, detect_drift
+from modelyard.monitor.performance import PerformanceReport, live_performance
+from modelyard.registry.store import history
+from modelyard.safety import check_digest, check_name, check_version
+from modelyard.tracking import client_for, quiet_downloads, resolve_tracking_uri
+from modelyard.train.profile import prediction_scores as scores_of_probabilities
 
 if TYPE_CHECKING:
     from modelyard.models.spec import DataSpec
     from modelyard.monitor.config import MonitorConfig
-    from modelyard.monitor.drift import DriftReport
-    from modelyard.monitor.performance import PerformanceReport
     from modelyard.monitor.store import MonitorStore
 
 __all__ = ["CheckResult", "Reference", "Trigger", "evaluate", "load_reference", "prediction_scores"]
@@ -60,8 +63,6 @@ class Reference:
         Raises:
             UnsafeNameError: the recorded value is not a hex digest.
         """
-        from modelyard.safety import check_digest
-
         return check_digest(str(self.profile.get("data_digest") or self.spec.digest),
                             f"data digest recorded for {self.model} v{self.version}")
 
@@ -75,9 +76,7 @@ def load_reference(model: str, reference: str = "@champion", tracking_uri: str |
     check_name(model, "model name")
     if not reference.startswith("@"):
         check_version(reference, f"reference of model {model!r}")
-    from modelyard.models.spec import DataSpec
-    from modelyard.registry.store import history
-    from modelyard.tracking import client_for, quiet_downloads, resolve_tracking_uri
+    from modelyard.models.spec import DataSpec  # modelyard.models imports torch
 
     client = client_for(resolve_tracking_uri(tracking_uri))
     try:
@@ -111,8 +110,6 @@ def prediction_scores(outputs: np.ndarray) -> np.ndarray:
     ``outputs`` are the logged logits ``(N, C)``.
     """
     from scipy.special import softmax
-
-    from modelyard.train.profile import prediction_scores as scores_of_probabilities
 
     if outputs.ndim != 2 or outputs.shape[1] < 2:
         return outputs.reshape(len(outputs), -1)[:, 0].astype(np.float64)
@@ -176,9 +173,6 @@ def _window_bounds(cfg: MonitorConfig, ref: Reference, now: float) -> float | No
 def evaluate(cfg: MonitorConfig, store: MonitorStore, ref: Reference, now: float | None = None,
              last_retrain: float | None = None) -> CheckResult:
     """Run the drift tests and live-performance checks on the current window and apply the policy."""
-    from modelyard.monitor.drift import decode_features, detect_drift
-    from modelyard.monitor.performance import live_performance
-
     now = time.time() if now is None else now
     since = _window_bounds(cfg, ref, now)
     frame = store.inferences(since=since, until=now, last_rows=cfg.window.rows)

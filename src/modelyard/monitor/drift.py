@@ -25,10 +25,9 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
+import pandas as pd
 
 if TYPE_CHECKING:
-    import pandas as pd
-
     from modelyard.models.spec import DataSpec
 
 __all__ = ["CORRECTIONS", "UNSEEN", "DriftReport", "DriftSettings", "FeatureDrift", "adjust_p_values",
@@ -214,8 +213,6 @@ def decode_features(matrix: np.ndarray, spec: DataSpec) -> pd.DataFrame:
     Raises:
         ValueError: if ``matrix`` is not ``(N, spec.num_features)``.
     """
-    import pandas as pd
-
     matrix = np.asarray(matrix)
     if matrix.ndim != 2 or matrix.shape[1] != spec.num_features:
         raise ValueError(f"decode_features expects a matrix of shape (N, {spec.num_features}) for features "

@@ -10,8 +10,11 @@ the drift.
 The steps reuse the stages as their users run them: the data stage validates the new window against
 the champion's schema (bad rows are quarantined, never lost), training is the ``modelyard train``
 command with the champion's config (a subprocess, so DDP launches work as on the command line),
-export keeps its parity gate and registers ``challenger``, and the rollout is the
-:class:`~modelyard.rollout.RolloutController` with live accuracy from the feedback labels.
+export keeps its parity gate and registers ``challenger``, and the rollout is the rollout stage with
+live accuracy from the feedback labels. Data, export and rollout are called in this process through
+their typed entry points (``run(cfg) -> result``): each stage's config is read from its YAML file
+(plus the ``retrain.*_args`` overrides, command-line arguments by definition) and the loop sets its
+own values (run id, version, URL) on the config object.
 """
 
 from __future__ import annotations
@@ -28,10 +31,30 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
+import pandas as pd
+
+from modelyard.config import ConfigError
+from modelyard.data.config import DataConfig, SplitConfig
+from modelyard.data.run import run as data_run
+from modelyard.data.store import Snapshot
 from modelyard.errors import ModelyardError
+from modelyard.export.config import ExportConfig, name_problems, parse_export_args
+from modelyard.export.run import run as export_run
 from modelyard.monitor.check import CheckResult, Reference, evaluate, load_reference
 from modelyard.monitor.config import MonitorConfig
+from modelyard.monitor.drift import decode_features
 from modelyard.monitor.incidents import Incident, IncidentStore, local_time
+from modelyard.monitor.report import write_report
+from modelyard.monitor.store import MonitorStore, RolloutLabels
+from modelyard.rollout.config import RolloutConfig, parse_rollout_args
+from modelyard.rollout.config import validate as rollout_problems
+from modelyard.rollout.controller import Clock
+from modelyard.rollout.run import run as rollout_run
+from modelyard.rollout.traffic import TrafficControl
+from modelyard.serve.ray_app import control_url, deploy
+from modelyard.serve.ray_config import RayServeConfig, parse_ray_serve_args
+from modelyard.tracking import client_for, ensure_experiment, quiet_downloads, resolve_tracking_uri
 
 __all__ = ["CanaryDeployer", "Monitor", "NotEnoughLabels", "RayServeDeployer", "RetrainPipeline"]
 
@@ -57,21 +80,17 @@ class RayServeDeployer:
     log), and the new version's deployment starts warm at 0% traffic.
     """
 
-    def __init__(self, serve_config: Any, app_name: str = "modelyard") -> None:
+    def __init__(self, serve_config: RayServeConfig, app_name: str = "modelyard") -> None:
         self.serve_config = serve_config
         self.app_name = app_name
 
     @classmethod
     def from_file(cls, path: str, tracking_uri: str | None = None) -> RayServeDeployer:
-        from modelyard.serve.ray_config import parse_ray_serve_args
-
-        cfg = parse_ray_serve_args(["--config", path])
+        cfg = _load_serve_config(path)
         return cls(replace(cfg, tracking_uri=cfg.tracking_uri or tracking_uri))
 
     def deploy_canary(self, version: str) -> str:
         import ray
-
-        from modelyard.serve.ray_app import control_url, deploy
 
         if not ray.is_initialized():  # the cluster where `modelyard serve ray` runs
             ray.init(address=os.environ.get("RAY_ADDRESS", "auto"), log_to_driver=False)
@@ -91,14 +110,19 @@ class RetrainPipeline:
         serve_url: the ingress the rollout drives; default ``cfg.retrain.serve_url`` or the serve config's
             host and port.
         echo: where subprocess output and progress lines go (default: stdout).
+        control: the rollout's traffic control; default: the HTTP control routes at the serve URL.
+        clock: the rollout's clock (``time`` by default; tests pass a fake).
     """
 
     def __init__(self, cfg: MonitorConfig, deployer: CanaryDeployer | None = None, serve_url: str | None = None,
-                 echo: Callable[[str], None] | None = None) -> None:
+                 echo: Callable[[str], None] | None = None, control: TrafficControl | None = None,
+                 clock: Clock | None = None) -> None:
         self.cfg = cfg
         self._deployer = deployer
         self._serve_url = serve_url or cfg.retrain.serve_url
         self.echo = echo or (lambda line: print(line, flush=True))
+        self._control = control
+        self._clock = clock
 
     # -- 1. a fresh data window --------------------------------------------------------------------
     def snapshot(self, incident: Incident, ref: Reference, store: Any, folder: Path) -> dict[str, Any]:
@@ -108,14 +132,6 @@ class RetrainPipeline:
         Raises:
             NotEnoughLabels: fewer than ``retrain.min_labelled_rows`` labelled rows since the champion went live.
         """
-        import numpy as np
-        import pandas as pd
-
-        from modelyard.data.config import DataConfig
-        from modelyard.data.run import run as data_run
-        from modelyard.data.store import Snapshot
-        from modelyard.monitor.drift import decode_features
-
         r = self.cfg.retrain
         labelled = store.labelled(since=ref.since).sort_values("ts").tail(r.recent_rows)
         if len(labelled) < r.min_labelled_rows:
@@ -164,8 +180,6 @@ class RetrainPipeline:
 
     def _champion_config(self, run_id: str, tracking_uri: str, incident: Incident) -> str:
         """The champion run's own resolved training config (its ``config.yaml`` artifact, overrides included)."""
-        from modelyard.tracking import client_for, quiet_downloads
-
         folder = IncidentStore(self.cfg.state_dir, self.cfg.model).incident_dir(incident)
         folder.mkdir(parents=True, exist_ok=True)
         try:
@@ -177,13 +191,7 @@ class RetrainPipeline:
 
     # -- 3. export behind the parity gate, registered as challenger -------------------------------
     def export(self, incident: Incident, run_id: str, tracking_uri: str) -> str:
-        from modelyard.export.config import parse_export_args
-        from modelyard.export.run import run as export_run
-
-        r = self.cfg.retrain
-        cfg = parse_export_args(["--config", r.export_config, "--run", run_id, "--name", self.cfg.model,
-                                 "--tracking_uri", tracking_uri, "--alias", "challenger", *r.export_args])
-        result = export_run(cfg)
+        result = export_run(self.export_config(run_id, tracking_uri))
         fp32 = result.reports.get("fp32")
         self.echo(f"  exported {result.name} v{result.model_version} (parity {fp32.status if fp32 else '?'}), "
                   "alias challenger")
@@ -204,25 +212,38 @@ class RetrainPipeline:
     # -- 5. the rollout decides -------------------------------------------------------------------
     def rollout(self, incident: Incident, version: str, store: Any, tracking_uri: str,
                 on_decision: Callable[[Any], None]) -> str:
-        from modelyard.monitor.store import RolloutLabels
-        from modelyard.rollout import HttpTrafficControl, RolloutController
-        from modelyard.rollout.config import parse_rollout_args
-
-        r = self.cfg.retrain
-        url = self._serve_url or _serve_url_of(r.serve_config)
-        cfg = parse_rollout_args(["start", "--config", r.rollout_config, "--model", self.cfg.model,
-                                  "--candidate", str(version), "--serve_url", url, "--tracking_uri", tracking_uri,
-                                  *r.rollout_args])
-        controller = RolloutController(cfg, HttpTrafficControl(url, cfg.http_timeout_s),
-                                       labels=RolloutLabels(store, since=time.time()), on_decision=on_decision)
-        state = controller.run()
+        url = self._serve_url or _serve_url_of(self.cfg.retrain.serve_config)
+        state = rollout_run(self.rollout_config(version, url, tracking_uri), self._control, clock=self._clock,
+                            labels=RolloutLabels(store, since=time.time()), on_decision=on_decision)
         return state.state
 
+    # -- the stage configs ------------------------------------------------------------------------
+    def export_config(self, run_id: str, tracking_uri: str) -> ExportConfig:
+        """``retrain.export_config`` (+ ``retrain.export_args``) for ``run_id``, registered as ``challenger``."""
+        r = self.cfg.retrain
+        cfg = replace(parse_export_args(["--config", r.export_config, *r.export_args]), run=run_id,
+                      name=self.cfg.model, tracking_uri=tracking_uri, alias="challenger")
+        if problems := name_problems(cfg):
+            raise ConfigError(problems, "export configuration")
+        return cfg
 
-def base_split(snapshot: Any, seed: int = 0) -> Any:
+    def rollout_config(self, version: str, serve_url: str, tracking_uri: str) -> RolloutConfig:
+        """``retrain.rollout_config`` (+ ``retrain.rollout_args``) rolling out ``version`` behind ``serve_url``."""
+        r = self.cfg.retrain
+        cfg = replace(parse_rollout_args(["start", "--config", r.rollout_config, *r.rollout_args]),
+                      model=self.cfg.model, candidate=str(version), serve_url=serve_url, tracking_uri=tracking_uri)
+        if problems := rollout_problems(cfg, "start"):
+            raise ConfigError(problems, "rollout configuration")
+        return cfg
+
+
+def _load_serve_config(path: str) -> RayServeConfig:
+    """The ``modelyard serve ray`` config file at ``path``."""
+    return parse_ray_serve_args(["--config", path])
+
+
+def base_split(snapshot: Any, seed: int = 0) -> SplitConfig:
     """The split fractions of ``snapshot`` (the new window is split the same way)."""
-    from modelyard.data.config import SplitConfig
-
     splits = snapshot.splits()
     counts = {name: int((splits == name).sum()) for name in ("train", "val", "test")}
     total = max(sum(counts.values()), 1)
@@ -234,16 +255,11 @@ def base_split(snapshot: Any, seed: int = 0) -> Any:
 def _serve_url_of(serve_config: str | None) -> str:
     if not serve_config:
         raise ModelyardError("set retrain.serve_url or retrain.serve_config: the rollout needs the ingress URL")
-    from modelyard.serve.ray_app import control_url
-    from modelyard.serve.ray_config import parse_ray_serve_args
-
-    return control_url(parse_ray_serve_args(["--config", serve_config]))
+    return control_url(_load_serve_config(serve_config))
 
 
 def _run_of_snapshot(tracking_uri: str, digest: str) -> str:
     """The newest finished training run on snapshot ``digest`` (the lineage tag every run carries)."""
-    from modelyard.tracking import client_for
-
     client = client_for(tracking_uri)
     experiments = [e.experiment_id for e in client.search_experiments()]
     query = f"tags.`modelyard.data_digest` = '{digest}' and attributes.status = 'FINISHED'"
@@ -271,8 +287,6 @@ class Monitor:
     def __init__(self, cfg: MonitorConfig, pipeline: Any | None = None, clock: Any = time,
                  echo: Callable[[str], None] | None = None, gauges: Any | None = None,
                  reference_loader: Callable[[], Reference] | None = None) -> None:
-        from modelyard.tracking import resolve_tracking_uri
-
         self.cfg = cfg
         self.clock = clock
         self.echo = echo or (lambda line: print(line, flush=True))
@@ -286,9 +300,6 @@ class Monitor:
     # -- one check --------------------------------------------------------------------------------
     def check(self) -> CheckResult:
         """Evaluate the current window; open or advance an incident when the policy says so."""
-        from modelyard.monitor.report import write_report
-        from modelyard.monitor.store import MonitorStore
-
         now = self.clock.time()
         ref = self._load_reference()
         store = MonitorStore(self.cfg.log_dir, self.cfg.model, classes=ref.spec.classes)
@@ -415,8 +426,6 @@ class Monitor:
         self.incidents.event("closed", f"{state}: {message}", incident)
         self.echo(f"incident {incident.id} closed: {state} ({message}); cooldown {self.cfg.cooldown_s:.0f}s")
         if incident.mlflow_run:
-            from modelyard.tracking import client_for
-
             self._set_tags(incident.mlflow_run, {"modelyard.incident.state": state})
             try:
                 client = client_for(self.tracking_uri)
@@ -427,8 +436,6 @@ class Monitor:
 
     # -- MLflow: one run per incident -------------------------------------------------------------
     def _mlflow_open(self, incident: Incident, result: CheckResult, folder: Path) -> str | None:
-        from modelyard.tracking import client_for, ensure_experiment
-
         try:
             client = client_for(self.tracking_uri)
             run = client.create_run(ensure_experiment(client, self.cfg.experiment),
@@ -467,8 +474,6 @@ class Monitor:
         self._set_tags(run_id, tags)
 
     def _set_tags(self, run_id: str, tags: dict[str, str]) -> None:
-        from modelyard.tracking import client_for
-
         try:
             client = client_for(self.tracking_uri)
             for key, value in tags.items():

@@ -15,6 +15,9 @@ from typing import Any
 
 import numpy as np
 
+from modelyard.metrics import label_metric, metric_upper_bound
+from modelyard.monitor.drift import contingency_test
+
 __all__ = ["PerformanceReport", "live_performance"]
 
 
@@ -83,9 +86,6 @@ def live_performance(labels: np.ndarray, predicted: np.ndarray, versions: np.nda
     Raises:
         ValueError: arrays of different lengths, or class indices outside ``0..len(classes) - 1``.
     """
-    from modelyard.metrics import label_metric, metric_upper_bound
-    from modelyard.monitor.drift import contingency_test
-
     y = _indices(labels)
     p = _indices(predicted)
     if y.shape != p.shape or (versions is not None and np.asarray(versions).reshape(-1).shape != y.shape):

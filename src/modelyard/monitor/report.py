@@ -12,17 +12,14 @@ import io
 import json
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
+from prometheus_client import CollectorRegistry, Gauge, write_to_textfile
 
 from modelyard._io import atomic_write_bytes, atomic_write_text
-
-if TYPE_CHECKING:
-    from prometheus_client import CollectorRegistry
-
-    from modelyard.monitor.drift import DriftReport, FeatureDrift
-    from modelyard.monitor.performance import PerformanceReport
+from modelyard.monitor.drift import DriftReport, FeatureDrift
+from modelyard.monitor.performance import PerformanceReport
 
 __all__ = ["DriftGauges", "plot_feature_drift", "write_report"]
 
@@ -161,8 +158,6 @@ class DriftGauges:
     """
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        from prometheus_client import CollectorRegistry, Gauge
-
         self.registry = registry if registry is not None else CollectorRegistry()  # fresh: tests stay isolated
 
         def gauge(name: str, doc: str, labels: list[str]) -> Gauge:
@@ -211,7 +206,5 @@ class DriftGauges:
 
     def write_textfile(self, path: str | Path) -> None:
         """The registry in the node-exporter textfile-collector format (written atomically by prometheus_client)."""
-        from prometheus_client import write_to_textfile
-
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         write_to_textfile(str(path), self.registry)

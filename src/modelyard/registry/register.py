@@ -7,6 +7,7 @@ A plain MLflow install loads it with ``mlflow.pyfunc.load_model("models:/<name>@
 
 from __future__ import annotations
 
+import json
 import logging
 import warnings
 from pathlib import Path
@@ -107,8 +108,6 @@ def _ensure_registered_model(client: Any, name: str) -> None:
 def _link_logged_model(client: Any, model_id: str, name: str, version: str) -> None:
     """Record the version on the logged model (``mlflow.modelVersions``), as ``log_model`` does when it
     registers: the MLflow UI shows it on the model's page. A tracking server sets it itself."""
-    import json
-
     from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
 
     entry = {"name": name, "version": version}

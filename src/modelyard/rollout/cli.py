@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from modelyard.rollout.config import ACTIONS, RolloutConfig, parse_rollout_command
 from modelyard.rollout.controller import RolloutController
 from modelyard.rollout.decision import Decision
+from modelyard.rollout.run import run
 from modelyard.rollout.state import StateStore
 from modelyard.rollout.traffic import HttpTrafficControl
 
@@ -58,13 +59,13 @@ def main(argv: Sequence[str], control=None, registry=None, clock=None) -> int:
     action, cfg, extras = parse_rollout_command(argv)
     if action == "status":
         return _status(cfg)
+    if action == "start":
+        state = run(cfg, control, clock=clock, registry=registry, on_decision=_print)
+        print(f"{cfg.model}: rollout of version {state.candidate_version} ended {state.state}")
+        return 0 if state.state == "promoted" else 1
     controller = RolloutController(cfg, control or HttpTrafficControl(cfg.serve_url, cfg.http_timeout_s),
                                    **({"clock": clock} if clock is not None else {}),
                                    registry=registry, on_decision=_print)
-    if action == "start":
-        state = controller.run()
-        print(f"{cfg.model}: rollout of version {state.candidate_version} ended {state.state}")
-        return 0 if state.state == "promoted" else 1
     reason, who = extras["reason"] or "", extras["who"]
     decision = controller.abort(reason, who) if action == "abort" else controller.promote(reason, who)
     if decision.extra.get("alias_error"):

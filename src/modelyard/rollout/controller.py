@@ -28,12 +28,13 @@ from dataclasses import asdict
 from typing import Any, Protocol
 
 from modelyard.errors import ModelyardError
-from modelyard.registry.store import SHA256_TAG
+from modelyard.registry.store import SHA256_TAG, set_alias
 from modelyard.rollout.config import RolloutConfig
 from modelyard.rollout.decision import Check, Decision, baseline_of, judge, window_counts
 from modelyard.rollout.preflight import ModelFile, PreflightError, check_model_file, signature_of
 from modelyard.rollout.state import RolloutState, StateStore
 from modelyard.rollout.traffic import LabelSource, TrafficControl
+from modelyard.tracking import client_for, resolve_tracking_uri
 
 __all__ = ["Clock", "MlflowRegistry", "Registry", "RolloutController", "RolloutError"]
 
@@ -77,8 +78,6 @@ class MlflowRegistry:
         self.tracking_uri = tracking_uri
 
     def resolve(self, model: str, alias: str) -> str | None:
-        from modelyard.tracking import client_for, resolve_tracking_uri
-
         client = client_for(resolve_tracking_uri(self.tracking_uri))
         try:
             return str(client.get_model_version_by_alias(model, alias).version)
@@ -86,16 +85,13 @@ class MlflowRegistry:
             return None
 
     def move_champion(self, model: str, version: str, reason: str, who: str | None = None) -> str | None:
-        from modelyard.registry.store import set_alias
-
         move = set_alias(model, "champion", version, reason=reason, who=who, tracking_uri=self.tracking_uri)
         return move.from_version
 
     def model_file(self, model: str, version: str) -> ModelFile:
         """The ONNX file ``modelyard serve ray`` would load for ``version`` (the same resolution), and the
         sha256 recorded at export in the version's ``modelyard.sha256`` tag, if any."""
-        from modelyard.serve.ray_models import resolve_reference
-        from modelyard.tracking import client_for, resolve_tracking_uri
+        from modelyard.serve.ray_models import resolve_reference  # imports ray; only a preflight needs it
 
         source = resolve_reference(str(version), model, self.tracking_uri)
         tags = client_for(resolve_tracking_uri(self.tracking_uri)).get_model_version(model, str(version)).tags or {}

@@ -12,6 +12,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from modelyard.metrics import drop_lower_bound, label_metric
 from modelyard.rollout.config import RolloutConfig
 from modelyard.rollout.traffic import LabelSource
 
@@ -132,8 +133,6 @@ def _tvd(a: dict[str, int], b: dict[str, int]) -> float:
 def _accuracy_check(cfg: RolloutConfig, labels: LabelSource, canary: str, stable: str) -> Check:
     """Fails when the canary is worse than stable on ``accuracy_metric`` by more than the tolerance,
     with ``accuracy_confidence``: few labels (or few of a rare class) must not roll back on noise."""
-    from modelyard.metrics import drop_lower_bound, label_metric
-
     metric = cfg.accuracy_metric
     c, s = labels.labelled(canary), labels.labelled(stable)
     n_c, n_s = (len(c[0]) if c else 0), (len(s[0]) if s else 0)

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from modelyard._io import file_sha256
 from modelyard.errors import ModelyardError
 
@@ -91,8 +93,6 @@ def _short(err: BaseException, limit: int = 300) -> str:
 
 
 def _zero_batch(signature: Signature, path: str) -> dict[str, Any]:
-    import numpy as np
-
     feed = {}
     for name, type_, shape in signature.inputs:
         if type_ not in _ORT_DTYPES:
@@ -119,8 +119,6 @@ def check_model_file(path: str, expected_sha256: str | None = None,
             does not take the reference inputs or does not answer them with finite outputs of the
             reference's names.
     """
-    import numpy as np
-
     evidence: dict[str, Any] = {"path": path}
     if expected_sha256 is not None and Path(path).is_file():
         actual = file_sha256(path)

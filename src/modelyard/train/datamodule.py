@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
 
 import torch
 from lightning import LightningDataModule
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
+from modelyard.data import Snapshot
 from modelyard.models.spec import DataSpec, encode_features, encode_labels, fit_data_spec
-
-if TYPE_CHECKING:
-    from modelyard.data import Snapshot
 
 __all__ = ["SnapshotDataModule"]
 
@@ -44,8 +41,6 @@ class SnapshotDataModule(LightningDataModule):
     def prepare(self) -> DataSpec:
         if self.spec is not None:
             return self.spec
-        from modelyard.data import Snapshot
-
         snap = Snapshot.open(self.snapshot_ref, store=self.store)
         train = snap.split("train")
         if train.empty:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from modelyard._io import atomic_write_bytes
+from modelyard.metrics import LABEL_METRICS, label_metric
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -93,8 +94,6 @@ def prediction_profile(logits: torch.Tensor, classes: tuple[str, ...],
     ``reference_metrics`` (every :data:`~modelyard.metrics.LABEL_METRICS`) for classifiers.
     """
     import torch
-
-    from modelyard.metrics import LABEL_METRICS, label_metric
 
     out = logits.detach().float()
     if out.ndim == 2 and out.shape[1] > 1:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from modelyard.train.config import TrainConfig
+from modelyard.train.fit import fit
 from modelyard.train.job import Job
 
 __all__ = ["fit_on_ray"]
@@ -57,8 +58,7 @@ def fit_on_ray(cfg: TrainConfig, job: Job, run_id: str | None, uri: str, experim
 def _worker_loop(loop_config: dict[str, Any]) -> None:
     from lightning import seed_everything
 
-    from modelyard.train.datamodule import SnapshotDataModule
-    from modelyard.train.run import fit
+    from modelyard.train.datamodule import SnapshotDataModule  # torch: on the workers only
 
     if Path(loop_config["cwd"]).is_dir():  # relative store/output paths mean what they mean on the driver
         os.chdir(loop_config["cwd"])

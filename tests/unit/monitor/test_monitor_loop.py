@@ -254,3 +254,40 @@ def test_watch_runs_checks_until_told_and_serves_the_gauges(tmp_path, reference)
         server.shutdown()
         thread.join(timeout=5)
     assert 'modelyard_drift_psi{feature="amount",model="fraud"}' in text
+
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def test_the_pipeline_builds_typed_stage_configs_from_the_files_and_its_own_values(tmp_path):
+    """Export and rollout configs: the YAML file, then the ``retrain.*_args`` overrides, then the loop's own
+    values (run id, model, alias, version, URL) set on the config object."""
+    from modelyard.monitor.loop import RetrainPipeline
+
+    cfg = MonitorConfig(model="fraud", retrain=RetrainConfig(
+        export_config=str(ROOT / "configs/export/fraud.yaml"), export_args=["--variants", "[]", "--opset", "17"],
+        rollout_config=str(ROOT / "configs/rollout/default.yaml"), rollout_args=["--steps", "25,100"]))
+    pipeline = RetrainPipeline(cfg, echo=lambda line: None)
+
+    export = pipeline.export_config("0123abcd", "sqlite:///x.db")
+    assert (export.run, export.name, export.alias, export.tracking_uri) == ("0123abcd", "fraud", "challenger",
+                                                                            "sqlite:///x.db")
+    assert export.variants == [] and export.opset == 17 and export.experiment == "transactions"
+
+    rollout = pipeline.rollout_config("7", "http://127.0.0.1:9", "sqlite:///x.db")
+    assert (rollout.model, rollout.candidate, rollout.serve_url, rollout.tracking_uri) == (
+        "fraud", "7", "http://127.0.0.1:9", "sqlite:///x.db")
+    assert rollout.steps == [0.25, 1.0] and rollout.min_requests == 200  # the args, then the file
+
+
+def test_bad_stage_values_are_refused_with_the_stage_s_message(tmp_path):
+    from modelyard.config import ConfigError
+    from modelyard.monitor.loop import RetrainPipeline
+
+    cfg = MonitorConfig(model="fraud", retrain=RetrainConfig(export_config=str(ROOT / "configs/export/fraud.yaml"),
+                                                             rollout_config=str(ROOT / "configs/rollout/default.yaml")))
+    pipeline = RetrainPipeline(cfg, echo=lambda line: None)
+    with pytest.raises(ConfigError, match="serve_url must be an http"):
+        pipeline.rollout_config("7", "ftp://nowhere", "sqlite:///x.db")
+    with pytest.raises(ConfigError, match="run '../up' is refused"):
+        pipeline.export_config("../up", "sqlite:///x.db")
