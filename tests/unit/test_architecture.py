@@ -26,9 +26,10 @@ PACKAGE = "modelyard"
 # Lowest layer first. A name is the first component after ``modelyard.``: a sub-package or a module.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     # layer       what it holds
-    ("base", ("__init__", "_io", "_net", "config", "errors", "inference", "metrics", "safety", "tracking")),
+    ("base", ("__init__", "_io", "_net", "config", "errors", "inference", "metrics", "safety", "signature",
+                 "tracking")),
     ("data", ("data",)),
-    ("models", ("models",)),
+    ("models", ("models", "workloads")),
     ("train", ("train",)),
     ("registry", ("registry",)),
     ("export", ("export",)),
