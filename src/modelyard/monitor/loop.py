@@ -63,9 +63,10 @@ class RayServeDeployer:
 
     @classmethod
     def from_file(cls, path: str, tracking_uri: str | None = None) -> RayServeDeployer:
-        from modelyard.serve.ray_config import parse_ray_serve_args
+        from modelyard.config import load_config
+        from modelyard.serve.ray_config import RayServeConfig
 
-        cfg = parse_ray_serve_args(["--config", path])
+        cfg = load_config(RayServeConfig, path)
         return cls(replace(cfg, tracking_uri=cfg.tracking_uri or tracking_uri))
 
     def deploy_canary(self, version: str) -> str:
@@ -177,12 +178,13 @@ class RetrainPipeline:
 
     # -- 3. export behind the parity gate, registered as challenger -------------------------------
     def export(self, incident: Incident, run_id: str, tracking_uri: str) -> str:
-        from modelyard.export.config import parse_export_args
+        from modelyard.config import parse_config
+        from modelyard.export.config import ExportConfig
         from modelyard.export.run import run as export_run
 
         r = self.cfg.retrain
-        cfg = parse_export_args(["--config", r.export_config, "--run", run_id, "--name", self.cfg.model,
-                                 "--tracking_uri", tracking_uri, "--alias", "challenger", *r.export_args])
+        cfg = parse_config(ExportConfig, ["--config", r.export_config, "--run", run_id, "--name", self.cfg.model,
+                                          "--tracking_uri", tracking_uri, "--alias", "challenger", *r.export_args])
         result = export_run(cfg)
         fp32 = result.reports.get("fp32")
         self.echo(f"  exported {result.name} v{result.model_version} (parity {fp32.status if fp32 else '?'}), "
@@ -204,15 +206,16 @@ class RetrainPipeline:
     # -- 5. the rollout decides -------------------------------------------------------------------
     def rollout(self, incident: Incident, version: str, store: Any, tracking_uri: str,
                 on_decision: Callable[[Any], None]) -> str:
+        from modelyard.config import parse_config
         from modelyard.monitor.store import RolloutLabels
         from modelyard.rollout import HttpTrafficControl, RolloutController
-        from modelyard.rollout.config import parse_rollout_args
+        from modelyard.rollout.config import RolloutConfig, expand_spellings
 
         r = self.cfg.retrain
         url = self._serve_url or _serve_url_of(r.serve_config)
-        cfg = parse_rollout_args(["start", "--config", r.rollout_config, "--model", self.cfg.model,
-                                  "--candidate", str(version), "--serve_url", url, "--tracking_uri", tracking_uri,
-                                  *r.rollout_args])
+        cfg = parse_config(RolloutConfig, expand_spellings([
+            "--config", r.rollout_config, "--model", self.cfg.model, "--candidate", str(version),
+            "--serve_url", url, "--tracking_uri", tracking_uri, *r.rollout_args]))
         controller = RolloutController(cfg, HttpTrafficControl(url, cfg.http_timeout_s),
                                        labels=RolloutLabels(store, since=time.time()), on_decision=on_decision)
         state = controller.run()
@@ -234,10 +237,11 @@ def base_split(snapshot: Any, seed: int = 0) -> Any:
 def _serve_url_of(serve_config: str | None) -> str:
     if not serve_config:
         raise ModelyardError("set retrain.serve_url or retrain.serve_config: the rollout needs the ingress URL")
+    from modelyard.config import load_config
     from modelyard.serve.ray_app import control_url
-    from modelyard.serve.ray_config import parse_ray_serve_args
+    from modelyard.serve.ray_config import RayServeConfig
 
-    return control_url(parse_ray_serve_args(["--config", serve_config]))
+    return control_url(load_config(RayServeConfig, serve_config))
 
 
 def _run_of_snapshot(tracking_uri: str, digest: str) -> str:
