@@ -245,22 +245,24 @@ def _key_problems(parser: ArgumentParser, given: list[tuple[str, Any, str]]) -> 
     """Every unknown key among ``given``, with suggestions."""
     valid, leaves = _valid_keys(parser)
     problems = []
-    class_paths: dict[str, str] = {}
-    init_args: dict[str, dict[str, Any]] = {}
+    # (where, section) -> the class_path and the init_args given there; a later file or the command
+    # line may name another class, whose init_args jsonargparse then takes over where they fit.
+    class_paths: dict[tuple[str, str], str] = {}
+    init_args: dict[tuple[str, str], dict[str, Any]] = {}
     for key, value, where in given:
         section, _, rest = key.partition(".init_args.")
         if rest and section in valid:
-            init_args.setdefault(section, {})[rest.split(".")[0]] = value
-            continue  # checked against the class's signature below
+            init_args.setdefault((where, section), {})[rest.split(".")[0]] = value
+            continue  # checked against the signature of the class named beside them, below
         if key.endswith(".class_path") and key.rpartition(".")[0] in valid:
-            class_paths[key.rpartition(".")[0]] = value
+            class_paths[(where, key.rpartition(".")[0])] = value
             continue
         if key in valid or any(key.startswith(f"{leaf}.") for leaf in leaves):
             continue  # a leaf, or inside a dict-valued option such as drift.shift
         problems.append(f"unknown key '{key}' in {where}{suggest(key, valid)}")
-    for section, args in init_args.items():
-        if section in class_paths:
-            problems += _init_args_problems(class_paths[section], args, section)
+    for (where, section), args in init_args.items():
+        if (where, section) in class_paths:
+            problems += _init_args_problems(class_paths[(where, section)], args, section)
     return problems
 
 
