@@ -123,6 +123,9 @@ def _plain(value: Any) -> Any:
         return [_plain(v) for v in value]
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):  # e.g. export's tolerances
+        for f in dataclasses.fields(value):
+            object.__setattr__(value, f.name, _plain(getattr(value, f.name)))
     return value
 
 
@@ -133,14 +136,23 @@ def _value_problem(key: str, hint: Any, value: Any, *, from_text: bool = False) 
             _checker(hint).parse_args(["--value", value])
         else:
             _checker(hint).parse_object({"value": value})
-    except ArgumentError:
+    except ArgumentError as err:
         if from_text:  # shown as the YAML value jsonargparse read: 2, not '2'
             try:
                 value = yaml.safe_load(value)
             except yaml.YAMLError:
                 pass
-        return f"{key} must be {_expected(hint)}, got {value!r}"
+        problem = f"{key} must be {_expected(hint)}, got {value!r}"
+        if dataclasses.is_dataclass(_innermost(hint)):  # name the field inside, in jsonargparse's words
+            problem += ": " + " ".join(line.strip() for line in str(err).strip().splitlines()[-2:])
+        return problem
     return None
+
+
+def _innermost(hint: Any) -> Any:
+    """The last type argument of ``dict[str, X]``/``list[X]``/``X | None``, recursively: ``X``."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return _innermost(args[-1]) if args else hint
 
 
 def _default(f: dataclasses.Field) -> Any:
