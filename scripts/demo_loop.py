@@ -30,17 +30,17 @@ FAST_TRAIN = ["--trainer.devices", "1", "--trainer.strategy", "auto", "--trainer
 
 
 def main() -> None:
-    from modelyard.data import Snapshot
-    from modelyard.data.cli import parse_data_args
+    from modelyard.config import load_config, parse_config
+    from modelyard.data import DataConfig, Snapshot
     from modelyard.data.generators import make_transactions
     from modelyard.models import encode_features, encode_labels
     from modelyard.monitor.check import load_reference
-    from modelyard.monitor.config import parse_monitor_args
+    from modelyard.monitor.config import MonitorConfig
     from modelyard.monitor.loop import Monitor, RayServeDeployer, RetrainPipeline
     from modelyard.registry.store import history
     from modelyard.serve.load import LabelledTraffic
     from modelyard.serve.ray_app import serving_ray
-    from modelyard.serve.ray_config import parse_ray_serve_args
+    from modelyard.serve.ray_config import RayServeConfig
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="configs/monitor/fraud.yaml", help="monitor config")
@@ -53,14 +53,15 @@ def main() -> None:
     def say(line: str) -> None:
         print(f"[{time.monotonic() - started:6.1f}s] {line}", flush=True)
 
-    cfg = parse_monitor_args(["--config", args.config, "--cooldown_s", "600", "--retrain.min_labelled_rows", "1000",
-                              "--retrain.train_args", str(FAST_TRAIN), "--retrain.rollout_args", str(FAST_ROLLOUT)])
-    serve_cfg = parse_ray_serve_args(["--config", cfg.retrain.serve_config])
+    cfg = parse_config(MonitorConfig, ["--config", args.config, "--cooldown_s", "600", "--retrain.min_labelled_rows",
+                                       "1000", "--retrain.train_args", str(FAST_TRAIN),
+                                       "--retrain.rollout_args", str(FAST_ROLLOUT)])
+    serve_cfg = load_config(RayServeConfig, cfg.retrain.serve_config)
     serve_cfg = replace(serve_cfg, stable="@champion", port=free_port(), log_dir=cfg.log_dir, log_flush_interval_s=0.5)
     ref = load_reference(cfg.model, cfg.reference, cfg.tracking_uri)
     spec = ref.spec
     normal = Snapshot.open(ref.data_digest, cfg.retrain.store).split("test").head(args.rows)
-    knobs = parse_data_args(["--config", args.drift]).drift
+    knobs = load_config(DataConfig, args.drift).drift
     drifted = make_transactions(args.rows * 2, seed=101, shift=knobs.shift, positive_rate=knobs.positive_rate,
                                 concept_drift=knobs.concept_drift)
     say(f"champion: {cfg.model} v{ref.version} (run {ref.run_id[:8]}), validation accuracy "

@@ -252,12 +252,12 @@ def measure_plain(store: Path, profile: Profile, repeat: int) -> Measurement:
     import torch.nn.functional as F
     from torch.utils.data import DataLoader, DistributedSampler
 
-    from modelyard.train.config import parse_train_args
+    from modelyard.train.config import parse_train_config
     from modelyard.train.datamodule import SnapshotDataModule
     from modelyard.train.run import instantiate_model
 
     started = time.perf_counter()
-    cfg = parse_train_args(train_config_args(store, store.parent, "unused", profile, 1, "auto"))
+    cfg = parse_train_config(train_config_args(store, store.parent, "unused", profile, 1, "auto"))
     torch.manual_seed(cfg.seed_everything)
     torch.use_deterministic_algorithms(bool(cfg.trainer.get("deterministic")))  # as the Trainer does
     datamodule = SnapshotDataModule(**vars(cfg.data), seed=cfg.seed_everything)
@@ -291,11 +291,11 @@ def measure_plain(store: Path, profile: Profile, repeat: int) -> Measurement:
 
 def measure_lightning(store: Path, work: Path, profile: Profile, repeat: int, attempt: int = 0) -> Measurement:
     """``modelyard.train.run.run`` in this process, one device."""
-    from modelyard.train.config import parse_train_args
+    from modelyard.train.config import parse_train_config
     from modelyard.train.run import run
 
     experiment = f"bench-lightning-{repeat}-{attempt}"
-    cfg = parse_train_args(train_config_args(store, work, experiment, profile, 1, "auto"))
+    cfg = parse_train_config(train_config_args(store, work, experiment, profile, 1, "auto"))
     started = time.perf_counter()
     result = run(cfg)
     wall = time.perf_counter() - started

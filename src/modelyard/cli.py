@@ -1,18 +1,29 @@
 """``modelyard <stage> ...``: a table of stages, each one parser and one ``run(config)``.
 
 Every sub-command takes ``--config FILE.yaml`` plus overrides by key path and ``--help``; stage
-code lives in the stage's package and this file only maps arguments onto it.
+code lives in the stage's package and this file only maps arguments onto it
+(:func:`modelyard.config.parse_config` builds the stage's configuration).
+
+The stage modules are imported inside the handlers, not at the top of this file, on purpose:
+``modelyard --help`` and each command load only what they use (training alone pulls in torch and
+Lightning, serving Ray).
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-__all__ = ["COMMANDS", "main"]
+from jsonargparse import ArgumentParser
+
+from modelyard.config import ConfigError, group_parser, parse_config
+from modelyard.errors import ModelyardError
+
+__all__ = ["COMMANDS", "build_parser", "main"]
 
 logger = logging.getLogger("modelyard")
 
@@ -23,11 +34,21 @@ class Command:
     handler: Callable[[Sequence[str]], int]
 
 
+DATA_DESCRIPTION = (
+    "Generate or read a dataset, validate it against its schema, and store it as a content-addressed snapshot "
+    "with recorded train/val/test splits. Rejected rows go to a quarantine file (policy quarantine) or stop "
+    "the command with a report (policy fail).")
+
+EXPORT_DESCRIPTION = (
+    "Export the best checkpoint of a training run to ONNX behind a parity gate against PyTorch on the run's "
+    "validation data, write it into the Triton model repository and register it in MLflow with a model card.")
+
+
 def _data(argv: Sequence[str]) -> int:
-    from modelyard.data.cli import parse_data_args
+    from modelyard.data.config import DataConfig
     from modelyard.data.run import run
 
-    result = run(parse_data_args(argv))
+    result = run(parse_config(DataConfig, argv, prog="modelyard data", description=DATA_DESCRIPTION))
     print(f"snapshot {result.short_digest} ({result.name}): {result.n_rows} rows accepted, "
           f"{result.n_quarantined} quarantined -> {result.path}")
     return 0
@@ -36,10 +57,10 @@ def _data(argv: Sequence[str]) -> int:
 def _train(argv: Sequence[str]) -> int:
     from lightning.fabric.utilities.rank_zero import rank_zero_only
 
-    from modelyard.train.config import parse_train_args
+    from modelyard.train.config import parse_train_config
     from modelyard.train.run import run
 
-    result = run(parse_train_args(argv))
+    result = run(parse_train_config(argv))
     if rank_zero_only.rank != 0 or os.environ.get("MODELYARD_JOB_DIR"):
         return 0
     if result.status == "preempted":
@@ -57,10 +78,10 @@ def _train(argv: Sequence[str]) -> int:
 
 
 def _export(argv: Sequence[str]) -> int:
-    from modelyard.export.config import parse_export_args
+    from modelyard.export.config import ExportConfig
     from modelyard.export.run import run
 
-    result = run(parse_export_args(argv))
+    result = run(parse_config(ExportConfig, argv, prog="modelyard export", description=EXPORT_DESCRIPTION))
     for precision, report in result.reports.items():
         out = report.outputs[0] if report.outputs else None
         figures = f"max abs error {out.max_abs_error:.3g}, top-1 agreement {out.top1_agreement}" if out else ""
@@ -81,27 +102,30 @@ def _registry(argv: Sequence[str]) -> int:
     return registry_main(argv)
 
 
-def _triton(argv: Sequence[str]) -> int:
-    if not argv or argv[0] in ("-h", "--help") or argv[0] != "validate":
-        print("usage: modelyard triton validate [REPO]\n\nChecks a Triton model repository offline: every "
-              "config.pbtxt against Triton's ModelConfig schema and against its ONNX model.")
+def _group(prog: str, description: str, targets: dict[str, tuple[str, str]], argv: Sequence[str]) -> int:
+    """A command group whose sub-commands parse their own arguments: ``targets`` is name -> (summary,
+    the module whose ``main(argv)`` runs it); without a known sub-command, the group's help."""
+    if not argv or argv[0] not in targets:
+        parser = group_parser(prog, description, {name: (summary, None) for name, (summary, _) in targets.items()},
+                              f"`{prog} COMMAND --help` lists the options of a command.")
+        parser.print_help()
         return 0 if argv and argv[0] in ("-h", "--help") else 2
-    from modelyard.export.triton_validate import main as validate_main
+    return importlib.import_module(targets[argv[0]][1]).main(argv[1:])
 
-    return validate_main(argv[1:])
+
+def _triton(argv: Sequence[str]) -> int:
+    return _group("modelyard triton", "Triton model repositories.", {
+        "validate": ("`validate [REPO]`: check a Triton model repository offline: every config.pbtxt against "
+                     "Triton's ModelConfig schema and against its ONNX model", "modelyard.export.triton_validate"),
+    }, argv)
 
 
 def _serve(argv: Sequence[str]) -> int:
-    targets = {"triton": "modelyard.serve.triton", "ray": "modelyard.serve.ray_app"}
-    if not argv or argv[0] not in targets:
-        print("usage: modelyard serve {triton,ray} [options]\n\n"
-              "  triton  a real Triton Inference Server endpoint for a model of the repository\n"
-              "  ray     the Ray Serve application (KServe v2 protocol, dynamic batching, canary/shadow)\n\n"
-              "`modelyard serve triton --help` and `modelyard serve ray --help` list the options.")
-        return 0 if argv and argv[0] in ("-h", "--help") else 2
-    import importlib
-
-    return importlib.import_module(targets[argv[0]]).main(argv[1:])
+    return _group("modelyard serve", "Serve a model over HTTP.", {
+        "triton": ("a real Triton Inference Server endpoint for a model of the repository", "modelyard.serve.triton"),
+        "ray": ("the Ray Serve application (KServe v2 protocol, dynamic batching, canary/shadow)",
+                "modelyard.serve.ray_app"),
+    }, argv)
 
 
 def _tracking(argv: Sequence[str]) -> int:
@@ -135,17 +159,15 @@ COMMANDS: dict[str, Command] = {
 }
 
 
-def _usage() -> str:
-    width = max(map(len, COMMANDS))
-    lines = [f"  {name:<{width}}  {cmd.summary}" for name, cmd in COMMANDS.items()]
-    return (
-        "usage: modelyard <command> [--config FILE.yaml] [--key.path VALUE ...]\n\n"
-        "modelyard takes a deep-learning model from data to production and keeps it healthy.\n\n"
-        "commands:\n" + "\n".join(lines) + "\n\n"
+def build_parser() -> ArgumentParser:
+    """The ``modelyard`` parser: its help lists every command with its summary (each command parses
+    its own arguments, so the stage modules stay unimported here)."""
+    return group_parser(
+        "modelyard", "modelyard takes a deep-learning model from data to production and keeps it healthy.",
+        {name: (cmd.summary, None) for name, cmd in COMMANDS.items()},
         "`modelyard <command> --help` lists every option of a command.\n"
         "MLflow: $MLFLOW_TRACKING_URI, else an embedded store (./mlflow.db, ./mlartifacts).\n"
-        "Ray: $RAY_ADDRESS, else a local instance."
-    )
+        "Ray: $RAY_ADDRESS, else a local instance.")
 
 
 def _setup_logging() -> None:
@@ -159,17 +181,14 @@ def _setup_logging() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from modelyard.config import ConfigError
-    from modelyard.errors import ModelyardError
-
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help"):
-        print(_usage())
+        build_parser().print_help()
         return 0 if args else 2
     name, rest = args[0], args[1:]
     if name not in COMMANDS:
-        print(f"modelyard: unknown command {name!r}; expected one of: {', '.join(COMMANDS)}\n\n{_usage()}",
-              file=sys.stderr)
+        print(f"modelyard: unknown command {name!r}; expected one of: {', '.join(COMMANDS)}\n\n"
+              f"{build_parser().format_help()}", file=sys.stderr)
         return 2
     _setup_logging()
     try:

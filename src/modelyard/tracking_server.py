@@ -33,7 +33,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from modelyard.config import dataclass_parser, parse_dataclass_args
+from jsonargparse import ArgumentParser
+
+from modelyard.config import config_parser, group_parser, parse_config
 from modelyard.errors import ModelyardError
 
 __all__ = ["DEFAULT_MLFLOW_PASSWORD", "TrackingServerConfig", "TrackingServerError", "admin_credentials",
@@ -202,26 +204,33 @@ def run(cfg: TrackingServerConfig) -> int:
         workdir.rmdir()
 
 
-def build_parser():  # -> jsonargparse.ArgumentParser
-    return dataclass_parser(
-        TrackingServerConfig, "modelyard tracking server",
-        ("Run the MLflow tracking server with authentication (MLflow's basic-auth app): users and "
-         "permissions, the admin created at first start from --admin_password_file or "
-         "$MLFLOW_AUTH_ADMIN_PASSWORD (refused when empty, shorter than 12 characters or MLflow's old "
-         "default 'password1234'), bound to 127.0.0.1 unless --host says otherwise; artifacts are proxied "
-         "through the server. Clients: MLFLOW_TRACKING_URI=http://HOST:PORT plus MLFLOW_TRACKING_USERNAME and "
-         "MLFLOW_TRACKING_PASSWORD. Add users with mlflow.server.auth.client.AuthServiceClient. "
-         "Production settings: docs/access.md."),
-    )
+DESCRIPTION = (
+    "Run the MLflow tracking server with authentication (MLflow's basic-auth app): users and "
+    "permissions, the admin created at first start from --admin_password_file or "
+    "$MLFLOW_AUTH_ADMIN_PASSWORD (refused when empty, shorter than 12 characters or MLflow's old "
+    "default 'password1234'), bound to 127.0.0.1 unless --host says otherwise; artifacts are proxied "
+    "through the server. Clients: MLFLOW_TRACKING_URI=http://HOST:PORT plus MLFLOW_TRACKING_USERNAME and "
+    "MLFLOW_TRACKING_PASSWORD. Add users with mlflow.server.auth.client.AuthServiceClient. "
+    "Production settings: docs/access.md."
+)
+
+
+def build_parser() -> ArgumentParser:
+    """The ``modelyard tracking server`` options."""
+    return config_parser(TrackingServerConfig, "modelyard tracking server", DESCRIPTION)
 
 
 def main(argv: Sequence[str]) -> int:
     """``modelyard tracking server [options]``."""
     args = list(argv)
     if not args or args[0] in ("-h", "--help") or args[0] != "server":
-        print("usage: modelyard tracking server [options]\n\n"
-              "  server  the MLflow tracking server with authentication (basic-auth app), 127.0.0.1 by default\n\n"
-              "`modelyard tracking server --help` lists the options.")
+        group_parser("modelyard tracking", "The MLflow tracking server of modelyard.", {
+            "server": ("the MLflow tracking server with authentication (basic-auth app), 127.0.0.1 by default",
+                       build_parser())},
+            "`modelyard tracking server --help` lists the options.").print_help()
         return 0 if args and args[0] in ("-h", "--help") else 2
-    cfg = TrackingServerConfig(**parse_dataclass_args(build_parser(), args[1:], "tracking server configuration"))
-    return run(cfg)
+    if "-h" in args or "--help" in args:
+        build_parser().print_help()
+        return 0
+    return run(parse_config(TrackingServerConfig, args[1:], prog="modelyard tracking server", description=DESCRIPTION,
+                            source="tracking server configuration"))

@@ -36,8 +36,9 @@ def _traffic(url: str, spec, n: int, seed: int, **knobs):
 
 
 def test_drift_is_detected_and_a_retrained_model_is_promoted(tmp_path, store, monkeypatch):
+    from modelyard.config import parse_config
     from modelyard.monitor.check import load_reference
-    from modelyard.monitor.config import parse_monitor_args
+    from modelyard.monitor.config import MonitorConfig
     from modelyard.monitor.incidents import IncidentStore
     from modelyard.monitor.loop import Monitor, RayServeDeployer, RetrainPipeline
     from modelyard.registry import history
@@ -77,7 +78,7 @@ def test_drift_is_detected_and_a_retrained_model_is_promoted(tmp_path, store, mo
         drifted = LabelledTraffic(url, "fraud", x, y).run()
         assert drifted.labels_accepted == 2500
 
-        cfg = parse_monitor_args([*config, "--retrain.serve_url", url])
+        cfg = parse_config(MonitorConfig, [*config, "--retrain.serve_url", url])
         deployer = RayServeDeployer(serve_cfg)
         monitor = Monitor(cfg, pipeline=RetrainPipeline(cfg, deployer=deployer, serve_url=url))
         x, y = _traffic(url, ref.spec, 4000, seed=7, **DRIFT)

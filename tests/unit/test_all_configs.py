@@ -12,13 +12,13 @@ CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(ROOT / "configs")))
 def test_config_loads_with_the_command_it_names(path):
-    from modelyard.data import Schema
-    from modelyard.data.cli import parse_data_args
-    from modelyard.export.config import parse_export_args
-    from modelyard.monitor.config import parse_monitor_args
-    from modelyard.rollout.config import parse_rollout_args
-    from modelyard.serve.ray_config import parse_ray_serve_args
-    from modelyard.train.config import parse_train_args
+    from modelyard.config import parse_config
+    from modelyard.data import DataConfig, Schema
+    from modelyard.export.config import ExportConfig
+    from modelyard.monitor.config import MonitorConfig
+    from modelyard.rollout.config import RolloutConfig, expand_spellings
+    from modelyard.serve.ray_config import RayServeConfig
+    from modelyard.train.config import parse_train_config
 
     first = path.read_text().splitlines()[0]
     if path.parent.name == "schemas":
@@ -27,9 +27,12 @@ def test_config_loads_with_the_command_it_names(path):
     assert first.startswith("# modelyard "), f"{path}: first line must be the command that uses it"
     command = first.split()[2]
     argv = first.split("modelyard", 1)[1].split()[1:]  # the config files the command line names
-    parse = {"data": parse_data_args, "train": parse_train_args, "export": parse_export_args,
-             "rollout": parse_rollout_args, "monitor": lambda args: parse_monitor_args(args[1:]),
-             "serve": lambda args: parse_ray_serve_args(args[1:])}[command]  # `serve ray --config ...`
+    parse = {"data": lambda args: parse_config(DataConfig, args), "train": parse_train_config,
+             "export": lambda args: parse_config(ExportConfig, args),
+             # `rollout start --config ...`, `monitor check --config ...`, `serve ray --config ...`
+             "rollout": lambda args: parse_config(RolloutConfig, expand_spellings(args[1:])),
+             "monitor": lambda args: parse_config(MonitorConfig, args[1:]),
+             "serve": lambda args: parse_config(RayServeConfig, args[1:])}[command]
     argv = [str(ROOT / a) if a.endswith(".yaml") else a for a in argv]
     parse(argv)
 

@@ -266,17 +266,19 @@ def test_the_entry_point_is_the_modelyard_console_script(instructions):
 
 
 def test_the_documented_commands_name_existing_files_and_parse(text):
-    from modelyard.data.cli import parse_data_args
-    from modelyard.export.config import parse_export_args
-    from modelyard.serve.ray_config import parse_ray_serve_args
-    from modelyard.train.config import parse_train_args
+    from modelyard.config import parse_config
+    from modelyard.data import DataConfig
+    from modelyard.export.config import ExportConfig
+    from modelyard.serve.ray_config import RayServeConfig
+    from modelyard.train.config import parse_train_config
 
     assert referenced_file_problems(text, ROOT) == []
     commands = documented_commands(text)
     stages = {c[0] for c in commands}
     assert {"train", "export", "serve"} <= stages, f"documented stages: {sorted(stages)}"
-    parsers = {"data": parse_data_args, "train": parse_train_args, "export": parse_export_args,
-               "serve": lambda argv: parse_ray_serve_args(argv[1:])}  # `serve ray --config ...`
+    parsers = {"data": lambda argv: parse_config(DataConfig, argv), "train": parse_train_config,
+               "export": lambda argv: parse_config(ExportConfig, argv),
+               "serve": lambda argv: parse_config(RayServeConfig, argv[1:])}  # `serve ray --config ...`
     for argv in commands:
         if argv[0] in parsers:
             parsers[argv[0]]([str(ROOT / a) if a.endswith(".yaml") else a for a in argv[1:]])

@@ -9,7 +9,7 @@ Typical use::
     train = snap.split("train")
 """
 
-from modelyard.data.config import DataConfig, DriftConfig, SplitConfig, check_config
+from modelyard.data.config import DataConfig, DriftConfig, SplitConfig
 from modelyard.data.digest import compute_digest, short_digest
 from modelyard.data.generators import (
     BUILTIN_DATASETS,
@@ -61,7 +61,6 @@ __all__ = [
     "SplitConfig",
     "ValidationReport",
     "assign_splits",
-    "check_config",
     "coerce",
     "compute_digest",
     "digits_schema",

@@ -1,8 +1,8 @@
 """Configuration of the data stage (``modelyard data``).
 
-Plain dataclasses with typed defaults so jsonargparse can build a parser from them
-(``parser.add_class_arguments(DataConfig)``); :func:`check_config` validates the values and
-reports every problem at once.
+Dataclasses whose field types declare their constraints, parsed with
+:func:`modelyard.config.parse_config`; :class:`DataConfig` checks the rules between fields (and
+against the built-in datasets and the disk) when it is built, reporting every problem at once.
 """
 
 from __future__ import annotations
@@ -11,7 +11,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-__all__ = ["FILE_DATASET", "SOURCE_SUFFIXES", "DataConfig", "DriftConfig", "SplitConfig", "check_config"]
+from jsonargparse.typing import ClosedUnitInterval, OpenUnitInterval, PositiveInt
+
+from modelyard.config import ConfigError, SeedInt, declared_problems
+from modelyard.data.generators import BUILTIN_DATASETS, TRANSACTIONS_NUMERIC_FEATURES
+from modelyard.data.splits import check_fractions
+from modelyard.data.store import check_ref_name
+
+__all__ = ["FILE_DATASET", "SOURCE_SUFFIXES", "DataConfig", "DriftConfig", "SplitConfig"]
 
 FILE_DATASET = "file"
 SOURCE_SUFFIXES: tuple[str, ...] = (".parquet", ".pq", ".csv")
@@ -28,8 +35,8 @@ class DriftConfig:
     """
 
     shift: dict[str, float] = field(default_factory=dict)
-    positive_rate: float | None = None
-    concept_drift: float = 0.0
+    positive_rate: OpenUnitInterval | None = None
+    concept_drift: ClosedUnitInterval = 0.0
 
     @property
     def active(self) -> bool:
@@ -41,10 +48,10 @@ class DriftConfig:
 class SplitConfig:
     """Train/val/test fractions (summing to 1) and the seed of the deterministic split."""
 
-    train: float = 0.7
-    val: float = 0.15
-    test: float = 0.15
-    seed: int = 0
+    train: ClosedUnitInterval = 0.7
+    val: ClosedUnitInterval = 0.15
+    test: ClosedUnitInterval = 0.15
+    seed: SeedInt = 0
 
 
 @dataclass
@@ -69,83 +76,61 @@ class DataConfig:
     source: str | None = None
     schema: str | None = None
     name: str | None = None
-    rows: int = 20000
-    seed: int = 0
+    rows: PositiveInt = 20000
+    seed: SeedInt = 0
     drift: DriftConfig = field(default_factory=DriftConfig)
     policy: Literal["fail", "quarantine"] = "quarantine"
     split: SplitConfig = field(default_factory=SplitConfig)
     store: str = "data/store"
 
+    def __post_init__(self) -> None:
+        problems = declared_problems(self) or self._rules()
+        if problems:
+            raise ConfigError(problems, "data configuration")
 
-def check_config(cfg: DataConfig) -> None:
-    """Validate ``cfg``.
-
-    Raises:
-        ValueError: listing every problem found (unknown dataset with the built-ins listed,
-            missing or unreadable source, split fractions not summing to 1, ...).
-    """
-    from modelyard.data.generators import BUILTIN_DATASETS, TRANSACTIONS_NUMERIC_FEATURES
-    from modelyard.data.splits import check_fractions
-    from modelyard.data.store import check_ref_name
-
-    problems: list[str] = []
-    builtins = ", ".join(BUILTIN_DATASETS)
-    if cfg.dataset == FILE_DATASET:
-        if not cfg.source:
-            problems.append("dataset 'file' needs source: the path of a Parquet or CSV file")
-        else:
-            source = Path(cfg.source)
-            if not source.is_file():
-                problems.append(f"source {cfg.source!r} does not exist or is not a file (cwd {Path.cwd()})")
-            if source.suffix.lower() not in SOURCE_SUFFIXES:
+    def _rules(self) -> list[str]:
+        """The rules between fields, and against the built-in datasets and the disk."""
+        problems: list[str] = []
+        builtins = ", ".join(BUILTIN_DATASETS)
+        if self.dataset == FILE_DATASET:
+            if not self.source:
+                problems.append("dataset 'file' needs source: the path of a Parquet or CSV file")
+            else:
+                source = Path(self.source)
+                if not source.is_file():
+                    problems.append(f"source {self.source!r} does not exist or is not a file (cwd {Path.cwd()})")
+                if source.suffix.lower() not in SOURCE_SUFFIXES:
+                    problems.append(
+                        f"source {self.source!r} has unsupported extension {source.suffix!r}; "
+                        f"supported: {', '.join(SOURCE_SUFFIXES)}"
+                    )
+            if not self.schema:
                 problems.append(
-                    f"source {cfg.source!r} has unsupported extension {source.suffix!r}; "
-                    f"supported: {', '.join(SOURCE_SUFFIXES)}"
+                    "dataset 'file' needs schema: a schema YAML describing its columns "
+                    "(copy configs/data/schemas/transactions.yaml as a start)"
                 )
-        if not cfg.schema:
+        elif self.dataset not in BUILTIN_DATASETS:
             problems.append(
-                "dataset 'file' needs schema: a schema YAML describing its columns "
-                "(copy configs/data/schemas/transactions.yaml as a start)"
+                f"dataset {self.dataset!r} is unknown; use a built-in ({builtins}) or 'file' with source and schema"
             )
-    elif cfg.dataset not in BUILTIN_DATASETS:
-        problems.append(
-            f"dataset {cfg.dataset!r} is unknown; use a built-in ({builtins}) or 'file' with source and schema"
-        )
-    elif cfg.source:
-        problems.append(f"source is only read with dataset 'file', but dataset is {cfg.dataset!r}; drop source")
-    if cfg.schema and not Path(cfg.schema).is_file():
-        problems.append(f"schema file {cfg.schema!r} does not exist (cwd {Path.cwd()})")
-    if cfg.name is not None:
-        problem = check_ref_name(cfg.name)
-        if problem:
+        elif self.source:
+            problems.append(f"source is only read with dataset 'file', but dataset is {self.dataset!r}; drop source")
+        if self.schema and not Path(self.schema).is_file():
+            problems.append(f"schema file {self.schema!r} does not exist (cwd {Path.cwd()})")
+        if self.name is not None and (problem := check_ref_name(self.name)):
             problems.append(problem)
-    if not isinstance(cfg.rows, int) or isinstance(cfg.rows, bool) or cfg.rows < 1:
-        problems.append(f"rows must be an integer >= 1, got {cfg.rows!r}")
-    for key, value in (("seed", cfg.seed), ("split.seed", cfg.split.seed)):
-        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**32:
-            problems.append(f"{key} must be an integer in [0, 2**32), got {value!r}")
-    if cfg.policy not in ("fail", "quarantine"):
-        problems.append(f"policy {cfg.policy!r} is unknown; use 'fail' or 'quarantine'")
-    problems.extend(check_fractions(cfg.split.train, cfg.split.val, cfg.split.test))
+        problems.extend(check_fractions(self.split.train, self.split.val, self.split.test))
+        drift = self.drift
+        if drift.active and self.dataset != "transactions":
+            problems.append(
+                f"drift knobs only apply to dataset 'transactions', not {self.dataset!r}; remove the drift section"
+            )
+        unknown = [k for k in drift.shift if k not in TRANSACTIONS_NUMERIC_FEATURES]
+        if unknown:
+            problems.append(
+                f"drift.shift names unknown feature(s) {unknown}; numeric features: "
+                f"{', '.join(TRANSACTIONS_NUMERIC_FEATURES)}"
+            )
+        return problems
 
-    drift = cfg.drift
-    if drift.active and cfg.dataset != "transactions":
-        problems.append(
-            f"drift knobs only apply to dataset 'transactions', not {cfg.dataset!r}; remove the drift section"
-        )
-    unknown = [k for k in drift.shift if k not in TRANSACTIONS_NUMERIC_FEATURES]
-    if unknown:
-        problems.append(
-            f"drift.shift names unknown feature(s) {unknown}; numeric features: "
-            f"{', '.join(TRANSACTIONS_NUMERIC_FEATURES)}"
-        )
-    if drift.positive_rate is not None and not 0.0 < drift.positive_rate < 1.0:
-        problems.append(f"drift.positive_rate must be in (0, 1) exclusive, got {drift.positive_rate!r}")
-    if not 0.0 <= drift.concept_drift <= 1.0:
-        problems.append(f"drift.concept_drift must be in [0, 1], got {drift.concept_drift!r}")
-    if problems:
-        raise ValueError(
-            f"Invalid data config ({len(problems)} problem(s)):\n"
-            + "\n".join(f"  - {p}" for p in problems)
-            + "\nFix these settings (config file or command-line flags) and run again."
-        )
+

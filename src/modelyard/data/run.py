@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from modelyard.data.config import FILE_DATASET, DataConfig, check_config
+from modelyard.data.config import FILE_DATASET, DataConfig
 from modelyard.data.generators import BUILTIN_DATASETS
 from modelyard.data.schema import Schema
 from modelyard.data.store import check_ref_name, write_snapshot
@@ -76,7 +76,7 @@ def read_table(path: str | Path) -> pd.DataFrame:
 def _load(cfg: DataConfig) -> tuple[pd.DataFrame, Schema, dict[str, Any]]:
     """The raw table, its schema and a provenance record for the manifest."""
     if cfg.dataset == FILE_DATASET:
-        assert cfg.source is not None and cfg.schema is not None  # guaranteed by check_config
+        assert cfg.source is not None and cfg.schema is not None  # guaranteed by DataConfig
         schema = Schema.from_yaml(cfg.schema)
         source = {"kind": "file", "path": str(Path(cfg.source).resolve()), "schema": cfg.schema}
         return read_table(cfg.source), schema, source
@@ -113,7 +113,6 @@ def run(cfg: DataConfig) -> DataResult:
             policy "fail" (the message carries the full report, nothing is written), or when
             no row is valid.
     """
-    check_config(cfg)
     frame, schema, source = _load(cfg)
     name = cfg.name or (schema.name if cfg.dataset == FILE_DATASET else cfg.dataset)
     if problem := check_ref_name(name):  # a schema's name becomes a file under refs/: refused before any write

@@ -6,7 +6,7 @@
 :mod:`~modelyard.export.triton_validate` (checking it offline).
 """
 
-from modelyard.export.config import ExportConfig, parse_export_args
+from modelyard.export.config import ExportConfig
 from modelyard.export.parity import DEFAULT_TOLERANCES, ParityError, ParityReport, Tolerance
 
-__all__ = ["DEFAULT_TOLERANCES", "ExportConfig", "ParityError", "ParityReport", "Tolerance", "parse_export_args"]
+__all__ = ["DEFAULT_TOLERANCES", "ExportConfig", "ParityError", "ParityReport", "Tolerance"]

@@ -1,12 +1,18 @@
-"""Configuration of ``modelyard export``."""
+"""Configuration of ``modelyard export``: a dataclass whose field types declare their constraints,
+parsed with :func:`modelyard.config.parse_config`; :class:`ExportConfig` checks the rules between
+fields when it is built."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-__all__ = ["ExportConfig", "ToleranceConfig", "name_problems", "parse_export_args"]
+from jsonargparse.typing import ClosedUnitInterval, NonNegativeFloat, PositiveInt
+
+from modelyard.config import ConfigError, declared_problems
+from modelyard.safety import NAME_RULE, name_problem
+
+__all__ = ["ExportConfig", "ToleranceConfig", "name_problems"]
 
 DEFAULT_LIMITATIONS = [
     "Trained on one snapshot; performance on data that drifts from its reference profile is unknown.",
@@ -20,9 +26,9 @@ class ToleranceConfig:
     """Parity tolerances of one precision: an element passes when ``|onnx - torch| <= atol + rtol *
     |torch|``; top-1 agreement must reach ``min_top1_agreement``."""
 
-    atol: float
-    rtol: float
-    min_top1_agreement: float
+    atol: NonNegativeFloat
+    rtol: NonNegativeFloat
+    min_top1_agreement: ClosedUnitInterval
 
 
 @dataclass
@@ -54,11 +60,11 @@ class ExportConfig:
     experiment: str | None = None
     name: str | None = None
     tracking_uri: str | None = None
-    opset: int = 18
+    opset: PositiveInt = 18
     output_dir: str = "exports"
     variants: list[Literal["int8", "fp16"]] = field(default_factory=list)
     deploy: Literal["fp32", "int8", "fp16"] = "fp32"
-    accuracy_budget: float = 0.01
+    accuracy_budget: ClosedUnitInterval = 0.01
     tolerances: dict[str, ToleranceConfig] = field(default_factory=dict)
     triton_repo: str = "triton_models"
     target: Literal["cpu", "gpu", "gpu-tensorrt"] = "cpu"
@@ -68,12 +74,24 @@ class ExportConfig:
                          "decision aid, to be monitored for drift, not a sole basis for decisions.")
     limitations: list[str] = field(default_factory=lambda: list(DEFAULT_LIMITATIONS))
 
+    def __post_init__(self) -> None:
+        problems = declared_problems(self)
+        if not problems:
+            problems = name_problems(self)
+            if not self.run and not self.checkpoint:
+                problems.append("give --run (an id or 'latest') or --checkpoint PATH")
+            if self.deploy != "fp32" and self.deploy not in self.variants:
+                problems.append(f"deploy {self.deploy!r} needs that variant: add it to --variants")
+            unknown = sorted(set(self.tolerances) - {"fp32", "fp16", "int8"})
+            if unknown:
+                problems.append(f"tolerances for unknown precision(s) {unknown}; use fp32, fp16, int8")
+        if problems:
+            raise ConfigError(problems, "export configuration")
+
 
 def name_problems(cfg: ExportConfig) -> list[str]:
     """The values of ``cfg`` that become folder names (``OUTPUT_DIR/<name>/<run id>/``, the Triton
     model folder, artifact paths) and are not plain names; checked before anything is read or written."""
-    from modelyard.safety import NAME_RULE, name_problem
-
     problems = []
     for key in ("name", "run"):
         value = getattr(cfg, key)
@@ -81,37 +99,3 @@ def name_problems(cfg: ExportConfig) -> list[str]:
             what = "a model name" if key == "name" else "a run id or 'latest'"
             problems.append(f"{key} {value!r:.140} is refused: {reason}; expected {what}, {NAME_RULE}")
     return problems
-
-
-def build_parser():  # -> jsonargparse.ArgumentParser
-    from modelyard.config import dataclass_parser
-
-    return dataclass_parser(
-        ExportConfig, "modelyard export",
-        ("Export the best checkpoint of a training run to ONNX behind a parity gate against "
-                     "PyTorch on the run's validation data, write it into the Triton model repository and "
-                     "register it in MLflow with a model card."),
-    )
-
-
-def parse_export_args(argv: Sequence[str]) -> ExportConfig:
-    """Parse ``modelyard export`` arguments; raises :class:`modelyard.config.ConfigError`."""
-    from modelyard.config import ConfigError, parse_dataclass_args
-
-    ns = parse_dataclass_args(build_parser(), argv, "export configuration")
-    tolerances = {k: ToleranceConfig(**v) if isinstance(v, dict) else v
-                  for k, v in (ns.pop("tolerances") or {}).items()}
-    cfg = ExportConfig(**ns, tolerances=tolerances)
-    problems = name_problems(cfg)
-    if not cfg.run and not cfg.checkpoint:
-        problems.append("give --run (an id or 'latest') or --checkpoint PATH")
-    if cfg.deploy != "fp32" and cfg.deploy not in cfg.variants:
-        problems.append(f"deploy {cfg.deploy!r} needs that variant: add it to --variants")
-    unknown = sorted(set(cfg.tolerances) - {"fp32", "fp16", "int8"})
-    if unknown:
-        problems.append(f"tolerances for unknown precision(s) {unknown}; use fp32, fp16, int8")
-    if not 0 <= cfg.accuracy_budget <= 1:
-        problems.append(f"accuracy_budget must be within [0, 1], got {cfg.accuracy_budget}")
-    if problems:
-        raise ConfigError(problems, "export configuration")
-    return cfg

@@ -10,11 +10,11 @@ canaries and promotes when the policy fires.
   one check and its policy, the incidents and the retraining steps, the timeline.
 """
 
-from modelyard.monitor.config import MonitorConfig, parse_monitor_args
+from modelyard.monitor.config import MonitorConfig
 from modelyard.monitor.drift import DriftReport, DriftSettings, detect_drift
 from modelyard.monitor.log import InferenceLog
 from modelyard.monitor.loop import Monitor, RetrainPipeline
 from modelyard.monitor.store import MonitorStore
 
 __all__ = ["DriftReport", "DriftSettings", "InferenceLog", "Monitor", "MonitorConfig", "MonitorStore",
-           "RetrainPipeline", "detect_drift", "parse_monitor_args"]
+           "RetrainPipeline", "detect_drift"]

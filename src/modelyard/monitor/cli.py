@@ -9,13 +9,24 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["USAGE", "main", "print_history"]
+from jsonargparse import ArgumentParser
 
-ACTIONS = ("check", "watch", "history")
+from modelyard.config import config_parser, group_parser, parse_config
+from modelyard.monitor.config import MonitorConfig
+from modelyard.monitor.incidents import IncidentStore, local_time
+from modelyard.monitor.loop import Monitor
+from modelyard.monitor.report import DriftGauges
 
-USAGE = """usage: modelyard monitor {check,watch,history} [--config configs/monitor/NAME.yaml] [--key VALUE ...]
+__all__ = ["SUBCOMMANDS", "build_parser", "main", "print_history"]
 
-Watches a served model: its inference log (written by `modelyard serve ray`) against the reference
+# name -> one-line summary
+SUBCOMMANDS = {
+    "check": "one evaluation of the current window; when the policy fires, the retraining loop runs",
+    "watch": "`check` every --interval_s seconds until interrupted",
+    "history": "the timeline: incidents, drift figures, runs, versions and rollout decisions (--json, --checks)",
+}
+
+DESCRIPTION = """Watches a served model: its inference log (written by `modelyard serve ray`) against the reference
 profile of the champion's training run, and its live accuracy from feedback labels.
 
   check    one evaluation of the current window: per-feature KS / chi-squared tests and PSI with a
@@ -29,25 +40,42 @@ profile of the champion's training run, and its live accuracy from feedback labe
   watch    `check` every --interval_s seconds until interrupted; --metrics_port serves the drift
            gauges for Prometheus.
   history  the timeline: incidents, their drift figures, runs, versions and rollout decisions.
+           --json prints it as JSON; --checks adds every check."""
 
-Exit status of check: 0 quiet, 3 the policy fired (an incident opened or is in progress), 1 an error,
+EPILOG = """Exit status of check: 0 quiet, 3 the policy fired (an incident opened or is in progress), 1 an error,
 2 bad usage. `modelyard monitor check --help` lists every option; configs/monitor/fraud.yaml documents them."""
 
 
-def main(argv: Sequence[str], pipeline: Any | None = None) -> int:
+CONFIG_DESCRIPTION = (
+    "Compare the inference log with the champion's training profile (KS / chi-squared / PSI with a "
+    "multiple-testing correction) and its live accuracy from feedback labels; when the policy fires: retrain "
+    "on recent labelled data, export behind the parity gate, register as challenger and roll it out as a "
+    "canary that is promoted or rolled back on evidence.")
+
+
+def _parser(action: str) -> ArgumentParser:
+    return config_parser(MonitorConfig, f"modelyard monitor {action}", CONFIG_DESCRIPTION)
+
+
+def build_parser() -> ArgumentParser:
+    """The ``modelyard monitor`` group: its help lists the sub-commands."""
+    return group_parser("modelyard monitor", DESCRIPTION,
+                        {name: (summary, _parser(name)) for name, summary in SUBCOMMANDS.items()}, EPILOG)
+
+
+def main(argv: Sequence[str]) -> int:
+    """Run ``modelyard monitor ACTION [--config FILE.yaml] [--key VALUE ...]``."""
     argv = list(argv)
     if not argv or argv[0] in ("-h", "--help"):
-        print(USAGE)
+        build_parser().print_help()
         return 0 if argv else 2
-    if argv[0] not in ACTIONS:
-        print(f"modelyard monitor: unknown action {argv[0]!r}; expected one of: {', '.join(ACTIONS)}\n\n{USAGE}",
-              file=sys.stderr)
+    if argv[0] not in SUBCOMMANDS:
+        print(f"modelyard monitor: unknown action {argv[0]!r}; expected one of: {', '.join(SUBCOMMANDS)}\n\n"
+              f"{build_parser().format_help()}", file=sys.stderr)
         return 2
     action, rest = argv[0], argv[1:]
-    from modelyard.monitor.config import build_parser, parse_monitor_args
-
     if "-h" in rest or "--help" in rest:
-        build_parser(action).print_help()
+        _parser(action).print_help()
         return 0
     history_flags = {"--json": False, "--checks": False}
     if action == "history":
@@ -55,16 +83,13 @@ def main(argv: Sequence[str], pipeline: Any | None = None) -> int:
             if flag in rest:
                 history_flags[flag] = True
                 rest.remove(flag)
-    cfg = parse_monitor_args(rest, action)
+    cfg = parse_config(MonitorConfig, rest, prog=f"modelyard monitor {action}", source="monitor configuration")
     if action == "history":
         return print_history(cfg.state_dir, cfg.model, as_json=history_flags["--json"],
                              with_checks=history_flags["--checks"])
 
-    from modelyard.monitor.loop import Monitor
-    from modelyard.monitor.report import DriftGauges
-
     gauges = DriftGauges() if (cfg.metrics_port or cfg.metrics_file) else None
-    monitor = Monitor(cfg, pipeline=pipeline, gauges=gauges)
+    monitor = Monitor(cfg, gauges=gauges)
     if action == "check":
         result = monitor.check()
         print(f"report: {monitor.incidents.root / 'reports' / 'latest' / 'report.html'}")
@@ -88,8 +113,6 @@ def main(argv: Sequence[str], pipeline: Any | None = None) -> int:
 
 def print_history(state_dir: str, model: str, as_json: bool = False, with_checks: bool = False) -> int:
     """Print the timeline of ``model`` (events, and every check with ``with_checks``)."""
-    from modelyard.monitor.incidents import IncidentStore, local_time
-
     store = IncidentStore(state_dir, model)
     events = store.events()
     if with_checks:

@@ -1,19 +1,32 @@
 """Configuration of ``modelyard monitor``: what to watch, when to act, and how to retrain.
 
-One dataclass tree parsed by jsonargparse (``--config configs/monitor/<name>.yaml`` plus
-``--key.path VALUE`` overrides); :meth:`MonitorConfig.problems` reports every bad value at once.
+One dataclass tree whose field types declare their constraints, parsed with
+:func:`modelyard.config.parse_config` (``--config configs/monitor/<name>.yaml`` plus ``--key.path
+VALUE`` overrides); :class:`MonitorConfig` checks the rules between fields when it is built.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from jsonargparse.typing import (
+    ClosedUnitInterval,
+    NonNegativeFloat,
+    OpenUnitInterval,
+    PositiveFloat,
+    PositiveInt,
+    restricted_number_type,
+)
+
+from modelyard.config import Confidence, ConfigError, Port, SeedInt, declared_problems
 from modelyard.metrics import LabelMetric
 from modelyard.monitor.drift import DriftSettings
 from modelyard.safety import NAME_RULE, name_problem
 
-__all__ = ["MonitorConfig", "PolicyConfig", "RetrainConfig", "WindowConfig", "build_parser", "parse_monitor_args"]
+__all__ = ["MonitorConfig", "PolicyConfig", "RetrainConfig", "WindowConfig"]
+
+Fraction = restricted_number_type("Fraction", float, [(">=", 0), ("<", 1)],
+                                  docstring="float restricted to be ≥0 and <1")
 
 
 @dataclass
@@ -26,8 +39,8 @@ class WindowConfig:
             satisfy both; with neither, everything since the current champion went live.
     """
 
-    rows: int | None = 2000
-    minutes: float | None = None
+    rows: PositiveInt | None = 2000
+    minutes: PositiveFloat | None = None
 
 
 @dataclass
@@ -51,15 +64,15 @@ class PolicyConfig:
         schedule_hours: retrain at least this often whatever the data says; ``null``: never.
     """
 
-    min_drifted_features: int | None = 2
+    min_drifted_features: PositiveInt | None = 2
     prediction_drift: bool = False
     metric: LabelMetric = "balanced_accuracy"
-    confidence: float = 0.99
-    max_accuracy_drop: float | None = 0.05
-    min_accuracy: float | None = None
-    min_labels: int = 500
-    label_shift_alpha: float | None = 0.001
-    schedule_hours: float | None = None
+    confidence: Confidence = 0.99
+    max_accuracy_drop: ClosedUnitInterval | None = 0.05
+    min_accuracy: ClosedUnitInterval | None = None
+    min_labels: PositiveInt = 500
+    label_shift_alpha: OpenUnitInterval | None = 0.001
+    schedule_hours: PositiveFloat | None = None
 
 
 @dataclass
@@ -98,11 +111,11 @@ class RetrainConfig:
     rollout_args: list[str] = field(default_factory=list)
     serve_config: str | None = "configs/serve/fraud.yaml"
     serve_url: str | None = None
-    recent_rows: int = 20000
-    min_labelled_rows: int = 1000
-    reference_fraction: float = 0.2
+    recent_rows: PositiveInt = 20000
+    min_labelled_rows: PositiveInt = 1000
+    reference_fraction: Fraction = 0.2
     store: str = "data/store"
-    seed: int = 0
+    seed: SeedInt = 0
 
 
 @dataclass
@@ -136,75 +149,26 @@ class MonitorConfig:
     window: WindowConfig = field(default_factory=WindowConfig)
     drift: DriftSettings = field(default_factory=DriftSettings)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
-    cooldown_s: float = 3600.0
-    interval_s: float = 60.0
-    metrics_port: int | None = None
+    cooldown_s: NonNegativeFloat = 3600.0
+    interval_s: PositiveFloat = 60.0
+    metrics_port: Port | None = None
     metrics_file: str | None = None
     retrain: RetrainConfig = field(default_factory=RetrainConfig)
 
-    def problems(self) -> list[str]:
-        """Every invalid value, each naming what was received and what is expected."""
-        out = [f"drift.{p}" for p in self.drift.problems()]
-        if problem := name_problem(self.model):  # a folder under log_dir and state_dir
-            out.append(f"model {self.model!r:.140} is refused: {problem}; expected {NAME_RULE}")
-        if not (self.reference.startswith("@") or self.reference.isdigit()):
-            out.append(f"reference must be a registry alias such as @champion or a version number, got "
-                       f"{self.reference!r}")
-        if self.window.rows is not None and self.window.rows < 1:
-            out.append(f"window.rows must be >= 1 or null, got {self.window.rows}")
-        if self.window.minutes is not None and self.window.minutes <= 0:
-            out.append(f"window.minutes must be > 0 or null, got {self.window.minutes}")
-        p = self.policy
-        if p.min_drifted_features is not None and p.min_drifted_features < 1:
-            out.append(f"policy.min_drifted_features must be >= 1 or null, got {p.min_drifted_features}")
-        for key in ("max_accuracy_drop", "min_accuracy"):
-            value = getattr(p, key)
-            if value is not None and not 0 <= value <= 1:
-                out.append(f"policy.{key} must be within [0, 1] or null, got {value}")
-        if p.label_shift_alpha is not None and not 0 < p.label_shift_alpha < 1:
-            out.append(f"policy.label_shift_alpha must be within (0, 1) or null, got {p.label_shift_alpha}")
-        if not 0.5 <= p.confidence < 1:
-            out.append(f"policy.confidence must be within [0.5, 1), got {p.confidence}")
-        if p.min_labels < 1:
-            out.append(f"policy.min_labels must be >= 1, got {p.min_labels}")
-        if p.schedule_hours is not None and p.schedule_hours <= 0:
-            out.append(f"policy.schedule_hours must be > 0 or null, got {p.schedule_hours}")
-        for key in ("cooldown_s",):
-            if getattr(self, key) < 0:
-                out.append(f"{key} must be >= 0, got {getattr(self, key)}")
-        if self.interval_s <= 0:
-            out.append(f"interval_s must be > 0, got {self.interval_s}")
-        r = self.retrain
-        if not 0 <= r.reference_fraction < 1:
-            out.append(f"retrain.reference_fraction must be within [0, 1), got {r.reference_fraction}")
-        if r.min_labelled_rows < 1 or r.recent_rows < r.min_labelled_rows:
-            out.append(f"retrain.recent_rows ({r.recent_rows}) must be >= retrain.min_labelled_rows "
-                       f"({r.min_labelled_rows}) >= 1")
-        if r.serve_config is None and r.serve_url is None and r.enabled:
-            out.append("retrain needs retrain.serve_config (to deploy the canary) or retrain.serve_url")
-        return out
-
-
-def build_parser(action: str = "check"):  # -> jsonargparse.ArgumentParser
-    from modelyard.config import dataclass_parser
-
-    return dataclass_parser(
-        MonitorConfig, f"modelyard monitor {action}",
-        ("Compare the inference log with the champion's training profile (KS / chi-squared / PSI "
-         "with a multiple-testing correction) and its live accuracy from feedback labels; when the "
-         "policy fires: retrain on recent labelled data, export behind the parity gate, register "
-         "as challenger and roll it out as a canary that is promoted or rolled back on evidence."),
-    )
-
-
-def parse_monitor_args(argv: Sequence[str], action: str = "check") -> MonitorConfig:
-    """Parse ``modelyard monitor ACTION`` arguments; raises :class:`modelyard.config.ConfigError`."""
-    from modelyard.config import ConfigError, parse_dataclass_args
-
-    ns = parse_dataclass_args(build_parser(action), argv, "monitor configuration")
-    cfg = MonitorConfig(**{**ns, "window": WindowConfig(**ns["window"]), "drift": DriftSettings(**ns["drift"]),
-                           "policy": PolicyConfig(**ns["policy"]), "retrain": RetrainConfig(**ns["retrain"])})
-    problems = cfg.problems()
-    if problems:
-        raise ConfigError(problems, "monitor configuration")
-    return cfg
+    def __post_init__(self) -> None:
+        problems = declared_problems(self)
+        if not problems:
+            problems = [f"drift.{p}" for p in self.drift.problems()]
+            if problem := name_problem(self.model):  # a folder under log_dir and state_dir
+                problems.append(f"model {self.model!r:.140} is refused: {problem}; expected {NAME_RULE}")
+            if not (self.reference.startswith("@") or self.reference.isdigit()):
+                problems.append(f"reference must be a registry alias such as @champion or a version number, got "
+                                f"{self.reference!r}")
+            r = self.retrain
+            if r.recent_rows < r.min_labelled_rows:
+                problems.append(f"retrain.recent_rows ({r.recent_rows}) must be >= retrain.min_labelled_rows "
+                                f"({r.min_labelled_rows}) >= 1")
+            if r.serve_config is None and r.serve_url is None and r.enabled:
+                problems.append("retrain needs retrain.serve_config (to deploy the canary) or retrain.serve_url")
+        if problems:
+            raise ConfigError(problems, "monitor configuration")

@@ -34,12 +34,12 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
-from modelyard.config import ConfigError
+from modelyard.config import load_config, parse_config
 from modelyard.data.config import DataConfig, SplitConfig
 from modelyard.data.run import run as data_run
 from modelyard.data.store import Snapshot
 from modelyard.errors import ModelyardError
-from modelyard.export.config import ExportConfig, name_problems, parse_export_args
+from modelyard.export.config import ExportConfig
 from modelyard.export.run import run as export_run
 from modelyard.monitor.check import CheckResult, Reference, evaluate, load_reference
 from modelyard.monitor.config import MonitorConfig
@@ -47,13 +47,12 @@ from modelyard.monitor.drift import decode_features
 from modelyard.monitor.incidents import Incident, IncidentStore, local_time
 from modelyard.monitor.report import write_report
 from modelyard.monitor.store import MonitorStore, RolloutLabels
-from modelyard.rollout.config import RolloutConfig, parse_rollout_args
-from modelyard.rollout.config import validate as rollout_problems
+from modelyard.rollout.config import RolloutConfig, expand_spellings
 from modelyard.rollout.controller import Clock
 from modelyard.rollout.run import run as rollout_run
 from modelyard.rollout.traffic import TrafficControl
 from modelyard.serve.ray_app import control_url, deploy
-from modelyard.serve.ray_config import RayServeConfig, parse_ray_serve_args
+from modelyard.serve.ray_config import RayServeConfig
 from modelyard.tracking import client_for, ensure_experiment, quiet_downloads, resolve_tracking_uri
 
 __all__ = ["CanaryDeployer", "Monitor", "NotEnoughLabels", "RayServeDeployer", "RetrainPipeline"]
@@ -221,25 +220,24 @@ class RetrainPipeline:
     def export_config(self, run_id: str, tracking_uri: str) -> ExportConfig:
         """``retrain.export_config`` (+ ``retrain.export_args``) for ``run_id``, registered as ``challenger``."""
         r = self.cfg.retrain
-        cfg = replace(parse_export_args(["--config", r.export_config, *r.export_args]), run=run_id,
-                      name=self.cfg.model, tracking_uri=tracking_uri, alias="challenger")
-        if problems := name_problems(cfg):
-            raise ConfigError(problems, "export configuration")
-        return cfg
+        # the file and the user's extra arguments are parsed as the command line would; the loop's own
+        # values then replace theirs (a config is checked again whenever it is built or replaced)
+        base = parse_config(ExportConfig, ["--config", r.export_config, *r.export_args, "--run", run_id],
+                            source="export configuration")
+        return replace(base, name=self.cfg.model, tracking_uri=tracking_uri, alias="challenger")
 
     def rollout_config(self, version: str, serve_url: str, tracking_uri: str) -> RolloutConfig:
         """``retrain.rollout_config`` (+ ``retrain.rollout_args``) rolling out ``version`` behind ``serve_url``."""
         r = self.cfg.retrain
-        cfg = replace(parse_rollout_args(["start", "--config", r.rollout_config, *r.rollout_args]),
-                      model=self.cfg.model, candidate=str(version), serve_url=serve_url, tracking_uri=tracking_uri)
-        if problems := rollout_problems(cfg, "start"):
-            raise ConfigError(problems, "rollout configuration")
-        return cfg
+        base = parse_config(RolloutConfig, expand_spellings(["--config", r.rollout_config, *r.rollout_args,
+                                                             "--model", self.cfg.model]),
+                            source="rollout configuration")
+        return replace(base, candidate=str(version), serve_url=serve_url, tracking_uri=tracking_uri)
 
 
 def _load_serve_config(path: str) -> RayServeConfig:
     """The ``modelyard serve ray`` config file at ``path``."""
-    return parse_ray_serve_args(["--config", path])
+    return load_config(RayServeConfig, path)
 
 
 def base_split(snapshot: Any, seed: int = 0) -> SplitConfig:

@@ -2,40 +2,55 @@
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
+from typing import Literal
+
+from jsonargparse import ArgumentParser
 
 from modelyard.registry.store import ALIASES, history, set_alias
 from modelyard.safety import check_name
 from modelyard.tracking import client_for, resolve_tracking_uri
 
-__all__ = ["main"]
+__all__ = ["SUBCOMMANDS", "build_parser", "main"]
+
+# name -> one-line summary
+SUBCOMMANDS = {
+    "show": "versions of a model with their aliases, parity and lineage tags",
+    "history": "every alias move of a model: who, when, alias, from, to, reason",
+    "promote": "point an alias at a version (refused unless its parity gate passed)",
+    "demote": "remove an alias",
+}
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def build_parser() -> ArgumentParser:
+    """``modelyard registry``: its sub-commands, each with its own options; usage errors exit 2."""
+    parser = ArgumentParser(
         prog="modelyard registry",
         description="The MLflow Model Registry as modelyard manages it: every alias move is audited.")
-    parser.add_argument("--tracking_uri", default=None, help="default: $MLFLOW_TRACKING_URI, else ./mlflow.db")
-    sub = parser.add_subparsers(dest="action", required=True)
-    show = sub.add_parser("show", help="versions of a model with their aliases, parity and lineage tags")
-    show.add_argument("name")
-    hist = sub.add_parser("history", help="every alias move of a model: who, when, alias, from, to, reason")
-    hist.add_argument("name")
-    for action, text in (("promote", "point an alias at a version (refused unless its parity gate passed)"),
-                         ("demote", "remove an alias")):
-        p = sub.add_parser(action, help=text)
-        p.add_argument("name")
+    parser.add_argument("--tracking_uri", type=str | None, default=None,
+                        help="default: $MLFLOW_TRACKING_URI, else ./mlflow.db")
+    commands = parser.add_subcommands(dest="action", title="commands")
+    for action, summary in SUBCOMMANDS.items():
+        sub = ArgumentParser(prog=f"modelyard registry {action}", description=summary)
+        sub.add_argument("name", type=str, help="the registered model name")
         if action == "promote":
-            p.add_argument("--version", required=True, help="the model version to point the alias at")
-        p.add_argument("--alias", choices=ALIASES, default="champion")
-        p.add_argument("--reason", required=True, help="why; recorded in the audit trail")
-        p.add_argument("--who", default=None, help="recorded as the author (default: the login name)")
+            sub.add_argument("--version", type=str, required=True, help="the model version to point the alias at")
+        if action in ("promote", "demote"):
+            sub.add_argument("--alias", type=Literal[ALIASES], default="champion", help="the alias to move")
+            sub.add_argument("--reason", type=str, required=True, help="why; recorded in the audit trail")
+            sub.add_argument("--who", type=str | None, default=None,
+                             help="recorded as the author (default: the login name)")
+        commands.add_subcommand(action, sub, help=summary)
     return parser
 
 
 def main(argv: Sequence[str]) -> int:
-    args = _parser().parse_args(list(argv))
+    """Run ``modelyard registry [--tracking_uri URI] ACTION NAME [options]``."""
+    parsed = build_parser().parse_args(list(argv))
+    action = parsed.action
+    args = parsed[action]
+    args.tracking_uri = parsed.tracking_uri
+    args.action = action
     if args.action == "history":
         moves = history(args.name, args.tracking_uri)
         print(f"{'seq':>4}  {'when':<24}  {'alias':<10}  {'from -> to':<10}  {'who':<12}  reason")

@@ -6,12 +6,12 @@ production, a fake in tests); state and decisions persist under ``RolloutConfig.
 ``modelyard rollout`` is :func:`modelyard.rollout.cli.main`.
 """
 
-from modelyard.rollout.config import RolloutConfig, parse_rollout_args, parse_rollout_command, parse_steps
+from modelyard.rollout.config import ManualAction, RolloutConfig, expand_spellings, parse_steps
 from modelyard.rollout.controller import Clock, MlflowRegistry, Registry, RolloutController, RolloutError
 from modelyard.rollout.decision import Check, Decision, judge, window_counts
 from modelyard.rollout.state import RolloutState, StateStore
 from modelyard.rollout.traffic import HttpTrafficControl, LabelSource, TrafficControl, TrafficError
 
-__all__ = ["Check", "Clock", "Decision", "HttpTrafficControl", "LabelSource", "MlflowRegistry", "Registry",
-           "RolloutConfig", "RolloutController", "RolloutError", "RolloutState", "StateStore", "TrafficControl",
-           "TrafficError", "judge", "parse_rollout_args", "parse_rollout_command", "parse_steps", "window_counts"]
+__all__ = ["Check", "Clock", "Decision", "HttpTrafficControl", "LabelSource", "ManualAction", "MlflowRegistry",
+           "Registry", "RolloutConfig", "RolloutController", "RolloutError", "RolloutState", "StateStore",
+           "TrafficControl", "TrafficError", "expand_spellings", "judge", "parse_steps", "window_counts"]

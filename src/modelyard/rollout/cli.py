@@ -6,20 +6,21 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from modelyard.rollout.config import ACTIONS, RolloutConfig, parse_rollout_command
+from jsonargparse import ArgumentParser
+
+from modelyard.config import config_parser, group_parser, parse_config
+from modelyard.rollout.config import ManualAction, RolloutConfig, expand_spellings
 from modelyard.rollout.controller import RolloutController
 from modelyard.rollout.decision import Decision
 from modelyard.rollout.run import run
 from modelyard.rollout.state import StateStore
 from modelyard.rollout.traffic import HttpTrafficControl
 
-__all__ = ["USAGE", "main"]
+__all__ = ["SUBCOMMANDS", "build_parser", "main"]
 
 logger = logging.getLogger(__name__)
 
-USAGE = """usage: modelyard rollout {start,status,abort,promote} [--config FILE.yaml] [--key VALUE ...]
-
-Progressive canary rollout of a model version behind the serving ingress (--serve_url).
+DESCRIPTION = """Progressive canary rollout of a model version behind the serving ingress (--serve_url).
 
   start    raise the canary's traffic weight through --steps (e.g. 5,25,50,100); after each step's
            --interval_s and --min_requests canary requests, compare canary with stable over the window
@@ -30,44 +31,67 @@ Progressive canary rollout of a model version behind the serving ingress (--serv
            after a crash resumes at the same step without re-applying it.
   status   the rollout's state and last decision (from STATE_DIR/<model>.json)
   abort    canary to 0% now; the rollout ends `aborted` (--reason required)
-  promote  promote the canary now, skipping the remaining gates (--reason required)
+  promote  promote the canary now, skipping the remaining gates (--reason required)"""
 
-Every decision and its evidence goes to STATE_DIR/<model>.json and STATE_DIR/<model>.decisions.jsonl.
+EPILOG = """Every decision and its evidence goes to STATE_DIR/<model>.json and STATE_DIR/<model>.decisions.jsonl.
 `modelyard rollout ACTION --help` lists every option; configs/rollout/default.yaml documents them.
 Exit status: 0 promoted (or the command did what it said), 1 rolled back/aborted or an error, 2 bad usage."""
+
+CONFIG_DESCRIPTION = (
+    "Progressive canary rollout of a model version behind the serving ingress: the canary's traffic weight "
+    "climbs through `steps`; each step is judged against the stable version (error rate, p95/p99 latency, "
+    "prediction agreement, accuracy where labels exist) and the canary is promoted after the last step or "
+    "rolled back at the first failed gate.")
+
+# name -> (one-line summary, the configuration it parses)
+SUBCOMMANDS: dict[str, tuple[str, type[RolloutConfig]]] = {
+    "start": ("step the canary's traffic weight up, judge each step, promote or roll back", RolloutConfig),
+    "status": ("the rollout's state and last decision", RolloutConfig),
+    "abort": ("canary to 0% now; the rollout ends `aborted` (--reason required)", ManualAction),
+    "promote": ("promote the canary now, skipping the remaining gates (--reason required)", ManualAction),
+}
+
+
+def _parser(action: str) -> ArgumentParser:
+    return config_parser(SUBCOMMANDS[action][1], f"modelyard rollout {action}", CONFIG_DESCRIPTION)
+
+
+def build_parser() -> ArgumentParser:
+    """The ``modelyard rollout`` group: its help lists the sub-commands."""
+    return group_parser("modelyard rollout", DESCRIPTION,
+                        {name: (summary, _parser(name)) for name, (summary, _) in SUBCOMMANDS.items()}, EPILOG)
 
 
 def _print(decision: Decision) -> None:
     print(decision.summary(), flush=True)
 
 
-def main(argv: Sequence[str], control=None, registry=None, clock=None) -> int:
-    """Run ``modelyard rollout ...``; ``control``/``registry``/``clock`` are injectable for tests."""
+def main(argv: Sequence[str]) -> int:
+    """Run ``modelyard rollout ACTION [--config FILE.yaml] [--key VALUE ...]``."""
     argv = list(argv)
     if not argv or argv[0] in ("-h", "--help"):
-        print(USAGE)
+        build_parser().print_help()
         return 0 if argv else 2
-    if argv[0] not in ACTIONS:
-        print(f"modelyard rollout: unknown action {argv[0]!r}; expected one of: {', '.join(ACTIONS)}\n\n{USAGE}",
-              file=sys.stderr)
+    if argv[0] not in SUBCOMMANDS:
+        print(f"modelyard rollout: unknown action {argv[0]!r}; expected one of: {', '.join(SUBCOMMANDS)}\n\n"
+              f"{build_parser().format_help()}", file=sys.stderr)
         return 2
-    if "-h" in argv or "--help" in argv:
-        from modelyard.rollout.config import build_parser
-
-        build_parser(argv[0]).print_help()
+    action, rest = argv[0], argv[1:]
+    if "-h" in rest or "--help" in rest:
+        _parser(action).print_help()
         return 0
-    action, cfg, extras = parse_rollout_command(argv)
+    cfg = parse_config(SUBCOMMANDS[action][1], expand_spellings(rest), prog=f"modelyard rollout {action}",
+                       source="rollout configuration")
     if action == "status":
         return _status(cfg)
     if action == "start":
-        state = run(cfg, control, clock=clock, registry=registry, on_decision=_print)
+        state = run(cfg, on_decision=_print)
         print(f"{cfg.model}: rollout of version {state.candidate_version} ended {state.state}")
         return 0 if state.state == "promoted" else 1
-    controller = RolloutController(cfg, control or HttpTrafficControl(cfg.serve_url, cfg.http_timeout_s),
-                                   **({"clock": clock} if clock is not None else {}),
-                                   registry=registry, on_decision=_print)
-    reason, who = extras["reason"] or "", extras["who"]
-    decision = controller.abort(reason, who) if action == "abort" else controller.promote(reason, who)
+    controller = RolloutController(cfg, HttpTrafficControl(cfg.serve_url, cfg.http_timeout_s), on_decision=_print)
+    assert isinstance(cfg, ManualAction)
+    reason = cfg.reason or ""
+    decision = controller.abort(reason, cfg.who) if action == "abort" else controller.promote(reason, cfg.who)
     if decision.extra.get("alias_error"):
         print(f"warning: champion alias not moved: {decision.extra['alias_error']}", file=sys.stderr)
         return 1

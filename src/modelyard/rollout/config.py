@@ -1,5 +1,7 @@
-"""Configuration of ``modelyard rollout``: a dataclass parsed by jsonargparse (``--config`` YAML plus
-``--key value`` overrides), as every other stage does."""
+"""Configuration of ``modelyard rollout``: a dataclass whose field types declare their constraints,
+parsed with :func:`modelyard.config.parse_config` (``--config`` YAML plus ``--key value`` overrides)
+as every other stage does; :class:`RolloutConfig` checks its steps and the rules between fields when
+it is built."""
 
 from __future__ import annotations
 
@@ -7,13 +9,24 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from jsonargparse.typing import (
+    ClosedUnitInterval,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    restricted_number_type,
+    restricted_string_type,
+)
+
+from modelyard.config import Confidence, ConfigError, declared_problems
 from modelyard.metrics import LabelMetric
 from modelyard.safety import name_problem
 
-__all__ = ["ACTIONS", "RolloutConfig", "build_parser", "parse_rollout_args", "parse_rollout_command", "parse_steps",
-           "validate"]
+__all__ = ["ManualAction", "RolloutConfig", "expand_spellings", "parse_duration", "parse_steps"]
 
-ACTIONS = ("start", "status", "abort", "promote")
+LatencyRatio = restricted_number_type("LatencyRatio", float, [(">=", 1)],
+                                      docstring="float restricted to be ≥1 (a ratio canary/stable)")
+HttpUrl = restricted_string_type("HttpUrl", r"^https?://", docstring="an http(s) URL")
 
 
 @dataclass
@@ -54,26 +67,85 @@ class RolloutConfig:
     """
 
     model: str | None = None
-    candidate: str = "@challenger"
+    candidate: str | int = "@challenger"
     steps: list[float] = field(default_factory=lambda: [0.05, 0.25, 0.5, 1.0])
-    shadow_weight: float = 0.0
-    interval_s: float = 30.0
-    min_requests: int = 200
-    max_wait_s: float | None = 600.0
-    max_error_rate_increase: float = 0.01
-    max_latency_ratio_p95: float = 1.5
-    max_latency_ratio_p99: float = 2.0
-    min_agreement: float = 0.9
-    max_accuracy_drop: float = 0.02
+    shadow_weight: ClosedUnitInterval = 0.0
+    interval_s: PositiveFloat = 30.0
+    min_requests: PositiveInt = 200
+    max_wait_s: PositiveFloat | None = 600.0
+    max_error_rate_increase: ClosedUnitInterval = 0.01
+    max_latency_ratio_p95: LatencyRatio = 1.5
+    max_latency_ratio_p99: LatencyRatio = 2.0
+    min_agreement: ClosedUnitInterval = 0.9
+    max_accuracy_drop: ClosedUnitInterval = 0.02
     accuracy_metric: LabelMetric = "balanced_accuracy"
-    accuracy_confidence: float = 0.95
-    min_labels: int = 100
-    failed_checks_to_rollback: int = 1
+    accuracy_confidence: Confidence = 0.95
+    min_labels: NonNegativeInt = 100
+    failed_checks_to_rollback: PositiveInt = 1
     state_dir: str = "rollouts"
-    serve_url: str = "http://127.0.0.1:8000"
-    http_timeout_s: float = 10.0
+    serve_url: HttpUrl = "http://127.0.0.1:8000"
+    http_timeout_s: PositiveFloat = 10.0
     tracking_uri: str | None = None
     promote_alias: bool = True
+
+    def __post_init__(self) -> None:
+        problems = declared_problems(self)
+        if not problems:
+            self.candidate = str(self.candidate)  # YAML reads `candidate: 7` as an int
+            try:
+                self.steps = parse_steps(self.steps)
+            except ValueError as err:
+                problems.append(str(err))
+            else:
+                problems = self._rules()
+        if problems:
+            raise ConfigError(problems, "rollout configuration")
+
+    def _rules(self) -> list[str]:
+        """Every problem of the steps and between fields, each naming its key."""
+        problems = []
+        if not self.model:
+            problems.append("model is required (--model NAME)")
+        elif (why := name_problem(self.model)) is not None:
+            problems.append(f"model {self.model!r}: {why}")
+        if not self.candidate.strip():
+            problems.append("candidate is required: a version such as 7 or an alias such as @challenger")
+        steps = self.steps
+        if not steps:
+            problems.append("steps must list at least one canary weight, e.g. 5,25,50,100")
+        else:
+            bad = [s for s in steps if not (0 < s <= 1) or math.isnan(s)]
+            if bad:
+                problems.append(f"steps must be within (0, 1] (or percents within (0, 100]); got {steps} "
+                                f"with {bad} out of range")
+            if any(b <= a for a, b in zip(steps, steps[1:], strict=False)):
+                problems.append(f"steps must be strictly increasing; got {steps}")
+            if steps[-1] != 1.0 and not bad:
+                problems.append(f"steps must end at 1.0 (100%) so the candidate is promoted at full traffic; "
+                                f"got last step {steps[-1]}")
+        if self.max_wait_s is not None and self.max_wait_s < self.interval_s:
+            problems.append(f"max_wait_s ({self.max_wait_s}) must be at least interval_s ({self.interval_s}), "
+                            "or null")
+        return problems
+
+
+@dataclass
+class ManualAction(RolloutConfig):
+    """A rollout's configuration plus who ends it by hand (``abort`` or ``promote``) and why.
+
+    Args:
+        reason: why; recorded with the decision (required): it is the audit trail.
+        who: recorded as the author (default: the login name).
+    """
+
+    reason: str | None = None
+    who: str | None = None
+
+    def _rules(self) -> list[str]:
+        problems = super()._rules()
+        if not (self.reason or "").strip():
+            problems.append("reason is required (--reason '...'): it is the audit trail")
+        return problems
 
 
 def parse_steps(value: str | Sequence[float | int | str]) -> list[float]:
@@ -94,72 +166,6 @@ def parse_steps(value: str | Sequence[float | int | str]) -> list[float]:
     return steps
 
 
-def validate(cfg: RolloutConfig, action: str = "start") -> list[str]:
-    """Every problem of ``cfg``, each naming its key; empty when fine."""
-    problems = []
-    if not cfg.model:
-        problems.append("model is required (--model NAME)")
-    elif (why := name_problem(cfg.model)) is not None:
-        problems.append(f"model {cfg.model!r}: {why}")
-    if action == "start" and not str(cfg.candidate or "").strip():
-        problems.append("candidate is required: a version such as 7 or an alias such as @challenger")
-    steps = cfg.steps
-    if not steps:
-        problems.append("steps must list at least one canary weight, e.g. 5,25,50,100")
-    else:
-        bad = [s for s in steps if not (0 < s <= 1) or math.isnan(s)]
-        if bad:
-            problems.append(f"steps must be within (0, 1] (or percents within (0, 100]); got {steps} "
-                            f"with {bad} out of range")
-        if any(b <= a for a, b in zip(steps, steps[1:], strict=False)):
-            problems.append(f"steps must be strictly increasing; got {steps}")
-        if steps[-1] != 1.0 and not bad:
-            problems.append(f"steps must end at 1.0 (100%) so the candidate is promoted at full traffic; "
-                            f"got last step {steps[-1]}")
-    for key in ("max_error_rate_increase", "min_agreement", "max_accuracy_drop", "shadow_weight"):
-        value = getattr(cfg, key)
-        if not 0 <= value <= 1:
-            problems.append(f"{key} must be within [0, 1], got {value}")
-    for key in ("max_latency_ratio_p95", "max_latency_ratio_p99"):
-        if getattr(cfg, key) < 1:
-            problems.append(f"{key} must be at least 1 (a ratio canary/stable), got {getattr(cfg, key)}")
-    for key in ("interval_s", "http_timeout_s"):
-        if getattr(cfg, key) <= 0:
-            problems.append(f"{key} must be positive, got {getattr(cfg, key)}")
-    if cfg.max_wait_s is not None and cfg.max_wait_s < cfg.interval_s:
-        problems.append(f"max_wait_s ({cfg.max_wait_s}) must be at least interval_s ({cfg.interval_s}), or null")
-    for key in ("min_requests", "failed_checks_to_rollback"):
-        if getattr(cfg, key) < 1:
-            problems.append(f"{key} must be at least 1, got {getattr(cfg, key)}")
-    if not 0.5 <= cfg.accuracy_confidence < 1:
-        problems.append(f"accuracy_confidence must be within [0.5, 1), got {cfg.accuracy_confidence}")
-    if cfg.min_labels < 0:
-        problems.append(f"min_labels must be at least 0, got {cfg.min_labels}")
-    if not cfg.serve_url.startswith(("http://", "https://")):
-        problems.append(f"serve_url must be an http(s) URL, got {cfg.serve_url!r}")
-    return problems
-
-
-def build_parser(action: str = "start"):  # -> jsonargparse.ArgumentParser
-    from jsonargparse import ActionConfigFile, ArgumentParser
-
-    parser = ArgumentParser(
-        prog=f"modelyard rollout {action}",
-        description=("Progressive canary rollout of a model version behind the serving ingress: the canary's "
-                     "traffic weight climbs through `steps`; each step is judged against the stable version "
-                     "(error rate, p95/p99 latency, prediction agreement, accuracy where labels exist) and the "
-                     "canary is promoted after the last step or rolled back at the first failed gate."),
-        exit_on_error=False,
-    )
-    parser.add_argument("--config", action=ActionConfigFile, help="YAML config file (repeatable).")
-    parser.add_class_arguments(RolloutConfig, None)
-    if action in ("abort", "promote"):
-        parser.add_argument("--reason", type=str, default=None,
-                            help=f"why you {action}; recorded with the decision (required)")
-        parser.add_argument("--who", type=str, default=None, help="recorded as the author (default: login name)")
-    return parser
-
-
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
@@ -175,9 +181,22 @@ def parse_duration(value: str) -> float:
         raise ValueError(f"interval {value!r} is not a duration; expected e.g. 30s, 2m, 500ms or seconds") from None
 
 
-def _steps_argv(argv: Sequence[str]) -> list[str]:
-    # jsonargparse reads a list option as YAML (`[5, 25]`); `--steps 5,25,50,100` is friendlier.
-    # The short spellings of the docs (`--interval 30s`, `--min-requests 200`) map onto the keys.
+def expand_spellings(argv: Sequence[str]) -> list[str]:
+    """``argv`` with the documented short spellings written as the keys jsonargparse reads.
+
+    jsonargparse reads a list option as YAML (``[5, 25]``); ``--steps 5,25,50,100`` is friendlier.
+    ``--interval 30s`` and ``--min-requests 200`` map onto ``interval_s`` and ``min_requests``.
+
+    Raises:
+        ConfigError: on an interval that is not a duration.
+    """
+    try:
+        return _expand(argv)
+    except ValueError as err:
+        raise ConfigError([str(err)], "rollout configuration") from None
+
+
+def _expand(argv: Sequence[str]) -> list[str]:
     out = [a.replace("--min-requests", "--min_requests", 1) if a.startswith("--min-requests") else a for a in argv]
     for i, arg in enumerate(out):
         if arg == "--steps" and i + 1 < len(out) and not out[i + 1].lstrip().startswith("["):
@@ -189,40 +208,3 @@ def _steps_argv(argv: Sequence[str]) -> list[str]:
         elif arg.startswith("--interval="):
             out[i] = f"--interval_s={parse_duration(arg.split('=', 1)[1])}"
     return out
-
-
-def parse_rollout_command(argv: Sequence[str]) -> tuple[str, RolloutConfig, dict[str, str | None]]:
-    """Parse ``[ACTION] --config FILE --key value ...`` -> ``(action, config, {"reason", "who"})``.
-
-    The action defaults to ``start``. Raises :class:`modelyard.config.ConfigError` naming every bad key.
-    """
-    from modelyard.config import ConfigError, parse_args
-
-    argv = list(argv)
-    action = argv.pop(0) if argv and argv[0] in ACTIONS else "start"
-    try:
-        argv = _steps_argv(argv)
-    except ValueError as err:
-        raise ConfigError([str(err)], "rollout configuration") from None
-    ns = parse_args(build_parser(action), argv, "rollout configuration").as_dict()
-    ns.pop("config", None)
-    extras = {k: ns.pop(k, None) for k in ("reason", "who")}
-    try:
-        ns["steps"] = parse_steps(ns.get("steps") or [])
-    except ValueError as err:
-        raise ConfigError([str(err)], "rollout configuration") from None
-    if ns.get("candidate") is not None:
-        ns["candidate"] = str(ns["candidate"])  # YAML reads `candidate: 7` as an int
-    cfg = RolloutConfig(**ns)
-    problems = validate(cfg, action)
-    if action in ("abort", "promote") and not (extras["reason"] or "").strip():
-        problems.append(f"reason is required for {action} (--reason '...'): it is the audit trail")
-    if problems:
-        raise ConfigError(problems, "rollout configuration")
-    return action, cfg, extras
-
-
-def parse_rollout_args(argv: Sequence[str]) -> RolloutConfig:
-    """The :class:`RolloutConfig` of ``[ACTION] --config FILE --key value ...`` (see
-    :func:`parse_rollout_command`); what the config-file test calls with a YAML's first line."""
-    return parse_rollout_command(argv)[1]

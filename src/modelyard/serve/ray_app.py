@@ -23,7 +23,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from modelyard.serve.ray_config import RayServeConfig, parse_ray_serve_args
+from modelyard.config import ConfigError, parse_config
+from modelyard.serve.ray_config import RayServeConfig
 
 __all__ = ["RayServeConfig", "build_app", "control_url", "deploy", "main", "run", "serving_ray", "update_traffic"]
 
@@ -49,9 +50,6 @@ def build_app(cfg: RayServeConfig) -> Any:
     from modelyard.serve.ray_ingress import KServeIngress
     from modelyard.serve.ray_models import ModelVersion, read_specs, resolve_reference
 
-    problems = cfg.problems()
-    if problems:
-        raise ValueError("; ".join(problems))
     stable = resolve_reference(cfg.stable, cfg.model, cfg.tracking_uri)
     inputs, outputs = read_specs(stable.path)
     canary = resolve_reference(cfg.canary, cfg.model, cfg.tracking_uri) if cfg.canary else None
@@ -253,15 +251,17 @@ def run(cfg: RayServeConfig) -> None:
             ray.shutdown()
 
 
+DESCRIPTION = ("Serve a model with Ray Serve over the KServe v2 HTTP protocol, with dynamic batching, "
+               "a weighted or sticky canary, shadow traffic and run-time traffic changes.")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI handler of ``modelyard serve ray``; 0 on a clean shutdown, 2 on a configuration problem."""
-    from modelyard.config import ConfigError
-
     argv = list(argv or [])
     if argv[:1] == ["ray"]:  # tolerate being handed the sub-command word too
         argv = argv[1:]
     try:
-        cfg = parse_ray_serve_args(argv)
+        cfg = parse_config(RayServeConfig, argv, prog="modelyard serve ray", description=DESCRIPTION)
     except ConfigError as err:
         print(f"modelyard serve ray: {err}")
         return 2

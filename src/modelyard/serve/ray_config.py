@@ -1,15 +1,35 @@
-"""Configuration of ``modelyard serve ray``: a Ray Serve application speaking KServe v2."""
+"""Configuration of ``modelyard serve ray``: a Ray Serve application speaking KServe v2.
+
+A dataclass whose field types declare their constraints, parsed with
+:func:`modelyard.config.parse_config`; :class:`RayServeConfig` checks the rules between fields
+when it is built.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from jsonargparse.typing import (
+    ClosedUnitInterval,
+    NonNegativeFloat,
+    PositiveFloat,
+    PositiveInt,
+    restricted_number_type,
+    restricted_string_type,
+)
+
+from modelyard.config import ConfigError, Port, declared_problems
 from modelyard.safety import name_problem
 
-__all__ = ["RayServeConfig", "parse_ray_serve_args"]
+__all__ = ["RayServeConfig"]
+
+ControlPort = restricted_number_type("ControlPort", int, [(">=", 1), ("<=", 65535)],
+                                     docstring="int restricted to be ≥1 and ≤65535")  # 0 would leave callers lost
+Host = restricted_string_type("Host", r"\S", docstring="a host name or address such as 127.0.0.1")
 
 
 @dataclass
@@ -74,77 +94,50 @@ class RayServeConfig:
     model: str = "fraud"
     stable: str = "@champion"
     canary: str | None = None
-    canary_weight: float = 0.0
-    shadow_weight: float = 0.0
+    canary_weight: ClosedUnitInterval = 0.0
+    shadow_weight: ClosedUnitInterval = 0.0
     sticky_header: str = "x-routing-key"
-    max_batch_size: int = 32
-    batch_wait_timeout_s: float = 0.005
-    num_replicas: int = 1
+    max_batch_size: PositiveInt = 32
+    batch_wait_timeout_s: NonNegativeFloat = 0.005
+    num_replicas: PositiveInt = 1
     autoscaling_config: dict[str, Any] | None = None
-    max_ongoing_requests: int = 64
-    max_body_bytes: int = 1_000_000
+    max_ongoing_requests: PositiveInt = 64
+    max_body_bytes: PositiveInt = 1_000_000
     host: str = "127.0.0.1"
-    port: int = 8000
+    port: Port = 8000
     tracking_uri: str | None = None
     metrics_port: int | None = None
-    canary_fault_error_rate: float = 0.0
-    canary_fault_delay_ms: float = 0.0
+    canary_fault_error_rate: ClosedUnitInterval = 0.0
+    canary_fault_delay_ms: NonNegativeFloat = 0.0
     log_dir: str | None = "inference_log"
-    log_sample_rate: float = 1.0
-    log_flush_interval_s: float = 5.0
-    log_max_age_days: float | None = 30.0
-    log_max_bytes: int | None = None
+    log_sample_rate: ClosedUnitInterval = 1.0
+    log_flush_interval_s: PositiveFloat = 5.0
+    log_max_age_days: PositiveFloat | None = 30.0
+    log_max_bytes: PositiveInt | None = None
     request_timeout_s: float = 10.0
-    request_attempts: int = 3
-    health_check_period_s: float = 10.0
-    health_check_timeout_s: float = 30.0
-    max_batch_run_s: float = 30.0
-    control_port: int | None = None
-    control_host: str = "127.0.0.1"
+    request_attempts: PositiveInt = 3
+    health_check_period_s: PositiveFloat = 10.0
+    health_check_timeout_s: PositiveFloat = 30.0
+    max_batch_run_s: PositiveFloat = 30.0
+    control_port: ControlPort | None = None
+    control_host: Host = "127.0.0.1"
     control_token_env: str = "MODELYARD_CONTROL_TOKEN"
 
-    def problems(self) -> list[str]:
-        """Every invalid value, each naming what was received and what is expected."""
-        out = []
-        for key in ("canary_weight", "shadow_weight", "canary_fault_error_rate", "log_sample_rate"):
-            value = getattr(self, key)
-            if not 0.0 <= value <= 1.0:
-                out.append(f"{key} must be within [0, 1], got {value}")
-        if self.canary is None and (self.canary_weight > 0 or self.shadow_weight > 0):
-            out.append(f"canary_weight={self.canary_weight}/shadow_weight={self.shadow_weight} need a canary "
-                       "reference (--canary @challenger, a version number or path:FILE.onnx)")
-        for key in ("max_batch_size", "num_replicas", "max_ongoing_requests", "max_body_bytes", "request_attempts"):
-            if getattr(self, key) < 1:
-                out.append(f"{key} must be >= 1, got {getattr(self, key)}")
-        if self.canary_fault_delay_ms < 0:
-            out.append(f"canary_fault_delay_ms must be >= 0, got {self.canary_fault_delay_ms}")
-        if self.batch_wait_timeout_s < 0:
-            out.append(f"batch_wait_timeout_s must be >= 0, got {self.batch_wait_timeout_s}")
-        if not 0 <= self.port <= 65535:
-            out.append(f"port must be within [0, 65535], got {self.port}")
-        for key in ("health_check_period_s", "health_check_timeout_s", "max_batch_run_s"):
-            if getattr(self, key) <= 0:
-                out.append(f"{key} must be > 0, got {getattr(self, key)}")
-        if self.request_timeout_s <= self.batch_wait_timeout_s:
-            out.append(f"request_timeout_s must be > batch_wait_timeout_s ({self.batch_wait_timeout_s}): every "
-                       f"request may wait that long for its batch to fill; got {self.request_timeout_s}")
-        if self.control_port is not None:
-            # 0 ("any free port") would leave callers with no way to know where control lives.
-            if not 1 <= self.control_port <= 65535:
-                out.append(f"control_port must be within [1, 65535] or null, got {self.control_port}")
-            elif self.control_port == self.port and self.control_host in (self.host, "0.0.0.0"):
-                out.append(f"control_port {self.control_port} is the serving port; expected a separate port")
-        if not self.control_host:
-            out.append("control_host must not be empty (e.g. 127.0.0.1)")
-        if (why := name_problem(self.model)) is not None:
-            out.append(f"model (the served model name) {self.model!r} is refused: {why}")
-        if self.log_flush_interval_s <= 0:
-            out.append(f"log_flush_interval_s must be > 0, got {self.log_flush_interval_s}")
-        if self.log_max_age_days is not None and self.log_max_age_days <= 0:
-            out.append(f"log_max_age_days must be > 0 or null (no age limit), got {self.log_max_age_days}")
-        if self.log_max_bytes is not None and self.log_max_bytes < 1:
-            out.append(f"log_max_bytes must be >= 1 or null (no size limit), got {self.log_max_bytes}")
-        return out
+    def __post_init__(self) -> None:
+        problems = declared_problems(self)
+        if not problems:
+            if self.canary is None and (self.canary_weight > 0 or self.shadow_weight > 0):
+                problems.append(f"canary_weight={self.canary_weight}/shadow_weight={self.shadow_weight} need a "
+                                "canary reference (--canary @challenger, a version number or path:FILE.onnx)")
+            if self.request_timeout_s <= self.batch_wait_timeout_s:
+                problems.append(f"request_timeout_s must be > batch_wait_timeout_s ({self.batch_wait_timeout_s}): "
+                                f"every request may wait that long for its batch to fill; got {self.request_timeout_s}")
+            if self.control_port == self.port and self.control_host in (self.host, "0.0.0.0"):
+                problems.append(f"control_port {self.control_port} is the serving port; expected a separate port")
+            if (why := name_problem(self.model)) is not None:
+                problems.append(f"model (the served model name) {self.model!r} is refused: {why}")
+        if problems:
+            raise ConfigError(problems, "serve ray configuration")
 
     def log_settings(self) -> dict[str, Any] | None:
         """The inference log settings the ingress gets, ``log_dir`` made absolute; ``None`` when off.
@@ -163,31 +156,7 @@ class RayServeConfig:
         Read here, in the driver, from the environment the operator deployed with; only the
         SHA-256 digest travels (Ray stores deployment arguments in its cluster state).
         """
-        import hashlib
-        import os
-
         token = os.environ.get(self.control_token_env, "") if self.control_token_env else ""
         return {"host": self.control_host, "port": self.control_port,
                 "token_sha256": hashlib.sha256(token.encode()).hexdigest() if token else None,
                 "token_env": self.control_token_env}
-
-
-def build_parser():  # -> jsonargparse.ArgumentParser
-    from modelyard.config import dataclass_parser
-
-    return dataclass_parser(
-        RayServeConfig, "modelyard serve ray",
-        ("Serve a model with Ray Serve over the KServe v2 HTTP protocol, with dynamic batching, "
-         "a weighted or sticky canary, shadow traffic and run-time traffic changes."),
-    )
-
-
-def parse_ray_serve_args(argv: Sequence[str]) -> RayServeConfig:
-    """Parse ``modelyard serve ray`` arguments; raises :class:`modelyard.config.ConfigError`."""
-    from modelyard.config import ConfigError, parse_dataclass_args
-
-    cfg = RayServeConfig(**parse_dataclass_args(build_parser(), argv, "serve ray configuration"))
-    problems = cfg.problems()
-    if problems:
-        raise ConfigError(problems, "serve ray configuration")
-    return cfg

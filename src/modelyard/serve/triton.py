@@ -433,9 +433,9 @@ def run(cfg: TritonServeConfig) -> None:
 
 
 def build_parser():  # -> jsonargparse.ArgumentParser
-    from modelyard.config import dataclass_parser
+    from modelyard.config import config_parser
 
-    return dataclass_parser(
+    return config_parser(
         TritonServeConfig, "modelyard serve triton",
         (
             "Serve one model of a Triton repository (triton_models/<model>/<version>/model.onnx + "
@@ -453,9 +453,11 @@ def build_parser():  # -> jsonargparse.ArgumentParser
 
 def parse_triton_args(argv: Sequence[str]) -> TritonServeConfig:
     """Parse ``modelyard serve triton`` arguments; raises :class:`modelyard.config.ConfigError`."""
-    from modelyard.config import parse_dataclass_args
+    from modelyard.config import parse_config
 
-    return TritonServeConfig(**parse_dataclass_args(build_parser(), argv, "serve triton configuration"))
+    parser = build_parser()
+    return parse_config(TritonServeConfig, argv, prog=parser.prog, description=parser.description,
+                        source="serve triton configuration")
 
 
 def main(argv: Sequence[str]) -> int:

@@ -1,6 +1,6 @@
 """Training: Lightning jobs from YAML configs, tracked as one MLflow run each.
 
-``run(TrainConfig) -> TrainResult``; ``parse_train_args(argv)`` builds the config the way
+``run(TrainConfig) -> TrainResult``; ``parse_train_config(argv)`` builds the config the way
 ``modelyard train`` does.
 """
 
@@ -10,9 +10,9 @@ from modelyard.train.config import (
                                     MlflowConfig,
                                     ModelConfig,
                                     TrainConfig,
-                                    parse_train_args,
+                                    parse_train_config,
 )
 from modelyard.train.run import TrainResult, run
 
 __all__ = ["CheckpointConfig", "DataModuleConfig", "MlflowConfig", "ModelConfig", "TrainConfig", "TrainResult",
-           "parse_train_args", "run"]
+           "parse_train_config", "run"]

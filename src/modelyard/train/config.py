@@ -3,20 +3,24 @@
 The YAML layout follows LightningCLI: ``model`` is ``class_path`` + ``init_args`` (any
 LightningModule), ``trainer`` takes the keyword arguments of ``lightning.Trainer`` (validated against
 its signature), and every key can be overridden on the command line by its path
-(``--trainer.devices 2 --trainer.strategy ddp``).
+(``--trainer.devices 2 --trainer.strategy ddp``). :func:`parse_train_config` is
+:func:`modelyard.config.parse_config` with that richer parser; :class:`TrainConfig` holds every
+value to its declared type when it is built.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
-if TYPE_CHECKING:
-    from jsonargparse import ArgumentParser
+from jsonargparse import ActionConfigFile, ArgumentParser
+from jsonargparse.typing import NonNegativeInt, PositiveInt
+
+from modelyard.config import ConfigError, declared_problems, parse_config
 
 __all__ = ["CheckpointConfig", "DataModuleConfig", "MlflowConfig", "ModelConfig", "TrainConfig",
-           "build_parser", "parse_train_args"]
+           "build_parser", "parse_train_config"]
 
 # Trainer arguments modelyard sets itself (from the sections below), so they are not user keys.
 _MANAGED_TRAINER_ARGS = {"callbacks", "logger", "plugins", "enable_checkpointing", "default_root_dir"}
@@ -37,9 +41,9 @@ class DataModuleConfig:
 
     snapshot: str = "transactions"
     store: str = "data/store"
-    batch_size: int = 256
-    eval_batch_size: int = 1024
-    num_workers: int = 0
+    batch_size: PositiveInt = 256
+    eval_batch_size: PositiveInt = 1024
+    num_workers: NonNegativeInt = 0
 
 
 @dataclass
@@ -93,15 +97,22 @@ class TrainConfig:
     output_dir: str = "runs"
     resume: str | None = None
     launcher: Literal["lightning", "ray"] = "lightning"
-    num_workers: int = 2
+    num_workers: PositiveInt = 2
+
+    def __post_init__(self) -> None:
+        if problems := declared_problems(self):
+            raise ConfigError(problems, "training configuration")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        if not (data.get("model") or {}).get("class_path"):
+            raise ConfigError(["'model' is required: give model.class_path (e.g. modelyard.models.TabularMLP)"],
+                              "training configuration")
         return cls(
-            model=ModelConfig(**data["model"]),
+            model=ModelConfig(data["model"]["class_path"], dict(data["model"].get("init_args") or {})),
             data=DataModuleConfig(**data.get("data", {})),
             trainer=dict(data.get("trainer", {})),
             checkpoint=CheckpointConfig(**data.get("checkpoint", {})),
@@ -112,7 +123,8 @@ class TrainConfig:
 
 
 def build_parser() -> ArgumentParser:
-    from jsonargparse import ActionConfigFile, ArgumentParser
+    """The ``modelyard train`` parser: :class:`TrainConfig`'s sections, with ``trainer`` validated
+    against ``lightning.Trainer``'s signature and ``model`` as a LightningModule ``class_path``."""
     from lightning import LightningModule, Trainer
 
     parser = ArgumentParser(
@@ -144,39 +156,12 @@ def build_parser() -> ArgumentParser:
                         help="lightning: processes started by Lightning (trainer.devices/strategy) or by "
                              "torchrun/SLURM. ray: Ray Train workers on the cluster at $RAY_ADDRESS "
                              "(a local Ray instance when unset).")
-    parser.add_argument("--num-workers", "--num_workers", dest="num_workers", type=int, default=2,
+    parser.add_argument("--num-workers", "--num_workers", dest="num_workers", type=PositiveInt, default=2,
                         help="Ray Train workers (with --launcher ray).")
     return parser
 
 
-def parse_train_args(argv: Sequence[str]) -> TrainConfig:
-    """Parse ``modelyard train`` arguments; raises :class:`modelyard.config.ConfigError`."""
-    from modelyard.config import ConfigError, parse_args
-
-    parser = build_parser()
-    ns = parse_args(parser, argv, "training configuration")
-    model = ns.model
-    if model is None or not getattr(model, "class_path", None):
-        raise ConfigError(["'model' is required: give model.class_path (e.g. modelyard.models.TabularMLP)"],
-                          "training configuration")
-    init_args = model.init_args.as_dict() if getattr(model, "init_args", None) is not None else {}
-    trainer = {k: v for k, v in ns.trainer.as_dict().items()}
-    problems = []
-    if ns.num_workers < 1:
-        problems.append(f"num_workers must be >= 1, got {ns.num_workers}")
-    if ns.data.batch_size < 1:
-        problems.append(f"data.batch_size must be >= 1, got {ns.data.batch_size}")
-    if problems:
-        raise ConfigError(problems, "training configuration")
-    return TrainConfig(
-        model=ModelConfig(class_path=model.class_path, init_args=init_args),
-        data=DataModuleConfig(**ns.data.as_dict()),
-        trainer=trainer,
-        checkpoint=CheckpointConfig(**ns.checkpoint.as_dict()),
-        mlflow=MlflowConfig(**ns.mlflow.as_dict()),
-        seed_everything=ns.seed_everything,
-        output_dir=ns.output_dir,
-        resume=ns.resume,
-        launcher=ns.launcher,
-        num_workers=ns.num_workers,
-    )
+def parse_train_config(argv: Sequence[str]) -> TrainConfig:
+    """Parse ``modelyard train`` arguments (:func:`modelyard.config.parse_config` on
+    :func:`build_parser`); raises :class:`modelyard.config.ConfigError`."""
+    return parse_config(TrainConfig, argv, parser=build_parser(), source="training configuration")

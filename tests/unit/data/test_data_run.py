@@ -118,15 +118,19 @@ def test_digits_run(store) -> None:
 
 
 def test_config_problems_are_reported_together(store) -> None:
-    cfg = DataConfig(dataset="tranzactions", name="a/b", split=SplitConfig(train=0.8, val=0.15, test=0.15),
-                     drift=DriftConfig(concept_drift=2.0), store=str(store))
-    with pytest.raises(ValueError) as info:
-        run(cfg)
+    with pytest.raises(ValueError) as info:  # each value against its declared type, every bad one at once
+        DataConfig(dataset="transactions", rows=0, drift=DriftConfig(concept_drift=2.0), store=str(store))
+    message = str(info.value)
+    assert "rows must be an integer >0, got 0" in message
+    assert "drift.concept_drift must be a number ≥0 and ≤1, got 2.0" in message
+    with pytest.raises(ValueError) as info:  # then the rules between fields, every broken one at once
+        run(DataConfig(dataset="tranzactions", name="a/b", split=SplitConfig(train=0.8, val=0.15, test=0.15),
+                       drift=DriftConfig(concept_drift=0.5), store=str(store)))
     message = str(info.value)
     assert "dataset 'tranzactions' is unknown; use a built-in (transactions, digits, text) or 'file'" in message
     assert "split fractions must sum to 1" in message
     assert "ref name 'a/b' is not allowed" in message
-    assert "drift.concept_drift must be in [0, 1]" in message
+    assert "drift knobs only apply to dataset 'transactions'" in message
     assert not store.exists()
 
 

@@ -9,13 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from modelyard.config import ConfigError
+from modelyard.config import ConfigError, parse_config
 from modelyard.rollout import (
     HttpTrafficControl,
+    ManualAction,
+    RolloutConfig,
+    RolloutController,
     RolloutError,
     TrafficError,
-    parse_rollout_args,
-    parse_rollout_command,
+    expand_spellings,
     parse_steps,
 )
 from modelyard.rollout.cli import main
@@ -27,7 +29,7 @@ DEFAULT = ROOT / "configs/rollout/default.yaml"
 def test_default_config_loads_with_the_command_on_its_first_line():
     first = DEFAULT.read_text().splitlines()[0]
     assert first == "# modelyard rollout start --config configs/rollout/default.yaml"
-    cfg = parse_rollout_args(["start", "--config", str(DEFAULT)])
+    cfg = parse_config(RolloutConfig, ["--config", str(DEFAULT)])
     assert cfg.model == "fraud" and cfg.candidate == "@challenger" and cfg.steps == [0.05, 0.25, 0.5, 1.0]
     # Every key of the file carries a comment.
     for line in DEFAULT.read_text().splitlines()[2:]:
@@ -41,7 +43,8 @@ def test_steps_as_percents_or_fractions(given, expected):
 
 
 def test_steps_override_on_the_command_line():
-    cfg = parse_rollout_args(["start", "--config", str(DEFAULT), "--steps", "10,50,100", "--candidate", "7"])
+    cfg = parse_config(RolloutConfig, expand_spellings(["--config", str(DEFAULT), "--steps", "10,50,100",
+                                                        "--candidate", "7"]))
     assert cfg.steps == pytest.approx([0.1, 0.5, 1.0]) and cfg.candidate == "7"
 
 
@@ -58,18 +61,18 @@ def test_steps_override_on_the_command_line():
 ])
 def test_config_errors_name_the_key(argv, words):
     with pytest.raises(ConfigError) as err:
-        parse_rollout_args(["start", "--config", str(DEFAULT), *argv])
+        parse_config(RolloutConfig, expand_spellings(["--config", str(DEFAULT), *argv]))
     for word in words:
         assert word in str(err.value)
 
 
 def test_model_is_required_and_abort_needs_a_reason():
     with pytest.raises(ConfigError, match="model is required"):
-        parse_rollout_args(["start"])
+        parse_config(RolloutConfig, [])
     with pytest.raises(ConfigError, match="reason is required"):
-        parse_rollout_command(["abort", "--model", "fraud"])
-    action, cfg, extras = parse_rollout_command(["abort", "--model", "fraud", "--reason", "pager"])
-    assert action == "abort" and extras["reason"] == "pager"
+        parse_config(ManualAction, ["--model", "fraud"])
+    cfg = parse_config(ManualAction, ["--model", "fraud", "--reason", "pager"])
+    assert cfg.reason == "pager" and cfg.who is None
 
 
 class _Ingress(BaseHTTPRequestHandler):
@@ -135,36 +138,46 @@ def test_http_traffic_control_errors_say_what_happened(ingress):
         HttpTrafficControl("http://127.0.0.1:9", timeout_s=2).status()
 
 
-def test_cli_help_start_status_abort(tmp_path, capsys):
+def test_cli_help_and_status_around_a_rollout(tmp_path, capsys):
+    """The CLI's help and status; the rollout in between runs in-process against a fake ingress."""
     from test_rollout_controller import FakeClock, FakeRegistry, FakeServing
 
-    assert main(["--help"]) == 0 and "start" in capsys.readouterr().out
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert all(f"    {action} " in out for action in ("start", "status", "abort", "promote"))
     assert main(["nope"]) == 2
     assert main(["start", "--help"]) == 0 and "--min_requests" in capsys.readouterr().out
+    assert main(["abort", "--help"]) == 0 and "--reason" in capsys.readouterr().out
     common = ["--model", "fraud", "--state_dir", str(tmp_path)]
     assert main(["status", *common]) == 1
     serving = FakeServing()
-    assert main(["start", *common, "--steps", "50,100"], control=serving, registry=FakeRegistry(),
-                clock=FakeClock(serving)) == 0
-    out = capsys.readouterr().out
-    assert "ADVANCE" in out and "PROMOTE" in out and "ended promoted" in out
+    cfg = parse_config(RolloutConfig, expand_spellings([*common, "--steps", "50,100"]))
+    decisions = []
+    state = RolloutController(cfg, serving, registry=FakeRegistry(), clock=FakeClock(serving),
+                              on_decision=decisions.append).run()
+    assert state.state == "promoted"
+    summaries = " ".join(d.summary() for d in decisions)
+    assert "ADVANCE" in summaries and "PROMOTE" in summaries
     assert main(["status", *common]) == 0
     assert "state      promoted" in capsys.readouterr().out
+    aborted = parse_config(ManualAction, [*common, "--reason", "test"])
     with pytest.raises(RolloutError, match="already promoted"):
-        main(["abort", *common, "--reason", "test"], control=FakeServing(), registry=FakeRegistry())
+        RolloutController(aborted, FakeServing(), registry=FakeRegistry()).abort(aborted.reason, aborted.who)
     serving = FakeServing()
-    other = ["--model", "fraud", "--state_dir", str(tmp_path / "other")]
-    assert main(["abort", *other, "--reason", "test"], control=serving, registry=FakeRegistry()) == 0
+    other = parse_config(ManualAction, ["--model", "fraud", "--state_dir", str(tmp_path / "other"), "--reason", "t"])
+    RolloutController(other, serving, registry=FakeRegistry()).abort(other.reason, other.who)
     assert serving.calls == [("rollback",)]
+    with pytest.raises(ConfigError, match="reason is required"):
+        main(["abort", "--model", "fraud", "--state_dir", str(tmp_path)])
 
 
 def test_the_documented_spellings_interval_with_unit_and_min_requests():
-    from modelyard.rollout.config import parse_duration, parse_rollout_command
+    from modelyard.rollout.config import parse_duration
 
-    action, cfg, _ = parse_rollout_command(["start", "--model", "fraud", "--candidate", "@challenger",
-                                            "--steps", "5,25,50,100", "--interval", "30s", "--min-requests", "50"])
-    assert action == "start" and cfg.interval_s == 30.0 and cfg.min_requests == 50
+    cfg = parse_config(RolloutConfig, expand_spellings(["--model", "fraud", "--candidate", "@challenger", "--steps",
+                                                        "5,25,50,100", "--interval", "30s", "--min-requests", "50"]))
+    assert cfg.interval_s == 30.0 and cfg.min_requests == 50
     assert cfg.steps == [0.05, 0.25, 0.5, 1.0]
     assert parse_duration("2m") == 120.0 and parse_duration("500ms") == 0.5 and parse_duration("7") == 7.0
     with pytest.raises(Exception, match="not a duration"):
-        parse_rollout_command(["start", "--model", "fraud", "--candidate", "2", "--interval", "soon"])
+        expand_spellings(["--model", "fraud", "--candidate", "2", "--interval", "soon"])

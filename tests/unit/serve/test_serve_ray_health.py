@@ -66,20 +66,32 @@ def test_check_health_fails_while_a_batch_is_stuck_and_recovers():
     replica.check_health()  # the batch finished: healthy again
 
 
+def _problems(**values) -> str:
+    """The message of the ConfigError that building ``RayServeConfig(**values)`` raises."""
+    from modelyard.config import ConfigError
+    from modelyard.serve.ray_config import RayServeConfig
+
+    with pytest.raises(ConfigError) as err:
+        RayServeConfig(**values)
+    return str(err.value)
+
+
 def test_fault_settings_are_checked():
     from modelyard.serve.ray_config import RayServeConfig
 
-    problems = RayServeConfig(request_timeout_s=0.001, batch_wait_timeout_s=0.005, request_attempts=0,
-                              health_check_period_s=0, health_check_timeout_s=-1, max_batch_run_s=0,
-                              control_port=70000).problems()
-    text = "\n".join(problems)
-    for expected in ("request_timeout_s must be > batch_wait_timeout_s (0.005)", "request_attempts must be >= 1, got 0",
-                     "health_check_period_s must be > 0, got 0", "health_check_timeout_s must be > 0, got -1",
-                     "max_batch_run_s must be > 0, got 0", "control_port must be within [1, 65535] or null, got 70000"):
-        assert expected in text, (expected, problems)
-    same = RayServeConfig(port=8000, control_port=8000).problems()
-    assert any("control_port 8000 is the serving port" in p for p in same), same
-    assert RayServeConfig(control_port=8001).problems() == []
+    # Each value against its declared type, every bad one at once ...
+    text = _problems(request_attempts=0, health_check_period_s=0, health_check_timeout_s=-1, max_batch_run_s=0,
+                     control_port=70000)
+    for expected in ("request_attempts must be an integer >0, got 0",
+                     "health_check_period_s must be a number >0, got 0",
+                     "health_check_timeout_s must be a number >0, got -1", "max_batch_run_s must be a number >0, got 0",
+                     "control_port must be an integer ≥1 and ≤65535 or null, got 70000"):
+        assert expected in text, (expected, text)
+    # ... then the rules between fields.
+    assert "request_timeout_s must be > batch_wait_timeout_s (0.005)" in _problems(request_timeout_s=0.001,
+                                                                                   batch_wait_timeout_s=0.005)
+    assert "control_port 8000 is the serving port" in _problems(port=8000, control_port=8000)
+    assert RayServeConfig(control_port=8001).control_port == 8001
 
 
 def test_control_token_travels_only_as_a_digest(monkeypatch):
@@ -99,9 +111,10 @@ def test_control_token_travels_only_as_a_digest(monkeypatch):
 
 @pytest.mark.parametrize("argv", [["--control_port", "8001", "--request_timeout_s", "2.5"]])
 def test_fault_options_parse(argv):
-    from modelyard.serve.ray_config import parse_ray_serve_args
+    from modelyard.config import parse_config
+    from modelyard.serve.ray_config import RayServeConfig
 
-    cfg = parse_ray_serve_args(argv)
+    cfg = parse_config(RayServeConfig, argv)
     assert cfg.control_port == 8001 and cfg.request_timeout_s == 2.5 and cfg.control_host == "127.0.0.1"
 
 

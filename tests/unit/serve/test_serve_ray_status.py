@@ -50,28 +50,34 @@ def test_shadow_log_agreement_over_rows_and_bounded_history():
 
 
 def test_config_parses_and_reports_problems(tmp_path):
-    from modelyard.config import ConfigError
-    from modelyard.serve.ray_config import parse_ray_serve_args
+    from modelyard.config import ConfigError, parse_config
+    from modelyard.serve.ray_config import RayServeConfig
 
-    cfg = parse_ray_serve_args(["--stable", "path:m.onnx", "--canary", "@challenger", "--canary_weight", "0.1"])
+    cfg = parse_config(RayServeConfig, ["--stable", "path:m.onnx", "--canary", "@challenger", "--canary_weight", "0.1"])
     assert cfg.canary == "@challenger" and cfg.canary_weight == 0.1 and cfg.sticky_header == "x-routing-key"
+    assert type(cfg.canary_weight) is float and type(cfg.max_batch_size) is int  # plain values, not jsonargparse's
     with pytest.raises(ConfigError) as err:
-        parse_ray_serve_args(["--canary_weight", "2", "--max_batch_size", "0"])
+        parse_config(RayServeConfig, ["--canary_weight", "2", "--max_batch_size", "0"])
     text = str(err.value)
-    assert "canary_weight must be within [0, 1], got 2.0" in text and "need a canary" in text
-    assert "max_batch_size must be >= 1, got 0" in text
+    assert "2 problem(s)" in text and "canary_weight must be a number ≥0 and ≤1, got 2" in text
+    assert "max_batch_size must be an integer >0, got 0" in text
+    with pytest.raises(ConfigError, match="need a canary"):
+        parse_config(RayServeConfig, ["--canary_weight", "0.5"])
     with pytest.raises(ConfigError, match="did you mean 'canary_weight'"):
-        parse_ray_serve_args(["--canary_wieght", "0.1"])
+        parse_config(RayServeConfig, ["--canary_wieght", "0.1"])
 
 
 def test_shipped_config_parses():
     from pathlib import Path
 
-    from modelyard.serve.ray_config import parse_ray_serve_args
+    from modelyard.config import load_config, parse_config
+    from modelyard.serve.ray_config import RayServeConfig
 
     path = Path(__file__).resolve().parents[3] / "configs" / "serve" / "fraud.yaml"
     assert path.read_text().splitlines()[0] == "# modelyard serve ray --config configs/serve/fraud.yaml"
-    assert parse_ray_serve_args(["--config", str(path)]).model == "fraud"
+    assert parse_config(RayServeConfig, ["--config", str(path)]).model == "fraud"
+    assert load_config(RayServeConfig, path, port=9000) == parse_config(RayServeConfig, ["--config", str(path),
+                                                                                          "--port", "9000"])
 
 
 def test_path_reference_resolution(tmp_path):

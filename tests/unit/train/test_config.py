@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from modelyard.config import ConfigError
-from modelyard.train.config import parse_train_args
+from modelyard.train.config import parse_train_config
 
 ROOT = Path(__file__).resolve().parents[3]
 TRAIN_CONFIGS = sorted((ROOT / "configs" / "train").glob("*.yaml"))
@@ -23,13 +23,13 @@ def test_every_train_config_starts_with_its_command(path):
 
 @pytest.mark.parametrize("path", MODEL_CONFIGS, ids=lambda p: p.name)
 def test_every_train_config_parses(path):
-    cfg = parse_train_args(["--config", str(path)])
+    cfg = parse_train_config(["--config", str(path)])
     assert cfg.model.class_path.startswith("modelyard.models.")
     assert cfg.trainer["max_epochs"] >= 1
 
 
 def test_text_large_layer_widens_the_text_transformer():
-    cfg = parse_train_args(["--config", str(ROOT / "configs/train/text.yaml"),
+    cfg = parse_train_config(["--config", str(ROOT / "configs/train/text.yaml"),
                             "--config", str(ROOT / "configs/train/gpu.yaml"),
                             "--config", str(ROOT / "configs/train/text-large.yaml")])
     assert cfg.model.class_path == "modelyard.models.TextTransformer"
@@ -38,14 +38,14 @@ def test_text_large_layer_widens_the_text_transformer():
 
 
 def test_layered_gpu_config_overrides_trainer_keys():
-    cfg = parse_train_args(["--config", str(ROOT / "configs/train/transactions.yaml"),
+    cfg = parse_train_config(["--config", str(ROOT / "configs/train/transactions.yaml"),
                             "--config", str(ROOT / "configs/train/gpu.yaml")])
     assert cfg.trainer["precision"] == "bf16-mixed"
     assert cfg.trainer["accelerator"] == "gpu"
 
 
 def test_command_line_overrides_use_the_same_key_paths():
-    cfg = parse_train_args(["--config", str(ROOT / "configs/train/transactions.yaml"),
+    cfg = parse_train_config(["--config", str(ROOT / "configs/train/transactions.yaml"),
                             "--trainer.devices", "1", "--trainer.strategy", "auto",
                             "--model.init_args.lr", "0.05", "--launcher", "ray", "--num-workers", "3"])
     assert cfg.trainer["devices"] in (1, "1")
@@ -55,7 +55,7 @@ def test_command_line_overrides_use_the_same_key_paths():
 
 
 def test_bare_resume_means_latest():
-    cfg = parse_train_args(["--config", str(ROOT / "configs/train/digits.yaml"), "--resume"])
+    cfg = parse_train_config(["--config", str(ROOT / "configs/train/digits.yaml"), "--resume"])
     assert cfg.resume == "latest"
 
 
@@ -67,7 +67,7 @@ def test_unknown_keys_are_all_reported_with_suggestions(tmp_path):
         "checkpoint": {"monitr": "val_loss"},
     }))
     with pytest.raises(ConfigError) as info:
-        parse_train_args(["--config", str(bad), "--trainer.acelerator", "cpu"])
+        parse_train_config(["--config", str(bad), "--trainer.acelerator", "cpu"])
     message = str(info.value)
     assert "4 problem(s)" in message
     assert "unknown key 'trainer.max_epoch'" in message and "did you mean 'trainer.max_epochs'" in message
@@ -78,9 +78,9 @@ def test_unknown_keys_are_all_reported_with_suggestions(tmp_path):
 
 def test_wrong_type_names_the_key():
     with pytest.raises(ConfigError, match="trainer.max_epochs"):
-        parse_train_args(["--model", "modelyard.models.TabularMLP", "--trainer.max_epochs", "many"])
+        parse_train_config(["--model", "modelyard.models.TabularMLP", "--trainer.max_epochs", "many"])
 
 
 def test_missing_config_file_is_named(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
-        parse_train_args(["--config", str(tmp_path / "nope.yaml")])
+        parse_train_config(["--config", str(tmp_path / "nope.yaml")])
