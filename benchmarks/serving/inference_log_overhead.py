@@ -37,7 +37,7 @@ WARMUP = 200  # (b) requests per variant before timing
 
 
 def bench_record(folder: Path) -> dict[str, float]:
-    from modelyard.monitor.log import InferenceLog
+    from modelyard.inference.log import InferenceLog
 
     log = InferenceLog(folder, "bench", max_buffer_rows=RECORD_CALLS * RECORD_ROWS * 2)
     log.start()

@@ -45,11 +45,11 @@ def _entry_points(tmp: Path, snapshot_input: tuple[Any, Any]) -> dict[str, Calla
     from modelyard.data.store import Snapshot, write_snapshot
     from modelyard.export import source
     from modelyard.export.triton_repo import build_config, next_version, write_model_version
+    from modelyard.inference.feedback import FeedbackLog
+    from modelyard.inference.log import InferenceLog
     from modelyard.monitor.check import load_reference
     from modelyard.monitor.cli import print_history
-    from modelyard.monitor.feedback import FeedbackLog
     from modelyard.monitor.incidents import IncidentStore
-    from modelyard.monitor.log import InferenceLog
     from modelyard.monitor.store import MonitorStore
     from modelyard.registry.register import register_onnx
     from modelyard.registry.store import history, model_version_info, set_alias
@@ -80,7 +80,7 @@ def _entry_points(tmp: Path, snapshot_input: tuple[Any, Any]) -> dict[str, Calla
         "monitor.load_reference(model)": lambda v: load_reference(v, "@champion", uri),
         "monitor.load_reference(reference)": lambda v: load_reference("fraud", v, uri),
         "monitor.MonitorStore(model)": lambda v: MonitorStore(tmp / "log", v),
-        "monitor.InferenceLog(model)": lambda v: InferenceLog(tmp / "log", v),
+        "inference.InferenceLog(model)": lambda v: InferenceLog(tmp / "log", v),
         "monitor.FeedbackLog(model)": lambda v: FeedbackLog(tmp / "log", v),
         "monitor.IncidentStore(model)": lambda v: IncidentStore(tmp / "state", v),
         "monitor.print_history(model)": lambda v: print_history(str(tmp / "state"), v),
@@ -253,9 +253,9 @@ def test_symlinks_out_of_a_triton_repository_are_reported_not_followed(tmp_path,
 def test_symlinked_monitor_folders_are_refused(tmp_path, outside, figures):
     """The inference log, feedback and monitor state folders of a model that is a symlink out of their
     root are refused before anything is read or written there."""
-    from modelyard.monitor.feedback import FeedbackLog
+    from modelyard.inference.feedback import FeedbackLog
+    from modelyard.inference.log import InferenceLog
     from modelyard.monitor.incidents import IncidentStore
-    from modelyard.monitor.log import InferenceLog
     from modelyard.monitor.store import MonitorStore
     from modelyard.safety import PathEscapeError
 

@@ -202,8 +202,8 @@ class KServeIngress:
         ``control``: :meth:`RayServeConfig.control_settings` (``port`` None: control on the serving port)."""
         from ray.serve.metrics import Counter, Histogram
 
-        from modelyard.monitor.feedback import FeedbackLog
-        from modelyard.monitor.log import InferenceLog
+        from modelyard.inference.feedback import FeedbackLog
+        from modelyard.inference.log import InferenceLog
 
         self.model, self.inputs, self.outputs = model, inputs, outputs
         self.handles: dict[str, Any] = {"stable": stable}

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 from modelyard.data.generators import make_transactions, transactions_schema
+from modelyard.inference.log import InferenceLog
 from modelyard.models import encode_features, fit_data_spec
 from modelyard.monitor.check import Reference
 from modelyard.monitor.config import MonitorConfig, PolicyConfig, RetrainConfig, WindowConfig
 from modelyard.monitor.incidents import IncidentStore
-from modelyard.monitor.log import InferenceLog
 from modelyard.monitor.loop import Monitor, NotEnoughLabels
 
 
