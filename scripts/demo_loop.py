@@ -39,8 +39,8 @@ def main() -> None:
     from modelyard.monitor.loop import Monitor, RayServeDeployer, RetrainPipeline
     from modelyard.registry.store import history
     from modelyard.serve.load import LabelledTraffic
-    from modelyard.serve.ray_app import serving_ray
-    from modelyard.serve.ray_config import parse_ray_serve_args
+    from modelyard.serve.ray.app import serving_ray
+    from modelyard.serve.ray.config import parse_ray_serve_args
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="configs/monitor/fraud.yaml", help="monitor config")

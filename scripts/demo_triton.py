@@ -26,7 +26,7 @@ def main() -> None:
 
     from modelyard.data import Snapshot
     from modelyard.models import DataSpec, encode_features
-    from modelyard.serve.triton import TritonServeConfig, serving
+    from modelyard.serve.triton.server import TritonServeConfig, serving
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repo", default="triton_models")

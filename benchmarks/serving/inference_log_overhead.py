@@ -64,7 +64,7 @@ def bench_serve(folder: Path) -> dict[str, float]:
     import requests
 
     from modelyard._net import free_port
-    from modelyard.serve.ray_app import RayServeConfig, deploy, serving_ray
+    from modelyard.serve.ray.app import RayServeConfig, deploy, serving_ray
 
     port = free_port()
     common = {"model": "fraud", "stable": f"path:{STABLE_ONNX}", "port": port}

@@ -59,8 +59,9 @@ def _train(argv: Sequence[str]) -> int:
 def _export(argv: Sequence[str]) -> int:
     from modelyard.export.config import parse_export_args
     from modelyard.export.run import run
+    from modelyard.serve.triton.repository import write_model_version
 
-    result = run(parse_export_args(argv))
+    result = run(parse_export_args(argv), write_model_version=write_model_version)
     for precision, report in result.reports.items():
         out = report.outputs[0] if report.outputs else None
         figures = f"max abs error {out.max_abs_error:.3g}, top-1 agreement {out.top1_agreement}" if out else ""
@@ -86,13 +87,13 @@ def _triton(argv: Sequence[str]) -> int:
         print("usage: modelyard triton validate [REPO]\n\nChecks a Triton model repository offline: every "
               "config.pbtxt against Triton's ModelConfig schema and against its ONNX model.")
         return 0 if argv and argv[0] in ("-h", "--help") else 2
-    from modelyard.export.triton_validate import main as validate_main
+    from modelyard.serve.triton.validate import main as validate_main
 
     return validate_main(argv[1:])
 
 
 def _serve(argv: Sequence[str]) -> int:
-    targets = {"triton": "modelyard.serve.triton", "ray": "modelyard.serve.ray_app"}
+    targets = {"triton": "modelyard.serve.triton.server", "ray": "modelyard.serve.ray.app"}
     if not argv or argv[0] not in targets:
         print("usage: modelyard serve {triton,ray} [options]\n\n"
               "  triton  a real Triton Inference Server endpoint for a model of the repository\n"

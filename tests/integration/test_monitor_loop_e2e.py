@@ -42,7 +42,7 @@ def test_drift_is_detected_and_a_retrained_model_is_promoted(tmp_path, store, mo
     from modelyard.monitor.loop import Monitor, RayServeDeployer, RetrainPipeline
     from modelyard.registry import history
     from modelyard.serve.load import LabelledTraffic
-    from modelyard.serve.ray_app import RayServeConfig, serving_ray
+    from modelyard.serve.ray.app import RayServeConfig, serving_ray
 
     monkeypatch.chdir(tmp_path)  # runs/, exports/, triton_models/, rollouts/, monitor/ land here
     data = tmp_path / "store"

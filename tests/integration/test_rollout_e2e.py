@@ -17,7 +17,7 @@ from modelyard._net import free_port
 from modelyard.registry import history, set_alias
 from modelyard.rollout import HttpTrafficControl, MlflowRegistry, RolloutConfig, RolloutController
 from modelyard.serve.load import LoadGenerator
-from modelyard.serve.ray_app import RayServeConfig, serving_ray
+from modelyard.serve.ray.app import RayServeConfig, serving_ray
 from ray_serve_helpers import STABLE_ONNX, features, make_canary
 
 pytestmark = pytest.mark.slow

@@ -40,7 +40,7 @@ INTERVAL_S = 1.0  # short steps: the faults are in the controller, not in what a
 @pytest.fixture(scope="module")
 def serve_port(tmp_path_factory):
     """A local Ray with Serve on a free port (the committed example model as a placeholder app)."""
-    from modelyard.serve.ray_app import RayServeConfig, serving_ray
+    from modelyard.serve.ray.app import RayServeConfig, serving_ray
 
     mp = pytest.MonkeyPatch()
     mp.delenv("RAY_ADDRESS", raising=False)  # a local Ray of its own, never a shared cluster
@@ -66,14 +66,14 @@ def registry(tmp_path) -> dict:
 
 
 def _serve_cfg(tmp_path: Path, port: int, uri: str, canary: str | None = "@challenger"):
-    from modelyard.serve.ray_app import RayServeConfig
+    from modelyard.serve.ray.app import RayServeConfig
 
     return RayServeConfig(model=MODEL, stable="@champion", canary=canary, canary_weight=0.0, port=port,
                           tracking_uri=uri, log_dir=str(tmp_path / "inference_log"))
 
 
 def _deploy(tmp_path: Path, port: int, uri: str, canary: str | None = "@challenger") -> str:
-    from modelyard.serve.ray_app import deploy
+    from modelyard.serve.ray.app import deploy
 
     return deploy(_serve_cfg(tmp_path, port, uri, canary))
 

@@ -38,7 +38,7 @@ def test_soak_steady_traffic_through_a_rollout_without_errors_or_memory_growth(t
     grow by less than 150 MiB in total from the end of a warm-up to the end of the run."""
     from modelyard.rollout.traffic import HttpTrafficControl
     from modelyard.serve.load import LoadGenerator
-    from modelyard.serve.ray_app import RayServeConfig, serving_ray
+    from modelyard.serve.ray.app import RayServeConfig, serving_ray
 
     assert SOAK_S >= 30, f"MODELYARD_SOAK_S={SOAK_S:g}; expected at least 30 seconds (warm-up + three phases)"
     canary = perturbed(EXAMPLE_ONNX, tmp_path / "canary" / "2" / "model.onnx")

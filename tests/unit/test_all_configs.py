@@ -17,7 +17,7 @@ def test_config_loads_with_the_command_it_names(path):
     from modelyard.export.config import parse_export_args
     from modelyard.monitor.config import parse_monitor_args
     from modelyard.rollout.config import parse_rollout_args
-    from modelyard.serve.ray_config import parse_ray_serve_args
+    from modelyard.serve.ray.config import parse_ray_serve_args
     from modelyard.train.config import parse_train_args
 
     first = path.read_text().splitlines()[0]

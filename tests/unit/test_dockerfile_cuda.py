@@ -268,7 +268,7 @@ def test_the_entry_point_is_the_modelyard_console_script(instructions):
 def test_the_documented_commands_name_existing_files_and_parse(text):
     from modelyard.data.cli import parse_data_args
     from modelyard.export.config import parse_export_args
-    from modelyard.serve.ray_config import parse_ray_serve_args
+    from modelyard.serve.ray.config import parse_ray_serve_args
     from modelyard.train.config import parse_train_args
 
     assert referenced_file_problems(text, ROOT) == []

@@ -2,8 +2,8 @@
 
 ``run(ExportConfig) -> ExportResult`` lives in :mod:`modelyard.export.run`; the pieces are
 :mod:`~modelyard.export.onnx_export` (ONNX and variants), :mod:`~modelyard.export.parity` (the gate),
-:mod:`~modelyard.export.triton_repo` (writing ``triton_models/``) and
-:mod:`~modelyard.export.triton_validate` (checking it offline).
+:mod:`~modelyard.serve.triton.repository` (writing ``triton_models/``) and
+:mod:`~modelyard.serve.triton.validate` (checking it offline).
 """
 
 from modelyard.export.config import ExportConfig, parse_export_args

@@ -63,7 +63,7 @@ class RayServeDeployer:
 
     @classmethod
     def from_file(cls, path: str, tracking_uri: str | None = None) -> RayServeDeployer:
-        from modelyard.serve.ray_config import parse_ray_serve_args
+        from modelyard.serve.ray.config import parse_ray_serve_args
 
         cfg = parse_ray_serve_args(["--config", path])
         return cls(replace(cfg, tracking_uri=cfg.tracking_uri or tracking_uri))
@@ -71,7 +71,7 @@ class RayServeDeployer:
     def deploy_canary(self, version: str) -> str:
         import ray
 
-        from modelyard.serve.ray_app import control_url, deploy
+        from modelyard.serve.ray.app import control_url, deploy
 
         if not ray.is_initialized():  # the cluster where `modelyard serve ray` runs
             ray.init(address=os.environ.get("RAY_ADDRESS", "auto"), log_to_driver=False)
@@ -179,11 +179,12 @@ class RetrainPipeline:
     def export(self, incident: Incident, run_id: str, tracking_uri: str) -> str:
         from modelyard.export.config import parse_export_args
         from modelyard.export.run import run as export_run
+        from modelyard.serve.triton.repository import write_model_version
 
         r = self.cfg.retrain
         cfg = parse_export_args(["--config", r.export_config, "--run", run_id, "--name", self.cfg.model,
                                  "--tracking_uri", tracking_uri, "--alias", "challenger", *r.export_args])
-        result = export_run(cfg)
+        result = export_run(cfg, write_model_version=write_model_version)
         fp32 = result.reports.get("fp32")
         self.echo(f"  exported {result.name} v{result.model_version} (parity {fp32.status if fp32 else '?'}), "
                   "alias challenger")
@@ -234,8 +235,8 @@ def base_split(snapshot: Any, seed: int = 0) -> Any:
 def _serve_url_of(serve_config: str | None) -> str:
     if not serve_config:
         raise ModelyardError("set retrain.serve_url or retrain.serve_config: the rollout needs the ingress URL")
-    from modelyard.serve.ray_app import control_url
-    from modelyard.serve.ray_config import parse_ray_serve_args
+    from modelyard.serve.ray.app import control_url
+    from modelyard.serve.ray.config import parse_ray_serve_args
 
     return control_url(parse_ray_serve_args(["--config", serve_config]))
 

@@ -94,7 +94,7 @@ class MlflowRegistry:
     def model_file(self, model: str, version: str) -> ModelFile:
         """The ONNX file ``modelyard serve ray`` would load for ``version`` (the same resolution), and the
         sha256 recorded at export in the version's ``modelyard.sha256`` tag, if any."""
-        from modelyard.serve.ray_models import resolve_reference
+        from modelyard.registry.reference import resolve_reference
         from modelyard.tracking import client_for, resolve_tracking_uri
 
         source = resolve_reference(str(version), model, self.tracking_uri)

@@ -25,13 +25,12 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from modelyard import safety
 from modelyard._io import atomic_copy, atomic_write_bytes
-from modelyard.export.triton_config import write_config
+from modelyard.serve.triton.config import write_config
+from modelyard.serve.triton.onnx_io import NUMPY_DTYPES, TensorSpec, external_tensors, graph_io, read_model
 
 if TYPE_CHECKING:
     import numpy
     from tritonclient.grpc import model_config_pb2
-
-    from modelyard.export.triton_validate import TensorSpec
 
 __all__ = ["TARGETS", "TargetKind", "TritonTarget", "TritonVersion", "build_config", "existing_versions",
            "name_problem", "next_version", "remove_stale_temp_dirs", "validate_model_name",
@@ -110,8 +109,6 @@ def build_config(name: str, onnx_path: str | Path, target: TritonTarget | str, *
         ValueError: bad name or target, a fixed batch dim, an unsupported tensor type.
     """
     from tritonclient.grpc import model_config_pb2 as pb
-
-    from modelyard.export.triton_validate import graph_io, read_model
 
     validate_model_name(name)
     if isinstance(target, str) and target not in TARGETS:
@@ -205,8 +202,6 @@ def _warmup_payloads(inputs: list[TensorSpec], sample: Any, name: str) -> dict[s
     """``{input: (file name, raw little-endian bytes, dims without batch)}`` for a batch-1 sample."""
     import numpy as np
 
-    from modelyard.export.triton_validate import NUMPY_DTYPES
-
     one = inputs[0].name if len(inputs) == 1 else "<one array>"
     samples = dict(sample) if isinstance(sample, Mapping) else {one: sample}
     if set(samples) != {s.name for s in inputs}:
@@ -276,8 +271,6 @@ def write_model_version(repo: str | Path, name: str, onnx_path: str | Path, targ
     Raises:
         ValueError: bad name, an existing or lower version, a sample that does not fit the graph.
     """
-    from modelyard.export.triton_validate import external_tensors, graph_io, read_model
-
     repo, onnx_path = Path(repo), Path(onnx_path)
     validate_model_name(name)
     extras = {_relative(k, "extra file"): Path(v) for k, v in (extra_files or {}).items()}

@@ -1,7 +1,7 @@
 """``modelyard serve ray``: a Ray Serve application speaking KServe v2, with canary and shadow traffic.
 
-One :class:`~modelyard.serve.ray_models.ModelVersion` deployment per model version (ONNX Runtime,
-dynamic batching) behind one :class:`~modelyard.serve.ray_ingress.KServeIngress` (FastAPI) that
+One :class:`~modelyard.serve.ray.models.ModelVersion` deployment per model version (ONNX Runtime,
+dynamic batching) behind one :class:`~modelyard.serve.ray.ingress.KServeIngress` (FastAPI) that
 validates requests, splits traffic, mirrors shadow traffic and keeps the statistics that
 ``GET /-/status`` reports. Weights change at run time through ``POST /-/traffic`` (or
 :func:`update_traffic`), ``/-/promote`` and ``/-/rollback`` -- on the serving port, or only on a
@@ -23,7 +23,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from modelyard.serve.ray_config import RayServeConfig, parse_ray_serve_args
+from modelyard.serve.ray.config import RayServeConfig, parse_ray_serve_args
 
 __all__ = ["RayServeConfig", "build_app", "control_url", "deploy", "main", "run", "serving_ray", "update_traffic"]
 
@@ -46,8 +46,9 @@ def build_app(cfg: RayServeConfig) -> Any:
     Raises:
         ValueError: a bad configuration or model reference, or stable and canary with different inputs.
     """
-    from modelyard.serve.ray_ingress import KServeIngress
-    from modelyard.serve.ray_models import ModelVersion, read_specs, resolve_reference
+    from modelyard.registry.reference import resolve_reference
+    from modelyard.serve.ray.ingress import KServeIngress
+    from modelyard.serve.ray.models import ModelVersion, read_specs
 
     problems = cfg.problems()
     if problems:

@@ -134,7 +134,7 @@ def resolve_model(repo: str | Path, model: str | None = None, version: int | Non
     ``model`` None picks the only model; ``version`` None the newest numeric version folder;
     ``instances`` None sums the counts of ``instance_group`` (Triton's default, 1, when absent).
     """
-    from modelyard.export.triton_config import TritonConfigError, read_config
+    from modelyard.serve.triton.config import TritonConfigError, read_config
 
     model_dir = _pick_model(Path(repo), model)
     number = _pick_version(model_dir, version)

@@ -35,8 +35,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from modelyard.serve.triton_model import ServedModel, TritonRepoError, make_infer_funcs, resolve_model
-from modelyard.serve.triton_process import (
+from modelyard.serve.triton.model import ServedModel, TritonRepoError, make_infer_funcs, resolve_model
+from modelyard.serve.triton.process import (
     TritonStartError,
     check_ports_free,
     child_pids,
@@ -53,7 +53,8 @@ from modelyard.serve.triton_process import (
 __all__ = ["Restart", "TritonEndpoint", "TritonRepoError", "TritonServeConfig", "TritonStartError", "build_parser",
            "main", "parse_triton_args", "run", "serving"]
 
-logger = logging.getLogger(__name__)
+# The package name, as before the Triton modules became a package: operators filter logs on it.
+logger = logging.getLogger("modelyard.serve.triton")
 
 
 @dataclass

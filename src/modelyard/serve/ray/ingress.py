@@ -40,7 +40,7 @@ from ray.exceptions import RayActorError, RayTaskError
 from ray.serve.exceptions import BackPressureError, ReplicaUnavailableError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from modelyard.serve.ray_codec import (
+from modelyard.serve.ray.codec import (
     InferRequest,
     KServeError,
     TensorSpec,
@@ -48,8 +48,8 @@ from modelyard.serve.ray_codec import (
     encode_response,
     parse_json,
 )
-from modelyard.serve.ray_router import TrafficRouter, validate_weights
-from modelyard.serve.ray_stats import ShadowLog, VersionStats
+from modelyard.serve.ray.router import TrafficRouter, validate_weights
+from modelyard.serve.ray.stats import ShadowLog, VersionStats
 
 __all__ = ["KServeIngress", "predicted_classes"]
 
