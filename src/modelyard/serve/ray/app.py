@@ -47,7 +47,7 @@ def build_app(cfg: RayServeConfig) -> Any:
         ValueError: a bad configuration or model reference, or stable and canary with different inputs.
     """
     from modelyard.registry.reference import resolve_reference
-    from modelyard.serve.ray.ingress import KServeIngress
+    from modelyard.serve.ray.ingress import IngressSettings, KServeIngress
     from modelyard.serve.ray.models import ModelVersion, read_specs
 
     problems = cfg.problems()
@@ -80,13 +80,17 @@ def build_app(cfg: RayServeConfig) -> Any:
     stable_app = model_deployment(stable.label, stable.path)
     canary_faults = (cfg.canary_fault_error_rate, cfg.canary_fault_delay_ms)
     canary_app = model_deployment(canary_label, canary.path, canary_faults) if canary is not None else None
+    control = cfg.control_settings()
+    settings = IngressSettings(
+        model=cfg.model, stable_label=stable.label, canary_label=canary_label, inputs=inputs, outputs=outputs,
+        canary_weight=cfg.canary_weight, shadow_weight=cfg.shadow_weight, sticky_header=cfg.sticky_header,
+        max_body_bytes=cfg.max_body_bytes, max_inflight=cfg.max_ongoing_requests, inference_log=cfg.log_settings(),
+        request_timeout_s=cfg.request_timeout_s, request_attempts=cfg.request_attempts,
+        control_host=control["host"], control_port=control["port"], control_token_sha256=control["token_sha256"],
+        control_token_env=control["token_env"] or "MODELYARD_CONTROL_TOKEN")
     ingress = KServeIngress.options(name=f"{cfg.model}-ingress",
                                     max_ongoing_requests=cfg.max_ongoing_requests + INGRESS_HEADROOM)
-    return ingress.bind(cfg.model, stable_app, stable.label, canary_app, canary_label, inputs, outputs,
-                        cfg.canary_weight, cfg.shadow_weight, cfg.sticky_header, cfg.max_body_bytes,
-                        cfg.max_ongoing_requests, cfg.log_settings(),
-                        {"timeout_s": cfg.request_timeout_s, "attempts": cfg.request_attempts},
-                        cfg.control_settings())
+    return ingress.bind(settings, stable_app, canary_app)
 
 
 def _ensure_ray(metrics_port: int | None = None) -> bool:
