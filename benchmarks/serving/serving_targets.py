@@ -191,7 +191,7 @@ def _closing(call: Callable[[], object], close: Callable[[], object]) -> Callabl
 # --- Triton -------------------------------------------------------------------------------------------
 
 def _free_ports(n: int) -> list[int]:
-    from modelyard._net import free_port
+    from netutil import free_port
 
     ports: list[int] = []
     while len(ports) < n:

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import requests
 
-from modelyard._net import free_port
 from modelyard.monitor.store import MonitorStore
+from netutil import free_port
 from ray_serve_helpers import STABLE_ONNX, features
 
 pytest.importorskip("ray.serve")

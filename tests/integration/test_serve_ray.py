@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import requests
 
-from modelyard._net import free_port
+from netutil import free_port
 from ray_serve_helpers import ROOT, STABLE_ONNX, features, make_canary, ort_predict
 
 pytest.importorskip("ray.serve")

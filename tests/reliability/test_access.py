@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from access_helpers import CLI, http_status, is_loopback, tracking_server
-from modelyard._net import free_port
 from modelyard.serve.triton.server import TritonServeConfig, serving
+from netutil import free_port
 from reliability_helpers import ROOT
 
 pytestmark = pytest.mark.slow

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from hostile_corpus import KNOWN_ID, Answer, HostileCase, corpus, send
-from modelyard._net import free_port
+from netutil import free_port
 from reliability_helpers import EXAMPLE_ONNX, MODEL, features
 
 pytest.importorskip("ray.serve")

@@ -16,7 +16,7 @@ from collections import Counter
 import pytest
 import requests
 
-from modelyard._net import free_port
+from netutil import free_port
 from reliability_helpers import EXAMPLE_ONNX, MODEL, features, perturbed, wait_for
 
 pytest.importorskip("ray.serve")

@@ -14,7 +14,7 @@ import time
 import pytest
 import requests
 
-from modelyard._net import free_port
+from netutil import free_port
 from reliability_helpers import EXAMPLE_ONNX, MODEL, features, wait_for
 from serve_fault_helpers import (
     SteadyLoad,
