@@ -16,13 +16,13 @@ import os
 import re
 import signal
 import threading
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+from modelyard._wait import wait_until
 from modelyard.serve.ray.config import RayServeConfig, parse_ray_serve_args
 
 __all__ = ["RayServeConfig", "build_app", "control_url", "deploy", "main", "run", "serving_ray", "update_traffic"]
@@ -141,35 +141,40 @@ def deploy(cfg: RayServeConfig, app_name: str = "modelyard", route_prefix: str =
 
 def _wait_control(url: str, timeout_s: float = 60.0) -> None:
     """Poll ``{url}/-/status`` until the control server answers at all (401 without a token counts)."""
-    deadline = time.monotonic() + timeout_s
     last: object = None
-    while time.monotonic() < deadline:
+
+    def answers() -> bool:
+        nonlocal last
         try:
             with urllib.request.urlopen(f"{url}/-/status", timeout=5):
-                return
+                return True
         except urllib.error.HTTPError as err:
             if err.code == 401:
-                return
+                return True
             last = err
         except (urllib.error.URLError, OSError) as err:
             last = err
-        time.sleep(0.2)
-    raise TimeoutError(f"control routes at {url} not answering after {timeout_s:.0f}s (last error: {last})")
+        return False
+
+    if not wait_until(answers, timeout_s, 0.2):
+        raise TimeoutError(f"control routes at {url} not answering after {timeout_s:.0f}s (last error: {last})")
 
 
 def wait_ready(base_url: str, model: str, timeout_s: float = 60.0) -> None:
     """Poll ``/v2/models/{model}/ready`` until it answers 200 (the proxy may lag the deployment)."""
-    deadline = time.monotonic() + timeout_s
     last: object = None
-    while time.monotonic() < deadline:
+
+    def ready() -> bool:
+        nonlocal last
         try:
             with urllib.request.urlopen(f"{base_url}/v2/models/{model}/ready", timeout=5) as resp:
-                if resp.status == 200:
-                    return
+                return resp.status == 200
         except (urllib.error.URLError, OSError) as err:
             last = err
-        time.sleep(0.2)
-    raise TimeoutError(f"{base_url}: model {model!r} not ready after {timeout_s:.0f}s (last error: {last})")
+            return False
+
+    if not wait_until(ready, timeout_s, 0.2):
+        raise TimeoutError(f"{base_url}: model {model!r} not ready after {timeout_s:.0f}s (last error: {last})")
 
 
 @contextmanager

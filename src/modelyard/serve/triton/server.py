@@ -35,6 +35,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from modelyard._wait import wait_until
 from modelyard.serve.triton.model import ServedModel, TritonRepoError, make_infer_funcs, resolve_model
 from modelyard.serve.triton.process import (
     TritonStartError,
@@ -355,15 +356,19 @@ class _Supervisor:
     def _wait_for_ports(self) -> None:
         cfg = self.cfg
         ports = {"http_port": cfg.http_port, "grpc_port": cfg.grpc_port, "metrics_port": cfg.metrics_port}
-        deadline = time.monotonic() + self._PORT_WAIT_S
-        while True:
+        taken: TritonStartError | None = None
+
+        def free() -> bool:
+            nonlocal taken
             try:
                 check_ports_free(cfg.host, ports)
-                return
-            except TritonStartError:
-                if time.monotonic() > deadline or self._stopping.is_set():
-                    raise
-                time.sleep(0.25)
+            except TritonStartError as err:
+                taken = err
+                return False
+            return True
+
+        if not wait_until(free, self._PORT_WAIT_S, 0.25, stop=self._stopping.is_set):
+            raise taken
 
     def _shutdown(self) -> None:
         """Stop the current server (a dead one included: pytriton then only cleans up) and make sure
