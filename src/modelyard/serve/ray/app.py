@@ -23,6 +23,8 @@ from contextlib import contextmanager
 from typing import Any
 
 from modelyard._wait import wait_until
+from modelyard.config import ConfigError
+from modelyard.registry.reference import resolve_reference
 from modelyard.serve.ray.config import RayServeConfig, parse_ray_serve_args
 
 __all__ = ["RayServeConfig", "build_app", "control_url", "deploy", "main", "run", "serving_ray", "update_traffic"]
@@ -46,7 +48,6 @@ def build_app(cfg: RayServeConfig) -> Any:
     Raises:
         ValueError: a bad configuration or model reference, or stable and canary with different inputs.
     """
-    from modelyard.registry.reference import resolve_reference
     from modelyard.serve.ray.ingress import IngressSettings, KServeIngress
     from modelyard.serve.ray.models import ModelVersion, read_specs
 
@@ -265,8 +266,6 @@ def run(cfg: RayServeConfig) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI handler of ``modelyard serve ray``; 0 on a clean shutdown, 2 on a configuration problem."""
-    from modelyard.config import ConfigError
-
     argv = list(argv or [])
     if argv[:1] == ["ray"]:  # tolerate being handed the sub-command word too
         argv = argv[1:]

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import ray
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from ray import serve
@@ -241,8 +242,6 @@ class KServeIngress:
     # --- KServe v2 metadata -------------------------------------------------------------------------
     @app.get("/v2")
     async def server_metadata(self) -> dict[str, Any]:
-        import ray
-
         return {"name": "modelyard-ray-serve", "version": ray.__version__, "extensions": ["binary_tensor_data"]}
 
     @app.get("/v2/health/live")

@@ -14,8 +14,9 @@ from typing import Any
 
 import numpy as np
 from ray import serve
+from ray.serve.metrics import Histogram
 
-from modelyard.serve.ray.codec import TensorSpec, spec_from_ort
+from modelyard.serve.ray.codec import DATATYPES, TensorSpec, spec_from_ort
 
 __all__ = ["ModelVersion", "read_specs"]
 
@@ -69,8 +70,6 @@ class ModelVersion:
 
     def __init__(self, model: str, label: str, path: str, max_batch_size: int, batch_wait_timeout_s: float,
                  fault_error_rate: float = 0.0, fault_delay_ms: float = 0.0, max_batch_run_s: float = 30.0) -> None:
-        from ray.serve.metrics import Histogram
-
         self.model, self.label = model, label
         self.replica = _replica_id()
         self.max_batch_run_s = max_batch_run_s
@@ -138,6 +137,4 @@ class ModelVersion:
 
 
 def _np_dtype(datatype: str) -> np.dtype:
-    from modelyard.serve.ray.codec import DATATYPES
-
     return DATATYPES.get(datatype, np.dtype(np.float32))

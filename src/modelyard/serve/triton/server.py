@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from modelyard._wait import wait_until
+from modelyard.config import dataclass_parser, parse_dataclass_args
 from modelyard.serve.triton.model import ServedModel, TritonRepoError, make_infer_funcs, resolve_model
 from modelyard.serve.triton.process import (
     TritonStartError,
@@ -439,8 +440,6 @@ def run(cfg: TritonServeConfig) -> None:
 
 
 def build_parser():  # -> jsonargparse.ArgumentParser
-    from modelyard.config import dataclass_parser
-
     return dataclass_parser(
         TritonServeConfig, "modelyard serve triton",
         (
@@ -459,8 +458,6 @@ def build_parser():  # -> jsonargparse.ArgumentParser
 
 def parse_triton_args(argv: Sequence[str]) -> TritonServeConfig:
     """Parse ``modelyard serve triton`` arguments; raises :class:`modelyard.config.ConfigError`."""
-    from modelyard.config import parse_dataclass_args
-
     return TritonServeConfig(**parse_dataclass_args(build_parser(), argv, "serve triton configuration"))
 
 
