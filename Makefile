@@ -49,7 +49,7 @@ bench: setup
 
 # ruff (pycodestyle, pyflakes, isort, bugbear; settings in pyproject.toml) before any test runs
 lint: setup
-	$(BIN)/ruff check src tests benchmarks scripts
+	$(BIN)/ruff check src tests benchmarks scripts tools
 
 test-unit: setup
 	$(BIN)/python -m pytest tests/unit --durations=15

@@ -18,10 +18,15 @@ Everything it starts is stopped at the end; everything it records stays in MLflo
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from dataclasses import replace
+from pathlib import Path
 
-from modelyard._net import free_port
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))  # netutil, loadgen: not installed
+
+from loadgen import LabelledTraffic
+from netutil import free_port
 
 FAST_ROLLOUT = ["--steps", "10,50,100", "--interval_s", "4", "--min_requests", "30", "--max_wait_s", "90",
                 "--max_latency_ratio_p95", "3", "--max_latency_ratio_p99", "4", "--min_agreement", "0.5",
@@ -38,9 +43,8 @@ def main() -> None:
     from modelyard.monitor.config import MonitorConfig
     from modelyard.monitor.loop import Monitor, RayServeDeployer, RetrainPipeline
     from modelyard.registry.store import history
-    from modelyard.serve.load import LabelledTraffic
-    from modelyard.serve.ray_app import serving_ray
-    from modelyard.serve.ray_config import RayServeConfig
+    from modelyard.serve.ray.app import serving_ray
+    from modelyard.serve.ray.config import RayServeConfig
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="configs/monitor/fraud.yaml", help="monitor config")

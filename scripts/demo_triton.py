@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from modelyard._net import free_port
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))  # netutil, loadgen: not installed
+
+from netutil import free_port
 
 
 def main() -> None:
@@ -26,7 +29,7 @@ def main() -> None:
 
     from modelyard.data import Snapshot
     from modelyard.models import DataSpec, encode_features
-    from modelyard.serve.triton import TritonServeConfig, serving
+    from modelyard.serve.triton.server import TritonServeConfig, serving
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repo", default="triton_models")

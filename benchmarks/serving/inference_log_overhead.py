@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tools"))  # netutil: not installed
 STABLE_ONNX = ROOT / "triton_models" / "example_fraud" / "1" / "model.onnx"
 RESULTS = ROOT / "benchmarks" / "results" / "inference_log_overhead.json"
 
@@ -37,7 +38,7 @@ WARMUP = 200  # (b) requests per variant before timing
 
 
 def bench_record(folder: Path) -> dict[str, float]:
-    from modelyard.monitor.log import InferenceLog
+    from modelyard.inference.log import InferenceLog
 
     log = InferenceLog(folder, "bench", max_buffer_rows=RECORD_CALLS * RECORD_ROWS * 2)
     log.start()
@@ -63,8 +64,8 @@ def bench_record(folder: Path) -> dict[str, float]:
 def bench_serve(folder: Path) -> dict[str, float]:
     import requests
 
-    from modelyard._net import free_port
-    from modelyard.serve.ray_app import RayServeConfig, deploy, serving_ray
+    from modelyard.serve.ray.app import RayServeConfig, deploy, serving_ray
+    from netutil import free_port
 
     port = free_port()
     common = {"model": "fraud", "stable": f"path:{STABLE_ONNX}", "port": port}

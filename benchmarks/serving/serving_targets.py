@@ -191,7 +191,7 @@ def _closing(call: Callable[[], object], close: Callable[[], object]) -> Callabl
 # --- Triton -------------------------------------------------------------------------------------------
 
 def _free_ports(n: int) -> list[int]:
-    from modelyard._net import free_port
+    from netutil import free_port
 
     ports: list[int] = []
     while len(ports) < n:
@@ -203,7 +203,7 @@ def _free_ports(n: int) -> list[int]:
 
 @contextmanager
 def _triton(names: list[str], model_dir: Path, work: Path) -> Iterator[list[Target]]:
-    from modelyard.serve.triton import TritonServeConfig, serving
+    from modelyard.serve.triton.server import TritonServeConfig, serving
 
     http_port, grpc_port, metrics_port = _free_ports(3)
     cfg = TritonServeConfig(repo=str(model_dir.parent.parent), model=model_dir.parent.name,
@@ -279,11 +279,11 @@ def direct_deployment() -> Any:
     """
     from ray import serve
 
-    from modelyard.serve.ray_models import ModelVersion
+    from modelyard.serve.ray.models import ModelVersion
 
     class DirectModelVersion(ModelVersion.func_or_class):  # type: ignore[misc, name-defined]
         def __init__(self, *args: Any) -> None:
-            from modelyard.serve.ray_codec import spec_from_ort
+            from modelyard.serve.ray.codec import spec_from_ort
 
             super().__init__(*args)
             self.output_specs = spec_from_ort(self.session.get_outputs())
@@ -291,7 +291,7 @@ def direct_deployment() -> Any:
         async def __call__(self, request: Any) -> Any:  # a starlette Request from the HTTP proxy
             from starlette.responses import JSONResponse
 
-            from modelyard.serve.ray_codec import KServeError, decode_request, encode_response
+            from modelyard.serve.ray.codec import KServeError, decode_request, encode_response
 
             if request.method == "GET":  # /v2/models/{name}/ready, polled by wait_ready
                 return JSONResponse({"name": self.model, "ready": True})
@@ -313,8 +313,8 @@ def _ray(names: list[str], model_dir: Path, work: Path) -> Iterator[list[Target]
     import ray.cloudpickle
     from ray import serve
 
-    from modelyard.serve.ray_app import RayServeConfig, deploy, serving_ray, update_traffic, wait_ready
-    from modelyard.serve.ray_models import resolve_reference
+    from modelyard.registry.reference import resolve_reference
+    from modelyard.serve.ray.app import RayServeConfig, deploy, serving_ray, update_traffic, wait_ready
 
     os.environ.pop("RAY_ADDRESS", None)  # a local, private Ray: never load someone's cluster
     # Workers cannot import this script's folder: whatever of this module reaches Ray travels by value.

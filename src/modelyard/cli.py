@@ -80,8 +80,10 @@ def _train(argv: Sequence[str]) -> int:
 def _export(argv: Sequence[str]) -> int:
     from modelyard.export.config import ExportConfig
     from modelyard.export.run import run
+    from modelyard.serve.triton.repository import write_model_version
 
-    result = run(parse_config(ExportConfig, argv, prog="modelyard export", description=EXPORT_DESCRIPTION))
+    result = run(parse_config(ExportConfig, argv, prog="modelyard export", description=EXPORT_DESCRIPTION),
+                 write_model_version=write_model_version)
     for precision, report in result.reports.items():
         out = report.outputs[0] if report.outputs else None
         figures = f"max abs error {out.max_abs_error:.3g}, top-1 agreement {out.top1_agreement}" if out else ""
@@ -116,15 +118,16 @@ def _group(prog: str, description: str, targets: dict[str, tuple[str, str]], arg
 def _triton(argv: Sequence[str]) -> int:
     return _group("modelyard triton", "Triton model repositories.", {
         "validate": ("`validate [REPO]`: check a Triton model repository offline: every config.pbtxt against "
-                     "Triton's ModelConfig schema and against its ONNX model", "modelyard.export.triton_validate"),
+                     "Triton's ModelConfig schema and against its ONNX model", "modelyard.serve.triton.validate"),
     }, argv)
 
 
 def _serve(argv: Sequence[str]) -> int:
     return _group("modelyard serve", "Serve a model over HTTP.", {
-        "triton": ("a real Triton Inference Server endpoint for a model of the repository", "modelyard.serve.triton"),
+        "triton": ("a real Triton Inference Server endpoint for a model of the repository",
+                   "modelyard.serve.triton.server"),
         "ray": ("the Ray Serve application (KServe v2 protocol, dynamic batching, canary/shadow)",
-                "modelyard.serve.ray_app"),
+                "modelyard.serve.ray.app"),
     }, argv)
 
 

@@ -13,9 +13,9 @@ import pytest
 from mlflow import MlflowClient
 
 from integration_helpers import run_cli, run_perturbed_export, train_args
-from modelyard.export.triton_config import read_config
-from modelyard.export.triton_validate import validate_repository
 from modelyard.registry import PromotionRefused, history, set_alias
+from modelyard.serve.triton.config import read_config
+from modelyard.serve.triton.validate import validate_repository
 from modelyard.tracking import tracking_uri_scope
 
 pytestmark = pytest.mark.slow

@@ -156,8 +156,8 @@ def test_gpu_config_trains_on_every_visible_gpu(gpu_run):
 @pytest.mark.requires_gpu(1)
 @pytest.mark.requires_onnxruntime_gpu
 def test_gpu_tensorrt_export_measures_fp16_on_the_cuda_provider(gpu_export, gpu_run):
-    from modelyard.export.triton_config import read_config
-    from modelyard.export.triton_validate import validate_repository
+    from modelyard.serve.triton.config import read_config
+    from modelyard.serve.triton.validate import validate_repository
 
     _cuda_ep_or_fail()
     parity = json.loads((gpu_export / "parity.json").read_text())

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import requests
 
-from modelyard._net import free_port
 from modelyard.monitor.store import MonitorStore
+from netutil import free_port
 from ray_serve_helpers import STABLE_ONNX, features
 
 pytest.importorskip("ray.serve")
@@ -26,7 +26,7 @@ def no_ray_address(monkeypatch):
 
 
 def _config(log_dir, **kwargs):
-    from modelyard.serve.ray_app import RayServeConfig
+    from modelyard.serve.ray.app import RayServeConfig
 
     return RayServeConfig(model=MODEL, stable=f"path:{STABLE_ONNX}", port=free_port(),
                           log_dir=None if log_dir is None else str(log_dir),
@@ -42,7 +42,7 @@ def _infer(session: requests.Session, url: str, x: np.ndarray, request_id: str |
 
 
 def test_every_answered_row_is_logged_and_feedback_gives_live_accuracy(tmp_path, no_ray_address):
-    from modelyard.serve.ray_app import serving_ray
+    from modelyard.serve.ray.app import serving_ray
 
     log_dir = tmp_path / "log"
     answers: dict[str, np.ndarray] = {}  # request id -> predicted classes
@@ -111,7 +111,7 @@ def test_every_answered_row_is_logged_and_feedback_gives_live_accuracy(tmp_path,
 
 
 def test_sampling_logs_about_half_and_feedback_needs_the_log(tmp_path, no_ray_address):
-    from modelyard.serve.ray_app import serving_ray
+    from modelyard.serve.ray.app import serving_ray
 
     log_dir = tmp_path / "sampled"
     with serving_ray(_config(log_dir, log_sample_rate=0.5)) as url:

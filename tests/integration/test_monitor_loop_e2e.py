@@ -17,7 +17,7 @@ import pytest
 from mlflow import MlflowClient
 
 from integration_helpers import QUICK, ROOT, run_cli, train_args
-from modelyard._net import free_port
+from netutil import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -36,14 +36,14 @@ def _traffic(url: str, spec, n: int, seed: int, **knobs):
 
 
 def test_drift_is_detected_and_a_retrained_model_is_promoted(tmp_path, store, monkeypatch):
+    from loadgen import LabelledTraffic
     from modelyard.config import parse_config
     from modelyard.monitor.check import load_reference
     from modelyard.monitor.config import MonitorConfig
     from modelyard.monitor.incidents import IncidentStore
     from modelyard.monitor.loop import Monitor, RayServeDeployer, RetrainPipeline
     from modelyard.registry import history
-    from modelyard.serve.load import LabelledTraffic
-    from modelyard.serve.ray_app import RayServeConfig, serving_ray
+    from modelyard.serve.ray.app import RayServeConfig, serving_ray
 
     monkeypatch.chdir(tmp_path)  # runs/, exports/, triton_models/, rollouts/, monitor/ land here
     data = tmp_path / "store"

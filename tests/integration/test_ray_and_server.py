@@ -15,7 +15,7 @@ import pytest
 from mlflow import MlflowClient
 
 from integration_helpers import cli_env, run_cli, train_args
-from modelyard._net import free_port
+from netutil import free_port
 
 pytestmark = pytest.mark.slow
 

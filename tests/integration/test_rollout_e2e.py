@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from modelyard._net import free_port
+from loadgen import LoadGenerator
 from modelyard.registry import history, set_alias
 from modelyard.rollout import HttpTrafficControl, MlflowRegistry, RolloutConfig, RolloutController
-from modelyard.serve.load import LoadGenerator
-from modelyard.serve.ray_app import RayServeConfig, serving_ray
+from modelyard.serve.ray.app import RayServeConfig, serving_ray
+from netutil import free_port
 from ray_serve_helpers import STABLE_ONNX, features, make_canary
 
 pytestmark = pytest.mark.slow

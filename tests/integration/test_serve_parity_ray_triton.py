@@ -8,10 +8,10 @@ import pytest
 import tritonclient.http as httpclient
 from mlflow import MlflowClient
 
-from modelyard._net import free_port
 from modelyard.registry import set_alias
-from modelyard.serve.ray_app import RayServeConfig, serving_ray
-from modelyard.serve.triton import TritonServeConfig, serving
+from modelyard.serve.ray.app import RayServeConfig, serving_ray
+from modelyard.serve.triton.server import TritonServeConfig, serving
+from netutil import free_port
 from ray_serve_helpers import ROOT, features
 
 pytestmark = pytest.mark.slow

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import requests
 
-from modelyard._net import free_port
+from netutil import free_port
 from ray_serve_helpers import ROOT, STABLE_ONNX, features, make_canary, ort_predict
 
 pytest.importorskip("ray.serve")
@@ -27,7 +27,7 @@ MODEL = "fraud"
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, monkeypatch_module):
-    from modelyard.serve.ray_app import RayServeConfig, serving_ray
+    from modelyard.serve.ray.app import RayServeConfig, serving_ray
 
     canary = make_canary(tmp_path_factory.mktemp("canary"))
     cfg = RayServeConfig(model=MODEL, stable=f"path:{STABLE_ONNX}", canary=f"path:{canary}", canary_weight=0.25,
@@ -59,7 +59,7 @@ def _status(url: str) -> dict:
 
 
 def _traffic(url: str, **weights) -> dict:
-    from modelyard.serve.ray_app import update_traffic
+    from modelyard.serve.ray.app import update_traffic
 
     return update_traffic(url, **weights)
 
@@ -88,7 +88,7 @@ def test_main_serves_until_sigterm_then_shuts_down(tmp_path):
 
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    code = "import sys; from modelyard.serve.ray_app import main; sys.exit(main(sys.argv[1:]))"
+    code = "import sys; from modelyard.serve.ray.app import main; sys.exit(main(sys.argv[1:]))"
     proc = subprocess.Popen([sys.executable, "-c", code, "--config", str(ROOT / "configs/serve/fraud.yaml"),
                              "--stable", f"path:{STABLE_ONNX}", "--port", str(port)],
                             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -139,7 +139,7 @@ def test_tritonclient_metadata_and_results_equal_onnxruntime(server):
 
 
 def test_canary_share_tracks_weight_and_sticky_keys_never_move(server):
-    from modelyard.serve.ray_router import key_point
+    from modelyard.serve.ray.router import key_point
 
     url = server["url"]
     _traffic(url, canary_weight=0.25, shadow_weight=0.0)
@@ -289,7 +289,7 @@ def test_fuzz_never_5xx_and_server_stays_healthy(server):
 def test_overload_answers_503_with_retry_after(server):
     from ray import serve
 
-    from modelyard.serve.ray_app import RayServeConfig, deploy
+    from modelyard.serve.ray.app import RayServeConfig, deploy
 
     # A second app on the same Serve instance: in-flight limit 2, and batches that wait 2 s to fill,
     # so concurrent requests pile up deterministically.

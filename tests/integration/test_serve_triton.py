@@ -23,9 +23,15 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from modelyard.config import ConfigError
-from modelyard.serve import triton as triton_module
-from modelyard.serve.triton import TritonRepoError, TritonServeConfig, TritonStartError, parse_triton_args, serving
-from modelyard.serve.triton_process import find_server_pid, pid_running, python_libdir_on_library_path, wait_until_ready
+from modelyard.serve.triton import server as triton_module
+from modelyard.serve.triton.process import find_server_pid, pid_running, python_libdir_on_library_path, wait_until_ready
+from modelyard.serve.triton.server import (
+    TritonRepoError,
+    TritonServeConfig,
+    TritonStartError,
+    parse_triton_args,
+    serving,
+)
 
 pytest.importorskip("pytriton", reason="nvidia-pytriton (the embedded tritonserver) is Linux-only")
 pytestmark = pytest.mark.slow
@@ -290,7 +296,7 @@ def test_cli_main_serves_until_sigterm_then_stops(repo, tmp_path):
     http, grpc, metrics = _free_ports()
     (tmp_path / "serve.yaml").write_text(f"repo: {repo}\nhttp_port: {http}\ngrpc_port: {grpc}\n")
     env = {k: v for k, v in os.environ.items() if k != "LD_LIBRARY_PATH"}  # modelyard must cope alone
-    code = "import sys; from modelyard.serve.triton import main; sys.exit(main(sys.argv[1:]))"
+    code = "import sys; from modelyard.serve.triton.server import main; sys.exit(main(sys.argv[1:]))"
     log = tmp_path / "cli.log"
     with open(log, "w") as stderr:
         proc = subprocess.Popen([sys.executable, "-c", code, "--config", str(tmp_path / "serve.yaml"),

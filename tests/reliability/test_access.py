@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from access_helpers import CLI, http_status, is_loopback, tracking_server
-from modelyard._net import free_port
-from modelyard.serve.triton import TritonServeConfig, serving
+from modelyard.serve.triton.server import TritonServeConfig, serving
+from netutil import free_port
 from reliability_helpers import ROOT
 
 pytestmark = pytest.mark.slow
@@ -237,7 +237,7 @@ def listeners(label):
              "webui_url": webui} for pid, address, port in listening_sockets(descendants(os.getpid()))]
 
 
-from modelyard.serve.ray_app import _ensure_ray  # what `modelyard serve ray` calls
+from modelyard.serve.ray.app import _ensure_ray  # what `modelyard serve ray` calls
 
 assert _ensure_ray()
 found = listeners("serve ray")

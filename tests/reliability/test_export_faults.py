@@ -61,8 +61,8 @@ def _state(work: Path) -> dict:
     import onnx
     from mlflow import MlflowClient
 
-    from modelyard.export.triton_validate import validate_repository
     from modelyard.registry.store import PARITY_TAG
+    from modelyard.serve.triton.validate import validate_repository
     from modelyard.tracking import tracking_uri_scope
 
     model_dir = work / TRITON / NAME

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from hostile_corpus import KNOWN_ID, Answer, HostileCase, corpus, send
-from modelyard._net import free_port
+from netutil import free_port
 from reliability_helpers import EXAMPLE_ONNX, MODEL, features
 
 pytest.importorskip("ray.serve")
@@ -26,7 +26,7 @@ MAX_BODY_BYTES = 300_000  # above the 200 KB deep-nesting bodies, so those reach
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    from modelyard.serve.ray_app import RayServeConfig, serving_ray
+    from modelyard.serve.ray.app import RayServeConfig, serving_ray
 
     mp = pytest.MonkeyPatch()
     mp.delenv("RAY_ADDRESS", raising=False)  # a local Ray of its own, never a shared cluster

@@ -10,7 +10,7 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from modelyard._net import free_port
+from netutil import free_port
 from train_fault_helpers import (
     STOP_FILE_ENV,
     TRAIN_CONFIG,

@@ -44,15 +44,15 @@ def _entry_points(tmp: Path, snapshot_input: tuple[Any, Any]) -> dict[str, Calla
     from modelyard import data, safety
     from modelyard.data.store import Snapshot, write_snapshot
     from modelyard.export import source
-    from modelyard.export.triton_repo import build_config, next_version, write_model_version
+    from modelyard.inference.feedback import FeedbackLog
+    from modelyard.inference.log import InferenceLog
     from modelyard.monitor.check import load_reference
     from modelyard.monitor.cli import print_history
-    from modelyard.monitor.feedback import FeedbackLog
     from modelyard.monitor.incidents import IncidentStore
-    from modelyard.monitor.log import InferenceLog
     from modelyard.monitor.store import MonitorStore
     from modelyard.registry.register import register_onnx
     from modelyard.registry.store import history, model_version_info, set_alias
+    from modelyard.serve.triton.repository import build_config, next_version, write_model_version
 
     frame, schema = snapshot_input
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
@@ -80,7 +80,7 @@ def _entry_points(tmp: Path, snapshot_input: tuple[Any, Any]) -> dict[str, Calla
         "monitor.load_reference(model)": lambda v: load_reference(v, "@champion", uri),
         "monitor.load_reference(reference)": lambda v: load_reference("fraud", v, uri),
         "monitor.MonitorStore(model)": lambda v: MonitorStore(tmp / "log", v),
-        "monitor.InferenceLog(model)": lambda v: InferenceLog(tmp / "log", v),
+        "inference.InferenceLog(model)": lambda v: InferenceLog(tmp / "log", v),
         "monitor.FeedbackLog(model)": lambda v: FeedbackLog(tmp / "log", v),
         "monitor.IncidentStore(model)": lambda v: IncidentStore(tmp / "state", v),
         "monitor.print_history(model)": lambda v: print_history(str(tmp / "state"), v),
@@ -138,7 +138,7 @@ def test_plain_names_still_pass(tmp_path, snapshot_input):
     """The allow-list is not a deny-all: ordinary names, versions and relative paths are accepted."""
     from modelyard import safety
     from modelyard.data.store import Snapshot, write_snapshot
-    from modelyard.export.triton_repo import write_model_version
+    from modelyard.serve.triton.repository import write_model_version
 
     for name in ("fraud", "fraud-detector_v2.1", "A9", "a" * 128):
         assert safety.check_name(name) == name
@@ -172,8 +172,8 @@ def _snapshot_of(folder: Path) -> dict[str, bytes]:
 def test_symlinked_triton_model_folder_is_refused_for_writing(tmp_path, outside, figures):
     """A Triton model folder that is a symlink out of the repository is refused by the export's writer:
     no version is listed, created or copied outside."""
-    from modelyard.export.triton_repo import next_version, write_model_version
     from modelyard.safety import PathEscapeError
+    from modelyard.serve.triton.repository import next_version, write_model_version
 
     repo = tmp_path / "repo"
     repo.mkdir()
@@ -194,7 +194,7 @@ def test_symlinks_out_of_a_triton_repository_are_reported_not_followed(tmp_path,
     external-data file that links out of its folder, and opens nothing behind such a link."""
     import onnx
 
-    from modelyard.export.triton_validate import validate_repository
+    from modelyard.serve.triton.validate import validate_repository
 
     repo = tmp_path / "repo"
     shutil.copytree(EXAMPLE_REPO, repo / "good")
@@ -253,9 +253,9 @@ def test_symlinks_out_of_a_triton_repository_are_reported_not_followed(tmp_path,
 def test_symlinked_monitor_folders_are_refused(tmp_path, outside, figures):
     """The inference log, feedback and monitor state folders of a model that is a symlink out of their
     root are refused before anything is read or written there."""
-    from modelyard.monitor.feedback import FeedbackLog
+    from modelyard.inference.feedback import FeedbackLog
+    from modelyard.inference.log import InferenceLog
     from modelyard.monitor.incidents import IncidentStore
-    from modelyard.monitor.log import InferenceLog
     from modelyard.monitor.store import MonitorStore
     from modelyard.safety import PathEscapeError
 
@@ -329,9 +329,9 @@ def test_hostile_external_data_locations_are_refused(tmp_path, outside, figures)
     validator without the file behind the location being opened."""
     import onnx
 
-    from modelyard.export.triton_repo import write_model_version
-    from modelyard.export.triton_validate import validate_repository
     from modelyard.safety import UnsafeNameError
+    from modelyard.serve.triton.repository import write_model_version
+    from modelyard.serve.triton.validate import validate_repository
 
     refused = reported = writes = opened_outside = 0
     for index, location in enumerate(HOSTILE_LOCATIONS):

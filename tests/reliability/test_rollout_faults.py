@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from modelyard._net import free_port
+from netutil import free_port
 from reliability_helpers import EXAMPLE_ONNX, MODEL, features, perturbed, register_version, wait_for
 from rollout_fault_helpers import VARIANTS, sha256_of, truncate
 
@@ -40,7 +40,7 @@ INTERVAL_S = 1.0  # short steps: the faults are in the controller, not in what a
 @pytest.fixture(scope="module")
 def serve_port(tmp_path_factory):
     """A local Ray with Serve on a free port (the committed example model as a placeholder app)."""
-    from modelyard.serve.ray_app import RayServeConfig, serving_ray
+    from modelyard.serve.ray.app import RayServeConfig, serving_ray
 
     mp = pytest.MonkeyPatch()
     mp.delenv("RAY_ADDRESS", raising=False)  # a local Ray of its own, never a shared cluster
@@ -66,14 +66,14 @@ def registry(tmp_path) -> dict:
 
 
 def _serve_cfg(tmp_path: Path, port: int, uri: str, canary: str | None = "@challenger"):
-    from modelyard.serve.ray_app import RayServeConfig
+    from modelyard.serve.ray.app import RayServeConfig
 
     return RayServeConfig(model=MODEL, stable="@champion", canary=canary, canary_weight=0.0, port=port,
                           tracking_uri=uri, log_dir=str(tmp_path / "inference_log"))
 
 
 def _deploy(tmp_path: Path, port: int, uri: str, canary: str | None = "@challenger") -> str:
-    from modelyard.serve.ray_app import deploy
+    from modelyard.serve.ray.app import deploy
 
     return deploy(_serve_cfg(tmp_path, port, uri, canary))
 
@@ -163,8 +163,8 @@ def test_a_corrupt_candidate_is_refused_before_any_traffic_moves(tmp_path, serve
     The candidate's replica is already running (it loaded the file when deployed); the file is then damaged
     at rest, which only the preflight of the file itself can catch before a promotion would replace replicas.
     """
+    from loadgen import LoadGenerator
     from modelyard.registry.store import SHA256_TAG
-    from modelyard.serve.load import LoadGenerator
     from modelyard.tracking import client_for
 
     uri, target = registry["uri"], registry["v2_file"]
@@ -216,7 +216,7 @@ def test_deploying_a_corrupt_canary_fails_before_anything_is_deployed(tmp_path, 
     ``build_app`` reads the models' signatures in the driver, so a file ONNX Runtime cannot load stops the
     deploy before ``serve.run``.
     """
-    from modelyard.serve.load import LoadGenerator
+    from loadgen import LoadGenerator
 
     uri, target = registry["uri"], registry["v2_file"]
     base_url = _deploy(tmp_path, serve_port, uri, canary=None)
@@ -273,7 +273,7 @@ def test_a_rollout_controller_killed_mid_rollout_resumes_without_repeating_a_ste
     """``modelyard rollout start`` SIGKILLed after it applied step 2, then run again with the same command,
     resumes from its state file and audit log: every step is applied and judged once, the canary weight
     only ever rises, the candidate is promoted once and ``champion`` moves once, and no request fails."""
-    from modelyard.serve.load import LoadGenerator
+    from loadgen import LoadGenerator
 
     uri = registry["uri"]
     state_dir = tmp_path / "rollouts"
@@ -345,8 +345,8 @@ def test_a_controller_killed_in_each_crash_window_resumes_idempotently(tmp_path,
     """A controller killed right after the ingress took a step's weight (before its state was saved), and one
     killed right after ``/-/promote`` (before ``champion`` moved), each resume against the real ingress and
     registry: the weight is recorded, not re-applied; the promotion is finished, ``champion`` moves once."""
+    from loadgen import LoadGenerator
     from modelyard.rollout import HttpTrafficControl
-    from modelyard.serve.load import LoadGenerator
 
     uri = registry["uri"]
     state_dir = tmp_path / "rollouts"

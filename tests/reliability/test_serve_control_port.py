@@ -16,7 +16,7 @@ from collections import Counter
 import pytest
 import requests
 
-from modelyard._net import free_port
+from netutil import free_port
 from reliability_helpers import EXAMPLE_ONNX, MODEL, features, perturbed, wait_for
 
 pytest.importorskip("ray.serve")
@@ -26,7 +26,7 @@ CONTROL_ROUTES = (("POST", "/-/traffic"), ("POST", "/-/promote"), ("POST", "/-/r
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    from modelyard.serve.ray_app import RayServeConfig, control_url, serving_ray
+    from modelyard.serve.ray.app import RayServeConfig, control_url, serving_ray
 
     saved = {k: os.environ.pop(k, None) for k in ("RAY_ADDRESS", "MODELYARD_CONTROL_TOKEN")}
     canary = perturbed(EXAMPLE_ONNX, tmp_path_factory.mktemp("canary") / "2" / "model.onnx")
@@ -103,7 +103,7 @@ def test_control_token_is_required_when_set(server, figures, monkeypatch):
     application closes its control port."""
     from ray import serve
 
-    from modelyard.serve.ray_app import RayServeConfig, control_url, deploy, update_traffic
+    from modelyard.serve.ray.app import RayServeConfig, control_url, deploy, update_traffic
 
     token = secrets.token_urlsafe(16)
     monkeypatch.setenv("MODELYARD_TEST_CONTROL_TOKEN", token)

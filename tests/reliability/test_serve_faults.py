@@ -14,7 +14,7 @@ import time
 import pytest
 import requests
 
-from modelyard._net import free_port
+from netutil import free_port
 from reliability_helpers import EXAMPLE_ONNX, MODEL, features, wait_for
 from serve_fault_helpers import (
     SteadyLoad,
@@ -42,7 +42,7 @@ DETECTION_BOUND_S = 30.0
 
 @pytest.fixture(scope="module")
 def server():
-    from modelyard.serve.ray_app import RayServeConfig, serving_ray
+    from modelyard.serve.ray.app import RayServeConfig, serving_ray
 
     saved = os.environ.pop("RAY_ADDRESS", None)  # always a local Ray of our own
     # Small health-check settings and request timeout so a hang is noticed within seconds; the

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from modelyard._net import free_port
+from netutil import free_port
 from reliability_helpers import EXAMPLE_ONNX, MODEL, features, perturbed
 from soak_helpers import percentile_ms, rss_mib, serve_process_pids
 
@@ -36,9 +36,9 @@ def test_soak_steady_traffic_through_a_rollout_without_errors_or_memory_growth(t
     purpose), both versions must answer while the canary is live and only the promoted one after,
     and the resident memory of the Ray Serve processes (HTTP proxy, ingress, model replicas) may
     grow by less than 150 MiB in total from the end of a warm-up to the end of the run."""
+    from loadgen import LoadGenerator
     from modelyard.rollout.traffic import HttpTrafficControl
-    from modelyard.serve.load import LoadGenerator
-    from modelyard.serve.ray_app import RayServeConfig, serving_ray
+    from modelyard.serve.ray.app import RayServeConfig, serving_ray
 
     assert SOAK_S >= 30, f"MODELYARD_SOAK_S={SOAK_S:g}; expected at least 30 seconds (warm-up + three phases)"
     canary = perturbed(EXAMPLE_ONNX, tmp_path / "canary" / "2" / "model.onnx")

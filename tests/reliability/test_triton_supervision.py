@@ -19,9 +19,9 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
-from modelyard._net import free_port
-from modelyard.serve.triton import TritonServeConfig, serving
-from modelyard.serve.triton_process import child_pids, find_server_pid, pid_running
+from modelyard.serve.triton.process import child_pids, find_server_pid, pid_running
+from modelyard.serve.triton.server import TritonServeConfig, serving
+from netutil import free_port
 from reliability_helpers import EXAMPLE_ONNX, ROOT, features, wait_for
 
 pytest.importorskip("pytriton", reason="nvidia-pytriton (the embedded tritonserver) is Linux-only")

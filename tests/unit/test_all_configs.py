@@ -17,7 +17,7 @@ def test_config_loads_with_the_command_it_names(path):
     from modelyard.export.config import ExportConfig
     from modelyard.monitor.config import MonitorConfig
     from modelyard.rollout.config import RolloutConfig, expand_spellings
-    from modelyard.serve.ray_config import RayServeConfig
+    from modelyard.serve.ray.config import RayServeConfig
     from modelyard.train.config import parse_train_config
 
     first = path.read_text().splitlines()[0]

@@ -26,7 +26,7 @@ PACKAGE = "modelyard"
 # Lowest layer first. A name is the first component after ``modelyard.``: a sub-package or a module.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     # layer       what it holds
-    ("base", ("__init__", "_io", "_net", "config", "errors", "inference", "metrics", "safety", "signature",
+    ("base", ("__init__", "_io", "_wait", "config", "errors", "inference", "metrics", "safety", "signature",
                  "tracking")),
     ("data", ("data",)),
     ("models", ("models", "workloads")),
@@ -199,7 +199,7 @@ def test_the_checks_find_what_they_are_for():
     graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
     assert strongly_connected(graph) == [["a", "b", "c"]]
     assert strongly_connected({"a": {"b"}, "b": set()}) == []
-    assert layer_key("modelyard") == "__init__" and layer_key("modelyard.serve.ray_app") == "serve"
+    assert layer_key("modelyard") == "__init__" and layer_key("modelyard.serve.ray.app") == "serve"
     assert RANK["data"] < RANK["models"] < RANK["train"] < RANK["registry"] < RANK["export"] < RANK["serve"]
     assert RANK["serve"] < RANK["rollout"] < RANK["monitor"] < RANK["cli"] == RANK["tracking_server"]
     found = {(i.source, i.target) for i in imports()}

@@ -269,7 +269,7 @@ def test_the_documented_commands_name_existing_files_and_parse(text):
     from modelyard.config import parse_config
     from modelyard.data import DataConfig
     from modelyard.export.config import ExportConfig
-    from modelyard.serve.ray_config import RayServeConfig
+    from modelyard.serve.ray.config import RayServeConfig
     from modelyard.train.config import parse_train_config
 
     assert referenced_file_problems(text, ROOT) == []

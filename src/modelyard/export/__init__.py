@@ -1,9 +1,10 @@
 """Export: a training run's best checkpoint to parity-gated ONNX, a Triton repository, the registry.
 
-``run(ExportConfig) -> ExportResult`` lives in :mod:`modelyard.export.run`; the pieces are
-:mod:`~modelyard.export.onnx_export` (ONNX and variants), :mod:`~modelyard.export.parity` (the gate),
-:mod:`~modelyard.export.triton_repo` (writing ``triton_models/``) and
-:mod:`~modelyard.export.triton_validate` (checking it offline).
+``run(ExportConfig, write_model_version=...) -> ExportResult`` lives in :mod:`modelyard.export.run`;
+the pieces are :mod:`~modelyard.export.onnx_export` (ONNX and variants) and
+:mod:`~modelyard.export.parity` (the gate). The Triton repository belongs to serving: the caller
+passes its writer, :func:`modelyard.serve.triton.repository.write_model_version`
+(:mod:`modelyard.serve.triton.validate` checks a repository offline).
 """
 
 from modelyard.export.config import ExportConfig

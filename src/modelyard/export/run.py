@@ -4,6 +4,10 @@ Reads top to bottom: load the run's best checkpoint and validation data, export 
 parity (a failure stops here: nothing written to Triton, nothing registered), produce and gate the
 requested variants, write the manifest and parity report beside the files, write a new Triton model
 version, register it with its tags and model card, and move an alias if asked.
+
+The Triton repository belongs to the serving side, a stage above this one: the caller passes its
+writer in (:class:`ModelRepositoryWriter`, in practice
+:func:`modelyard.serve.triton.repository.write_model_version`).
 """
 
 from __future__ import annotations
@@ -13,19 +17,36 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+from modelyard import safety
 from modelyard._io import atomic_folder, atomic_write_text, file_sha256
 from modelyard.export.config import ExportConfig
 from modelyard.export.onnx_export import evaluate, export_onnx, make_variant, torch_outputs
 from modelyard.export.parity import DEFAULT_TOLERANCES, ParityError, ParityReport, Tolerance
 from modelyard.export.source import load_source
-from modelyard.export.triton_repo import validate_model_name, write_model_version
 from modelyard.registry import model_card, register_onnx, set_alias, version_tags
 
-__all__ = ["ExportResult", "apply_accuracy_budget", "run"]
+__all__ = ["ExportResult", "ModelRepositoryWriter", "WrittenVersion", "apply_accuracy_budget", "run"]
 
 logger = logging.getLogger(__name__)
+
+
+class WrittenVersion(Protocol):
+    """What a :class:`ModelRepositoryWriter` returns: at least the number of the version it wrote."""
+
+    version: int
+
+
+class ModelRepositoryWriter(Protocol):
+    """Writes ``onnx_path`` as a new version of model ``name`` into the serving model repository ``repo``.
+
+    ``target`` is the serving profile (``cpu``, ``gpu``, ``gpu-tensorrt``), ``warmup_sample`` a batch-1
+    input, ``extra_files`` ``{path in the version folder: source file}``.
+    """
+
+    def __call__(self, repo: str | Path, name: str, onnx_path: str | Path, target: str, *, warmup_sample: Any,
+                 extra_files: dict[str, str | Path]) -> WrittenVersion: ...
 
 
 @dataclass
@@ -40,15 +61,18 @@ class ExportResult:
     refused: dict[str, str] = field(default_factory=dict)
 
 
-def run(cfg: ExportConfig) -> ExportResult:
+def run(cfg: ExportConfig, *, write_model_version: ModelRepositoryWriter) -> ExportResult:
     """Export, check, write and register; see the module docstring.
+
+    Args:
+        write_model_version: writes the deployed file into the Triton repository ``cfg.triton_repo``.
 
     Raises:
         ParityError: the deployed precision failed the gate (the message names output, worst element
             and tolerance); nothing was written to the Triton repository or the registry.
     """
     source = load_source(cfg.run if not cfg.checkpoint else None, cfg.checkpoint, cfg.experiment, cfg.tracking_uri)
-    name = validate_model_name(cfg.name or source.experiment or source.spec.label)
+    name = safety.check_name(cfg.name or source.experiment or source.spec.label, "model name")
     export_dir = Path(cfg.output_dir) / name / (source.run_id or time.strftime("%Y%m%d-%H%M%S"))
     # The export folder appears whole or not at all; an earlier export of the run is replaced, never mixed.
     with atomic_folder(export_dir) as staging:

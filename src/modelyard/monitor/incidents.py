@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from modelyard._io import atomic_write_text
-from modelyard.monitor.store import model_folder
+from modelyard.inference.store import model_folder
 
 __all__ = ["CLOSED_STATES", "Incident", "IncidentStore", "local_time"]
 

@@ -51,8 +51,9 @@ from modelyard.rollout.config import RolloutConfig, expand_spellings
 from modelyard.rollout.controller import Clock
 from modelyard.rollout.run import run as rollout_run
 from modelyard.rollout.traffic import TrafficControl
-from modelyard.serve.ray_app import control_url, deploy
-from modelyard.serve.ray_config import RayServeConfig
+from modelyard.serve.ray.app import control_url, deploy
+from modelyard.serve.ray.config import RayServeConfig
+from modelyard.serve.triton.repository import write_model_version
 from modelyard.tracking import client_for, ensure_experiment, quiet_downloads, resolve_tracking_uri
 
 __all__ = ["CanaryDeployer", "Monitor", "NotEnoughLabels", "RayServeDeployer", "RetrainPipeline"]
@@ -190,7 +191,7 @@ class RetrainPipeline:
 
     # -- 3. export behind the parity gate, registered as challenger -------------------------------
     def export(self, incident: Incident, run_id: str, tracking_uri: str) -> str:
-        result = export_run(self.export_config(run_id, tracking_uri))
+        result = export_run(self.export_config(run_id, tracking_uri), write_model_version=write_model_version)
         fp32 = result.reports.get("fp32")
         self.echo(f"  exported {result.name} v{result.model_version} (parity {fp32.status if fp32 else '?'}), "
                   "alias challenger")

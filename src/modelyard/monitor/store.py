@@ -1,140 +1,36 @@
-"""The on-disk layout of the inference log and its feedback labels, and the reader the monitor uses.
+"""The monitor's reader of the inference log and feedback labels (layout in :mod:`modelyard.inference.store`).
 
-Layout under ``root`` (the ``log_dir`` of ``modelyard serve ray``)::
-
-    <root>/<model>/inferences/date=YYYY-MM-DD/part-<epoch_ms>-<uuid8>.parquet   (one row per input row)
-    <root>/<model>/feedback/date=YYYY-MM-DD/part-<epoch_ms>-<uuid8>.parquet     (one row per label)
-
-``date`` is the UTC date of the rows' timestamps; ``epoch_ms`` is when the file was written, so it
-is never earlier than any timestamp in the file (retention and ``since`` filters rely on that).
-Files appear atomically (written under a dot-prefixed temporary name, then renamed); readers skip
-dot files. The writer (:class:`~modelyard.monitor.log.InferenceLog`) lives in the serving process;
-this reader runs in any other process and tolerates files that retention deletes under it.
+:class:`MonitorStore` runs in any process (the monitor, a rollout) and tolerates part files that
+retention deletes under it; :class:`RolloutLabels` is the rollout's view of its labelled predictions.
 """
 
 from __future__ import annotations
 
 import logging
-import re
-import time
-import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from modelyard import safety
+from modelyard.inference.store import (
+    FEEDBACK_COLUMNS,
+    INFERENCE_COLUMNS,
+    PartFile,
+    feedback_schema,
+    inference_schema,
+    list_parts,
+    model_folder,
+    utc_day,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
     import pyarrow as pa
 
-__all__ = ["FEEDBACK_COLUMNS", "INFERENCE_COLUMNS", "MonitorStore", "PartFile", "RolloutLabels", "feedback_schema",
-           "inference_schema", "list_parts", "model_folder", "write_part"]
+__all__ = ["FEEDBACK_COLUMNS", "INFERENCE_COLUMNS", "MonitorStore", "RolloutLabels"]
 
 logger = logging.getLogger(__name__)
-
-INFERENCE_COLUMNS = ("request_id", "row", "ts", "version", "role", "features", "outputs", "predicted")
-FEEDBACK_COLUMNS = ("request_id", "row", "label", "ts")
-_PART = re.compile(r"^part-(\d{13})-[0-9a-f]{8}\.parquet$")
-
-
-def inference_schema() -> pa.Schema:
-    import pyarrow as pa
-
-    return pa.schema([("request_id", pa.string()), ("row", pa.int32()), ("ts", pa.float64()),
-                      ("version", pa.string()), ("role", pa.string()), ("features", pa.list_(pa.float32())),
-                      ("outputs", pa.list_(pa.float32())), ("predicted", pa.int32())])
-
-
-def feedback_schema() -> pa.Schema:
-    import pyarrow as pa
-
-    return pa.schema([("request_id", pa.string()), ("row", pa.int32()), ("label", pa.string()),
-                      ("ts", pa.float64())])
-
-
-@dataclass(frozen=True)
-class PartFile:
-    """One committed Parquet file: where, its UTC date partition and when it was written."""
-
-    path: Path
-    day: str  # YYYY-MM-DD
-    written_ms: int
-
-
-def model_folder(root: str | Path, model: str, what: str = "model folder") -> Path:
-    """``root/model``: the folder of one served model under a log or state root.
-
-    ``model`` arrives from configs and from the serving application; it is checked as a name before
-    anything touches the disk, and a ``root/model`` that is a symlink out of ``root`` is refused, so
-    neither the log writer nor a reader can be pointed at another folder.
-
-    Raises:
-        UnsafeNameError: ``model`` is not a plain name, or ``root/model`` resolves outside ``root``.
-    """
-    safety.check_name(model, "model name")
-    safety.contained(root, model, what)
-    return Path(root) / model
-
-
-def utc_day(ts: float) -> str:
-    return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%d")
-
-
-def list_parts(folder: Path) -> list[PartFile]:
-    """Committed part files under ``folder`` (``date=*/part-*.parquet``), oldest written first.
-
-    Temporary (dot) files and anything not named like a part are skipped; a missing folder is empty.
-    """
-    parts = []
-    try:
-        days = [d for d in folder.iterdir() if d.is_dir() and d.name.startswith("date=")]
-    except FileNotFoundError:
-        return []
-    for day in days:
-        try:
-            names = [e.name for e in day.iterdir()]
-        except FileNotFoundError:  # retention removed the folder meanwhile
-            continue
-        for name in names:
-            match = _PART.match(name)
-            if match:
-                parts.append(PartFile(day / name, day.name.removeprefix("date="), int(match.group(1))))
-    return sorted(parts, key=lambda p: (p.written_ms, p.path.name))
-
-
-def delete_parts_older_than(folder: Path, max_age_days: float, now: float | None = None) -> int:
-    """Delete the part files under ``folder`` written more than ``max_age_days`` ago (and emptied day
-    folders); the number deleted."""
-    cutoff_ms = ((time.time() if now is None else now) - max_age_days * 86_400.0) * 1000.0
-    deleted = 0
-    for part in list_parts(folder):
-        if part.written_ms >= cutoff_ms:
-            break  # oldest first
-        part.path.unlink(missing_ok=True)
-        deleted += 1
-        try:
-            part.path.parent.rmdir()  # only succeeds once the day folder is empty
-        except OSError:
-            pass
-    return deleted
-
-
-def write_part(folder: Path, day: str, table: pa.Table, now: float | None = None) -> PartFile:
-    """Write ``table`` as a new part file of partition ``day``, atomically."""
-    import pyarrow.parquet as pq
-
-    from modelyard._io import atomic_open
-
-    written_ms = int((time.time() if now is None else now) * 1000)
-    path = folder / f"date={day}" / f"part-{written_ms:013d}-{uuid.uuid4().hex[:8]}.parquet"
-    with atomic_open(path) as handle:  # dot-prefixed temporary in the same folder, fsync, rename
-        pq.write_table(table, handle)
-    return PartFile(path, day, written_ms)
 
 
 def _read(parts: Sequence[PartFile], columns: Sequence[str], schema: pa.Schema) -> pa.Table:

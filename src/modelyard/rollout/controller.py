@@ -28,6 +28,7 @@ from dataclasses import asdict
 from typing import Any, Protocol
 
 from modelyard.errors import ModelyardError
+from modelyard.registry.reference import resolve_reference
 from modelyard.registry.store import SHA256_TAG, set_alias
 from modelyard.rollout.config import RolloutConfig
 from modelyard.rollout.decision import Check, Decision, baseline_of, judge, window_counts
@@ -91,8 +92,6 @@ class MlflowRegistry:
     def model_file(self, model: str, version: str) -> ModelFile:
         """The ONNX file ``modelyard serve ray`` would load for ``version`` (the same resolution), and the
         sha256 recorded at export in the version's ``modelyard.sha256`` tag, if any."""
-        from modelyard.serve.ray_models import resolve_reference  # imports ray; only a preflight needs it
-
         source = resolve_reference(str(version), model, self.tracking_uri)
         tags = client_for(resolve_tracking_uri(self.tracking_uri)).get_model_version(model, str(version)).tags or {}
         return ModelFile(version=str(version), path=source.path, sha256=tags.get(SHA256_TAG) or None)

@@ -1,7 +1,8 @@
-"""Serving: ``modelyard serve triton`` (:mod:`modelyard.serve.triton`) starts a real Triton
-Inference Server endpoint for a model of the repository; the Ray Serve application comes later.
+"""Serving, split by engine: :mod:`modelyard.serve.triton` (``modelyard serve triton``, and the Triton
+model repository that export writes) and :mod:`modelyard.serve.ray` (``modelyard serve ray``, the
+Ray Serve application with the KServe ingress, canary and shadow).
 
-Nothing heavy is imported here: pytriton and ONNX Runtime load when a server starts.
+Nothing heavy is imported here: pytriton, Ray and ONNX Runtime load when a server starts.
 """
 
 __all__: list[str] = []

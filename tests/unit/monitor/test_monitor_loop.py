@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 from modelyard.data.generators import make_transactions, transactions_schema
+from modelyard.inference.log import InferenceLog
 from modelyard.models import encode_features, fit_data_spec
 from modelyard.monitor.check import Reference
 from modelyard.monitor.config import MonitorConfig, PolicyConfig, RetrainConfig, WindowConfig
 from modelyard.monitor.incidents import IncidentStore
-from modelyard.monitor.log import InferenceLog
 from modelyard.monitor.loop import Monitor, NotEnoughLabels
 
 
@@ -237,8 +237,8 @@ def test_watch_runs_checks_until_told_and_serves_the_gauges(tmp_path, reference)
 
     from prometheus_client import start_http_server
 
-    from modelyard._net import free_port
     from modelyard.monitor.report import DriftGauges
+    from netutil import free_port
 
     _log(tmp_path / "log", reference, 2000, seed=21)
     monitor = _monitor(tmp_path, reference, FakePipeline(), FakeClock(), interval_s=0.01)

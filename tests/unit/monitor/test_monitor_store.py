@@ -7,8 +7,8 @@ import logging
 import numpy as np
 import pytest
 
-from modelyard.monitor.feedback import FeedbackLog
-from modelyard.monitor.log import InferenceLog
+from modelyard.inference.feedback import FeedbackLog
+from modelyard.inference.log import InferenceLog
 from modelyard.monitor.store import INFERENCE_COLUMNS, MonitorStore, RolloutLabels
 
 T0 = 1_700_000_000.0

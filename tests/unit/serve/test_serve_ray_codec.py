@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from modelyard.serve.ray_codec import KServeError, TensorSpec, decode_request, encode_response
+from modelyard.serve.ray.codec import KServeError, TensorSpec, decode_request, encode_response
 
 INPUTS = [TensorSpec("features", "FP32", (-1, 8))]
 OUTPUTS = [TensorSpec("logits", "FP32", (-1, 2))]

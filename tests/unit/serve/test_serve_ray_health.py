@@ -29,7 +29,7 @@ class _StuckSession:
 
 
 def test_check_health_fails_while_a_batch_is_stuck_and_recovers():
-    from modelyard.serve.ray_models import ModelVersion
+    from modelyard.serve.ray.models import ModelVersion
 
     replica = ModelVersion.func_or_class("fraud", "1", str(EXAMPLE), 8, 0.001, max_batch_run_s=0.5)
     replica.check_health()  # idle: healthy
@@ -69,7 +69,7 @@ def test_check_health_fails_while_a_batch_is_stuck_and_recovers():
 def _problems(**values) -> str:
     """The message of the ConfigError that building ``RayServeConfig(**values)`` raises."""
     from modelyard.config import ConfigError
-    from modelyard.serve.ray_config import RayServeConfig
+    from modelyard.serve.ray.config import RayServeConfig
 
     with pytest.raises(ConfigError) as err:
         RayServeConfig(**values)
@@ -77,7 +77,7 @@ def _problems(**values) -> str:
 
 
 def test_fault_settings_are_checked():
-    from modelyard.serve.ray_config import RayServeConfig
+    from modelyard.serve.ray.config import RayServeConfig
 
     # Each value against its declared type, every bad one at once ...
     text = _problems(request_attempts=0, health_check_period_s=0, health_check_timeout_s=-1, max_batch_run_s=0,
@@ -97,7 +97,7 @@ def test_fault_settings_are_checked():
 def test_control_token_travels_only_as_a_digest(monkeypatch):
     import hashlib
 
-    from modelyard.serve.ray_config import RayServeConfig
+    from modelyard.serve.ray.config import RayServeConfig
 
     cfg = RayServeConfig(control_port=8001, control_token_env="MODELYARD_TEST_CONTROL_TOKEN")
     monkeypatch.delenv("MODELYARD_TEST_CONTROL_TOKEN", raising=False)
@@ -112,7 +112,7 @@ def test_control_token_travels_only_as_a_digest(monkeypatch):
 @pytest.mark.parametrize("argv", [["--control_port", "8001", "--request_timeout_s", "2.5"]])
 def test_fault_options_parse(argv):
     from modelyard.config import parse_config
-    from modelyard.serve.ray_config import RayServeConfig
+    from modelyard.serve.ray.config import RayServeConfig
 
     cfg = parse_config(RayServeConfig, argv)
     assert cfg.control_port == 8001 and cfg.request_timeout_s == 2.5 and cfg.control_host == "127.0.0.1"
@@ -122,7 +122,7 @@ def test_only_replica_failures_are_retried():
     from ray.exceptions import ActorDiedError, ActorUnavailableError, RayTaskError
     from ray.serve.exceptions import ReplicaUnavailableError
 
-    from modelyard.serve.ray_ingress import _retryable
+    from modelyard.serve.ray.ingress import _retryable
 
     for err in (TimeoutError(), ActorDiedError(), ActorUnavailableError("gone", None), ReplicaUnavailableError("r")):
         assert _retryable(err), err

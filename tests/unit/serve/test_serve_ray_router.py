@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from modelyard.serve.ray_router import TrafficRouter, key_point, validate_weights
+from modelyard.serve.ray.router import TrafficRouter, key_point, validate_weights
 
 
 def test_keyless_share_is_exact_over_full_blocks():

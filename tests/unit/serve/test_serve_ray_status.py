@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from modelyard.serve.ray_stats import ShadowLog, VersionStats, percentile
+from modelyard.serve.ray.stats import ShadowLog, VersionStats, percentile
 
 
 def test_percentile_matches_numpy_and_handles_empty():
@@ -51,7 +51,7 @@ def test_shadow_log_agreement_over_rows_and_bounded_history():
 
 def test_config_parses_and_reports_problems(tmp_path):
     from modelyard.config import ConfigError, parse_config
-    from modelyard.serve.ray_config import RayServeConfig
+    from modelyard.serve.ray.config import RayServeConfig
 
     cfg = parse_config(RayServeConfig, ["--stable", "path:m.onnx", "--canary", "@challenger", "--canary_weight", "0.1"])
     assert cfg.canary == "@challenger" and cfg.canary_weight == 0.1 and cfg.sticky_header == "x-routing-key"
@@ -71,7 +71,7 @@ def test_shipped_config_parses():
     from pathlib import Path
 
     from modelyard.config import load_config, parse_config
-    from modelyard.serve.ray_config import RayServeConfig
+    from modelyard.serve.ray.config import RayServeConfig
 
     path = Path(__file__).resolve().parents[3] / "configs" / "serve" / "fraud.yaml"
     assert path.read_text().splitlines()[0] == "# modelyard serve ray --config configs/serve/fraud.yaml"
@@ -81,7 +81,7 @@ def test_shipped_config_parses():
 
 
 def test_path_reference_resolution(tmp_path):
-    from modelyard.serve.ray_models import resolve_reference
+    from modelyard.registry.reference import resolve_reference
 
     model = tmp_path / "4" / "model.onnx"
     model.parent.mkdir()
@@ -94,7 +94,7 @@ def test_path_reference_resolution(tmp_path):
 
 
 def test_main_reports_config_problems(capsys):
-    from modelyard.serve.ray_app import main
+    from modelyard.serve.ray.app import main
 
     assert main(["--canary_weight", "3"]) == 2
     assert "canary_weight" in capsys.readouterr().out

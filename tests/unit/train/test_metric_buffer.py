@@ -19,9 +19,9 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 
-from modelyard._net import free_port
 from modelyard.train import metric_buffer
 from modelyard.train.metric_buffer import SPILL_FILE, WAIT_ENV, MetricBuffer, bounded_http, deliver_spilled
+from netutil import free_port
 
 RUN = "0123456789abcdef0123456789abcdef"
 KEYS = ("train/loss", "val/loss", "val/auroc")

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from modelyard.export.triton_config import read_config, write_config
-from modelyard.export.triton_repo import TritonTarget, write_model_version
-from modelyard.export.triton_validate import RepoProblem, main, validate_model, validate_repository
+from modelyard.serve.triton.config import read_config, write_config
+from modelyard.serve.triton.repository import TritonTarget, write_model_version
+from modelyard.serve.triton.validate import RepoProblem, main, validate_model, validate_repository
 
 ROOT = Path(__file__).resolve().parents[3]
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from modelyard.monitor.store import (
+from modelyard.inference.store import (
     delete_parts_older_than,
     feedback_schema,
     list_parts,

@@ -10,6 +10,10 @@ it back in the response, so the ingress adopts it rather than add a second, diff
 inference log (``log_dir``), a sample of answered requests is recorded (a buffer append; a thread
 writes Parquet) and ``POST /v2/models/{name}/feedback`` takes ground-truth labels for those ids later.
 
+Limits: the body size limit and the control token are ASGI middleware
+(:mod:`~modelyard.serve.ray.middleware`) around this app, configured from the replica's
+:class:`IngressSettings`, built once from the serve config by :func:`~modelyard.serve.ray.app.build_app`.
+
 Faults: inference is idempotent, so a call that meets a dead or unavailable model replica, or that a
 replica does not answer within ``request_timeout_s`` (a hung process), is retried -- a bounded number
 of attempts, each routed afresh by Serve, which drops dead replicas -- and only when every attempt
@@ -17,45 +21,121 @@ failed does the caller get 503 with ``Retry-After``. Model errors (the model rai
 
 Control: with ``control_port`` the control routes (``/-/traffic``, ``/-/promote``, ``/-/rollback``,
 ``/-/status``) are refused on the serving port and served by a second, small HTTP server that this
-replica runs on its own event loop, so both share the same in-memory state without locks.
+replica runs on its own event loop (:mod:`~modelyard.serve.ray.control`).
 """
 
 # No `from __future__ import annotations`: FastAPI must see the real `Request` annotation of
 # methods that Ray Serve wraps, or it treats `request` as a required query parameter (422).
 import asyncio
-import hashlib
-import hmac
 import logging
-import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import ray
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from ray import serve
 from ray.exceptions import RayActorError, RayTaskError
 from ray.serve.exceptions import BackPressureError, ReplicaUnavailableError
+from ray.serve.metrics import Counter, Histogram
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from modelyard.serve.ray_codec import (
+from modelyard.inference.feedback import FeedbackLog
+from modelyard.inference.log import InferenceLog
+from modelyard.serve.ray.codec import (
     InferRequest,
     KServeError,
     TensorSpec,
     decode_request,
     encode_response,
+    int_header,
     parse_json,
 )
-from modelyard.serve.ray_router import TrafficRouter, validate_weights
-from modelyard.serve.ray_stats import ShadowLog, VersionStats
+from modelyard.serve.ray.control import CONTROL_ROUTES, control_app, start_control_server
+from modelyard.serve.ray.middleware import BearerToken, BearerTokenMiddleware, BodyLimitMiddleware
+from modelyard.serve.ray.router import TrafficRouter, validate_weights
+from modelyard.serve.ray.stats import ShadowLog, VersionStats
 
-__all__ = ["KServeIngress", "predicted_classes"]
+__all__ = ["IngressSettings", "KServeIngress", "predicted_classes"]
 
 logger = logging.getLogger(__name__)
 
+SHADOW_TIMEOUT_S = 10.0
+RETRY_AFTER_S = "1"
+# Pause before retry n is n times this: enough for Serve to learn of a dead replica, short for callers.
+RETRY_BACKOFF_S = 0.05
+
+
+@dataclass(frozen=True)
+class IngressSettings:
+    """Everything the ingress replica is configured with (built in the driver from ``RayServeConfig``).
+
+    Args:
+        model: served model name.
+        stable_label, canary_label: version labels of the stable and canary deployments (no canary: None).
+        inputs, outputs: the model signature every request is validated against.
+        canary_weight, shadow_weight: initial traffic weights.
+        sticky_header: request header whose value pins a caller to one version.
+        max_body_bytes: largest request body (:class:`~modelyard.serve.ray.middleware.BodyLimitMiddleware`).
+        max_inflight: requests in flight beyond which the ingress answers 503.
+        inference_log: ``InferenceLog`` keyword arguments with an absolute ``root``
+            (``RayServeConfig.log_settings``); None: no inference log and no feedback route.
+        request_timeout_s, request_attempts: per model call: wait, and attempts on dead or silent replicas.
+        control_host, control_port: where the control routes live; ``control_port`` None: the serving port.
+        control_token_sha256: digest of the control token; None: the control routes need no token.
+        control_token_env: the variable the token was read from, named in 401 answers.
+    """
+
+    model: str
+    stable_label: str
+    canary_label: str | None
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    canary_weight: float = 0.0
+    shadow_weight: float = 0.0
+    sticky_header: str = "x-routing-key"
+    max_body_bytes: int = 1_000_000
+    max_inflight: int = 64
+    inference_log: dict[str, Any] | None = None
+    request_timeout_s: float = 10.0
+    request_attempts: int = 3
+    control_host: str = "127.0.0.1"
+    control_port: int | None = None
+    control_token_sha256: str | None = None
+    control_token_env: str = "MODELYARD_CONTROL_TOKEN"
+
+    def control_token(self) -> BearerToken | None:
+        """The token guarding the control routes, None when they need none."""
+        if self.control_token_sha256 is None:
+            return None
+        return BearerToken(self.control_token_sha256, self.control_token_env)
+
+
+def _replica_settings() -> IngressSettings:
+    """The settings of the ingress replica serving this request (the middleware below is built with
+    the app, at import, before any replica exists)."""
+    return serve.get_replica_context().servable_object.settings
+
+
+def _max_body_bytes() -> int:
+    return _replica_settings().max_body_bytes
+
+
+def _serving_port_token() -> BearerToken | None:
+    """The control token on the serving port; None with a control port, where the serving port answers
+    the control routes 404 (naming the control address) to anyone."""
+    settings = _replica_settings()
+    return settings.control_token() if settings.control_port is None else None
+
+
 app = FastAPI(title="modelyard serve ray (KServe v2)")
+# The last added runs first: the token is checked before a byte of the body is read.
+app.add_middleware(BodyLimitMiddleware, max_body_bytes=_max_body_bytes)
+app.add_middleware(BearerTokenMiddleware, token=_serving_port_token, protected=CONTROL_ROUTES)
 
 
 @app.exception_handler(StarletteHTTPException)
@@ -71,13 +151,6 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
     else:
         message = str(exc.detail)
     return JSONResponse({"error": message}, status_code=exc.status_code, headers=getattr(exc, "headers", None))
-
-SHADOW_TIMEOUT_S = 10.0
-RETRY_AFTER_S = "1"
-# Pause before retry n is n times this: enough for Serve to learn of a dead replica, short for callers.
-RETRY_BACKOFF_S = 0.05
-# A replaced ingress replica may still hold the control port while it drains: wait this long for it.
-CONTROL_BIND_WAIT_S = 30.0
 
 
 def predicted_classes(outputs: dict[str, np.ndarray]) -> list[int] | None:
@@ -104,15 +177,6 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
-def _int_header(value: str | None, name: str = "Inference-Header-Content-Length") -> int | None:
-    if value is None:
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        raise KServeError(f"{name} header {value!r} received; expected an integer") from None
-
-
 def _retryable(err: BaseException) -> bool:
     """A failure of the replica, not of the model: it died, is gone, or did not answer in time.
 
@@ -122,70 +186,6 @@ def _retryable(err: BaseException) -> bool:
         err, RayTaskError)
 
 
-def _control_app(ingress: Any) -> FastAPI:
-    """The control port's app: the control routes of ``ingress`` (the replica's own instance)."""
-    control = FastAPI(title="modelyard serve ray (control)", docs_url=None, redoc_url=None, openapi_url=None)
-
-    @control.post("/-/traffic")
-    async def traffic(request: Request) -> JSONResponse:
-        return await ingress._control(request, ingress._set_traffic)  # noqa: SLF001 - the app's own replica
-
-    @control.post("/-/promote")
-    async def promote(request: Request) -> JSONResponse:
-        return await ingress._control(request, ingress._promote)  # noqa: SLF001
-
-    @control.post("/-/rollback")
-    async def rollback(request: Request) -> JSONResponse:
-        return await ingress._control(request, ingress._rollback)  # noqa: SLF001
-
-    @control.get("/-/status")
-    async def status(request: Request) -> JSONResponse:
-        return await ingress._control(request, ingress._status)  # noqa: SLF001
-
-    return control
-
-
-def _control_socket(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    return socket.create_server((host, port), family=family)  # SO_REUSEADDR on POSIX
-
-
-async def _start_control_server(app_: FastAPI, host: str, port: int) -> tuple[Any, asyncio.Task]:
-    """Bind ``host:port`` (waiting up to :data:`CONTROL_BIND_WAIT_S` for a draining predecessor to let
-    go of it) and serve ``app_`` with uvicorn on the running loop; returns once it accepts connections.
-
-    Raises:
-        OSError: the port stayed taken, naming the address and what is expected.
-    """
-    import uvicorn
-
-    class _Server(uvicorn.Server):
-        # The replica owns its signals (Serve's graceful shutdown); this server never installs handlers.
-        def capture_signals(self):  # type: ignore[override]
-            import contextlib
-
-            return contextlib.nullcontext()
-
-    deadline = time.monotonic() + CONTROL_BIND_WAIT_S
-    while True:
-        try:
-            sock = _control_socket(host, port)
-            break
-        except OSError as err:
-            if time.monotonic() > deadline:
-                raise OSError(f"control_port: cannot bind {host}:{port} ({err}) for {CONTROL_BIND_WAIT_S:.0f} s; "
-                              "expected a free port reserved for the control routes") from err
-            await asyncio.sleep(0.5)
-    server = _Server(uvicorn.Config(app_, lifespan="off", access_log=False, log_level="warning"))
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    while not server.started:
-        if task.done():  # startup failed: surface its error in the replica's __init__
-            task.result()
-            raise RuntimeError(f"control server on {host}:{port} stopped during startup")
-        await asyncio.sleep(0.02)
-    return server, task
-
-
 # Helpers above stay above the class: Ray pickles the ingress class by value with the globals that
 # exist when it is decorated.
 @serve.deployment(ray_actor_options={"num_cpus": 0}, num_replicas=1)
@@ -193,46 +193,31 @@ async def _start_control_server(app_: FastAPI, host: str, port: int) -> tuple[An
 class KServeIngress:
     """Routes ``/v2/models/{model}/infer`` to the stable or canary model deployment."""
 
-    async def __init__(self, model: str, stable: Any, stable_label: str, canary: Any | None,
-                       canary_label: str | None, inputs: list[TensorSpec], outputs: list[TensorSpec],
-                       canary_weight: float, shadow_weight: float, sticky_header: str, max_body_bytes: int,
-                       max_inflight: int, inference_log: dict[str, Any] | None = None,
-                       retry: dict[str, Any] | None = None, control: dict[str, Any] | None = None) -> None:
-        """``retry``: ``{"timeout_s", "attempts"}`` per request towards the model deployments;
-        ``control``: :meth:`RayServeConfig.control_settings` (``port`` None: control on the serving port)."""
-        from ray.serve.metrics import Counter, Histogram
-
-        from modelyard.monitor.feedback import FeedbackLog
-        from modelyard.monitor.log import InferenceLog
-
-        self.model, self.inputs, self.outputs = model, inputs, outputs
+    async def __init__(self, settings: IngressSettings, stable: Any, canary: Any | None = None) -> None:
+        """``stable``, ``canary``: handles of the model deployments (``canary`` None: no canary)."""
+        self.settings = settings
+        self.model, self.inputs, self.outputs = settings.model, settings.inputs, settings.outputs
         self.handles: dict[str, Any] = {"stable": stable}
-        self.labels: dict[str, str] = {"stable": stable_label}
+        self.labels: dict[str, str] = {"stable": settings.stable_label}
         if canary is not None:
-            self.handles["canary"], self.labels["canary"] = canary, canary_label or "canary"
+            self.handles["canary"], self.labels["canary"] = canary, settings.canary_label or "canary"
         self.router = TrafficRouter(has_canary=canary is not None)
-        self.router.set_weights(canary_weight=canary_weight, shadow_weight=shadow_weight)
-        self.sticky_header, self.max_body_bytes, self.max_inflight = sticky_header.lower(), max_body_bytes, max_inflight
+        self.router.set_weights(canary_weight=settings.canary_weight, shadow_weight=settings.shadow_weight)
+        self.sticky_header, self.max_inflight = settings.sticky_header.lower(), settings.max_inflight
         self.stats = {label: VersionStats(label) for label in self.labels.values()}
         self.shadow = ShadowLog()
         self.inflight = 0
         self.rejected: dict[str, int] = {}
         self.retries: dict[str, int] = {}  # retried model calls by reason (timeout, ActorDiedError, ...)
-        retry = retry or {}
-        self.request_timeout_s = float(retry.get("timeout_s", 10.0))
-        self.request_attempts = int(retry.get("attempts", 3))
-        control = control or {}
-        self.control_token_sha256: str | None = control.get("token_sha256")
-        self.control_token_env: str = control.get("token_env") or "MODELYARD_CONTROL_TOKEN"  # named in 401s
+        self.request_timeout_s, self.request_attempts = settings.request_timeout_s, settings.request_attempts
         self.control_address: str | None = None
         self._control_server: Any = None
         self._control_task: asyncio.Task | None = None
         self._background: set[asyncio.Task] = set()  # strong references: the loop keeps only weak ones
         self._retired: list[tuple[str, Any]] = []
-        # inference_log: InferenceLog keyword arguments with an absolute "root" (RayServeConfig.log_settings).
-        self.log = InferenceLog(model=model, **inference_log) if inference_log else None
-        self.feedback_log = (FeedbackLog(inference_log["root"], model, inference_log.get("max_age_days"))
-                             if inference_log else None)
+        log = settings.inference_log
+        self.log = InferenceLog(model=self.model, **log) if log else None
+        self.feedback_log = FeedbackLog(log["root"], self.model, log.get("max_age_days")) if log else None
         if self.log is not None:
             self.log.start()
         tags = ("model", "version", "role")
@@ -245,17 +230,18 @@ class KServeIngress:
         self.m_retries = Counter("modelyard_serve_retries_total",
                                  "Model calls retried on another replica (dead, unavailable or timed out).",
                                  tag_keys=(*tags, "reason"))
-        if control.get("port") is not None:
-            host, port = control.get("host") or "127.0.0.1", int(control["port"])
-            self._control_server, self._control_task = await _start_control_server(_control_app(self), host, port)
+        if settings.control_port is not None:
+            host, port = settings.control_host or "127.0.0.1", int(settings.control_port)
+            actions = {("POST", "/-/traffic"): self._set_traffic, ("POST", "/-/promote"): self._promote,
+                       ("POST", "/-/rollback"): self._rollback, ("GET", "/-/status"): self._status}
+            self._control_server, self._control_task = await start_control_server(
+                control_app(actions, settings.control_token()), host, port)
             self.control_address = f"http://{host}:{port}"
-            logger.info("control routes of %s on %s (refused on the serving port)", model, self.control_address)
+            logger.info("control routes of %s on %s (refused on the serving port)", self.model, self.control_address)
 
     # --- KServe v2 metadata -------------------------------------------------------------------------
     @app.get("/v2")
     async def server_metadata(self) -> dict[str, Any]:
-        import ray
-
         return {"name": "modelyard-ray-serve", "version": ray.__version__, "extensions": ["binary_tensor_data"]}
 
     @app.get("/v2/health/live")
@@ -300,29 +286,15 @@ class KServeIngress:
         self.inflight += 1
         try:
             try:
-                body = await self._read_body(request)
+                body = await request.body()  # over max_body_bytes: BodyTooLarge (413), from the middleware
                 header = request.headers.get("inference-header-content-length")
-                decoded = decode_request(body, self.inputs, self.outputs, _int_header(header))
+                decoded = decode_request(body, self.inputs, self.outputs, int_header(header))
             except KServeError as err:
                 return self._reject(err.status, str(err))
             return await self._run(decoded, version, request.headers.get(self.sticky_header),
                                    request.headers.get("x-request-id"))
         finally:
             self.inflight -= 1
-
-    async def _read_body(self, request: Request) -> bytes:
-        length = request.headers.get("content-length")
-        if length is not None:
-            size = _int_header(length, "Content-Length")
-            if size > self.max_body_bytes:  # refuse before reading a byte of it
-                raise KServeError(f"request body of {size} bytes received; the limit is {self.max_body_bytes}", 413)
-        chunks, size = [], 0
-        async for chunk in request.stream():  # chunked uploads have no Content-Length: count as we go
-            size += len(chunk)
-            if size > self.max_body_bytes:
-                raise KServeError(f"request body over {self.max_body_bytes} bytes received; that is the limit", 413)
-            chunks.append(chunk)
-        return b"".join(chunks)
 
     async def _run(self, req: InferRequest, version: str | None, key: str | None,
                    header_id: str | None = None) -> JSONResponse:
@@ -428,7 +400,7 @@ class KServeIngress:
             return _error(409, "feedback needs the inference log; start the server with log_dir")
         shape = '{"labels": [{"id": ID, "label": L}, {"id": ID, "row": R, "label": L}, {"id": ID, "labels": [...]}]}'
         try:
-            body = parse_json(await self._read_body(request), "feedback body", shape)
+            body = parse_json(await request.body(), "feedback body", shape)
         except KServeError as err:  # not JSON, too deep (400) or over max_body_bytes (413)
             return _error(err.status, str(err))
         if not isinstance(body, dict) or not isinstance(body.get("labels"), list) or set(body) != {"labels"}:
@@ -465,43 +437,34 @@ class KServeIngress:
     # args) replaces the ingress replica and its in-memory statistics. The monitor's loop redeploys
     # only to add a new canary, before its rollout starts taking statistics (the old replica drains
     # and flushes its inference log; the loop's tests see no failed request across the swap).
-    # With control_port these routes answer 404 here and live on the control server (_control_app).
+    # With control_port these routes answer 404 here and live on the control server (modelyard.serve.ray.control).
+    # The control token, when one is set, is checked before them (BearerTokenMiddleware).
     @app.post("/-/traffic")
     async def traffic(self, request: Request) -> JSONResponse:
-        return await self._control(request, self._set_traffic, serving_port=True)
+        return await self._control(request, self._set_traffic)
 
     @app.post("/-/promote")
     async def promote(self, request: Request) -> JSONResponse:
-        return await self._control(request, self._promote, serving_port=True)
+        return await self._control(request, self._promote)
 
     @app.post("/-/rollback")
     async def rollback(self, request: Request) -> JSONResponse:
-        return await self._control(request, self._rollback, serving_port=True)
+        return await self._control(request, self._rollback)
 
     @app.get("/-/status")
     async def status(self, request: Request) -> JSONResponse:
-        return await self._control(request, self._status, serving_port=True)
+        return await self._control(request, self._status)
 
-    async def _control(self, request: Request, action: Callable[[Request], Awaitable[JSONResponse]],
-                       serving_port: bool = False) -> JSONResponse:
-        """Run a control ``action`` where control lives, for a caller holding the token (if one is set)."""
-        if serving_port and self.control_address is not None:
+    async def _control(self, request: Request, action: Callable[[Request], Awaitable[JSONResponse]]) -> JSONResponse:
+        """Run a control ``action`` on the serving port, unless control lives on the control port."""
+        if self.control_address is not None:
             return _error(404, f"{request.url.path} is not served on the serving port; control routes live on "
                           f"{self.control_address} (control_port)")
-        if self.control_token_sha256 is not None:
-            scheme, _, token = request.headers.get("authorization", "").partition(" ")
-            digest = hashlib.sha256(token.strip().encode()).hexdigest()
-            if scheme.lower() != "bearer" or not hmac.compare_digest(digest, self.control_token_sha256):
-                got = "no Authorization header" if not scheme else f"an Authorization header ({scheme} ...) " \
-                      "with a wrong token"
-                return _error(401, f"{request.url.path} needs 'Authorization: Bearer <token>', the value of "
-                              f"${self.control_token_env} where the server was deployed; got {got}",
-                              {"WWW-Authenticate": "Bearer"})
         return await action(request)
 
     async def _set_traffic(self, request: Request) -> JSONResponse:
         try:
-            body = parse_json(await self._read_body(request), "traffic update",
+            body = parse_json(await request.body(), "traffic update",
                               '{"canary_weight": 0.25, "shadow_weight": 0.0}')
             self.router.set_weights(**validate_weights(body))
         except KServeError as err:  # not JSON, too deep (400) or over max_body_bytes (413)

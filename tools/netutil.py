@@ -1,4 +1,4 @@
-"""Small network helpers shared by the demo scripts and the tests."""
+"""Small network helpers shared by the demo scripts, the benchmarks and the tests (not installed)."""
 
 from __future__ import annotations
 

@@ -1,9 +1,6 @@
-"""Model references and the per-version model deployment of ``modelyard serve ray``.
+"""The per-version model deployment of ``modelyard serve ray``: ONNX Runtime behind Ray Serve batching.
 
-A reference is ``@champion``/``@challenger`` (registry alias), a registry version number (``"3"``) or
-``path:FILE.onnx``. Registry versions resolve to the Triton repository copy named by the version's
-``modelyard.triton_repo``/``modelyard.triton_version`` tags, else to the ONNX file among the
-version's artifacts.
+Which ONNX file a model reference names is decided in :mod:`modelyard.registry.reference`.
 """
 
 from __future__ import annotations
@@ -13,87 +10,17 @@ import logging
 import random
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from ray import serve
+from ray.serve.metrics import Histogram
 
-from modelyard.safety import check_name, check_version, contained, resolves_inside
-from modelyard.serve.ray_codec import TensorSpec, spec_from_ort
+from modelyard.serve.ray.codec import DATATYPES, TensorSpec, spec_from_ort
 
-__all__ = ["ModelSource", "ModelVersion", "read_specs", "resolve_reference"]
+__all__ = ["ModelVersion", "read_specs"]
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ModelSource:
-    """An ONNX file and the version label it is served under."""
-
-    reference: str
-    path: str
-    label: str
-
-
-def resolve_reference(reference: str, model: str, tracking_uri: str | None = None) -> ModelSource:
-    """The ONNX file and version label of a model reference.
-
-    Raises:
-        ValueError: the reference is malformed, or names a file/version/alias that does not exist.
-    """
-    if reference.startswith("path:"):
-        # An operator's own file, so any folder is allowed; but judged as a string first: no NUL, no
-        # URI (file://, s3://: not fetched here), an .onnx name, then a regular file once links are followed.
-        raw = reference.removeprefix("path:")
-        if "\0" in raw or "://" in raw or not raw.endswith(".onnx"):
-            raise ValueError(f"model reference {reference!r} refused: expected path:FILE.onnx, a local ONNX file "
-                             "path without a URI scheme or NUL character")
-        path = Path(raw).expanduser().resolve()
-        if not path.is_file():
-            raise ValueError(f"model reference {reference!r}: no file at {path}; expected path:FILE.onnx")
-        # triton_models/<name>/<version>/model.onnx -> that version number; else the file's stem.
-        label = path.parent.name if path.parent.name.isdigit() else path.stem
-        return ModelSource(reference, str(path), label)
-    if reference.startswith("@") or reference.isdigit():
-        return _from_registry(reference, model, tracking_uri)
-    raise ValueError(f"model reference {reference!r} not understood; expected @champion, @challenger, a registry "
-                     "version number such as 3, or path:FILE.onnx")
-
-
-def _from_registry(reference: str, model: str, tracking_uri: str | None) -> ModelSource:
-    from modelyard.tracking import client_for, resolve_tracking_uri
-
-    client = client_for(resolve_tracking_uri(tracking_uri))
-    try:
-        if reference.startswith("@"):
-            mv = client.get_model_version_by_alias(model, reference[1:])
-        else:
-            mv = client.get_model_version(model, reference)
-    except Exception as err:  # noqa: BLE001 - MlflowException for an unknown alias/version/model
-        raise ValueError(f"model reference {reference!r}: registry model {model!r} has no such "
-                         f"{'alias' if reference.startswith('@') else 'version'} ({err})") from None
-    version = str(mv.version)
-    tags = mv.tags or {}
-    repo, triton_version = tags.get("modelyard.triton_repo"), tags.get("modelyard.triton_version")
-    if repo and triton_version:
-        # Tags are data anyone with registry write access can set: the path is built from checked
-        # names and must stay inside the repository once symlinks are followed.
-        check_version(triton_version, f"{model} v{version} tag modelyard.triton_version")
-        candidate = contained(repo, f"{check_name(model, 'model name')}/{triton_version}/model.onnx",
-                              f"{model} v{version} Triton copy")
-        if candidate.is_file():
-            return ModelSource(reference, str(candidate.resolve()), version)
-        logger.warning("%s v%s: Triton copy %s is missing; using the version's artifacts", model, version, candidate)
-    import mlflow.artifacts
-
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=mv.source, tracking_uri=client.tracking_uri))
-    files = [local] if local.is_file() else sorted(f for f in local.rglob("*.onnx") if resolves_inside(local, f))
-    if not files:
-        raise ValueError(f"model reference {reference!r}: {model} v{version} has no Triton copy "
-                         f"({repo}/{model}/{triton_version}) and no .onnx artifact under {mv.source}")
-    return ModelSource(reference, str(files[0]), version)
 
 
 def _session(path: str) -> Any:
@@ -143,8 +70,6 @@ class ModelVersion:
 
     def __init__(self, model: str, label: str, path: str, max_batch_size: int, batch_wait_timeout_s: float,
                  fault_error_rate: float = 0.0, fault_delay_ms: float = 0.0, max_batch_run_s: float = 30.0) -> None:
-        from ray.serve.metrics import Histogram
-
         self.model, self.label = model, label
         self.replica = _replica_id()
         self.max_batch_run_s = max_batch_run_s
@@ -212,6 +137,4 @@ class ModelVersion:
 
 
 def _np_dtype(datatype: str) -> np.dtype:
-    from modelyard.serve.ray_codec import DATATYPES
-
     return DATATYPES.get(datatype, np.dtype(np.float32))

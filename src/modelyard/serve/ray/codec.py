@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ["DATATYPES", "InferRequest", "KServeError", "TensorSpec", "decode_request", "encode_response",
-           "parse_json", "spec_from_ort"]
+           "int_header", "parse_json", "spec_from_ort"]
 
 # KServe datatype <-> numpy dtype.
 DATATYPES: dict[str, np.dtype] = {
@@ -47,6 +47,16 @@ class KServeError(ValueError):
     def __init__(self, message: str, status: int = 400) -> None:
         super().__init__(message)
         self.status = status
+
+
+def int_header(value: str | None, name: str = "Inference-Header-Content-Length") -> int | None:
+    """An integer header's value, ``None`` when absent; 400 (:class:`KServeError`) when not an integer."""
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise KServeError(f"{name} header {value!r} received; expected an integer") from None
 
 
 @dataclass(frozen=True)

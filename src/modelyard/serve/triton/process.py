@@ -12,12 +12,13 @@ import os
 import signal
 import socket
 import sysconfig
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+
+from modelyard._wait import wait_until
 
 __all__ = ["TritonStartError", "check_ports_free", "child_pids", "find_server_pid", "http_ok", "log_tail",
            "pid_running", "python_libdir_on_library_path", "reap", "wait_for_exit", "wait_until_ready"]
@@ -148,9 +149,7 @@ def reap(processes: Mapping[int, str], timeout_s: float = 10.0) -> list[int]:
         return [pid for pid, name in processes.items() if (stat := _proc_stat(pid)) is not None
                 and stat[0] == name and stat[1] not in ("Z", "X")]
 
-    deadline = time.monotonic() + timeout_s
-    while alive() and time.monotonic() < deadline:
-        time.sleep(0.1)
+    wait_until(lambda: not alive(), timeout_s, 0.1)
     killed = alive()
     for pid in killed:
         logger.warning("%s (pid %d) outlived its tritonserver by %g s; killing it", processes[pid], pid, timeout_s)
@@ -177,18 +176,19 @@ def wait_until_ready(http_url: str, model: str, version: int, timeout_s: float, 
     Raises :class:`TritonStartError` with the server log tail on timeout or when the server dies.
     """
     checks = [f"{http_url}/v2/health/ready", f"{http_url}/v2/models/{model}/versions/{version}/ready"]
-    deadline = time.monotonic() + timeout_s
-    while True:
+    pending = checks
+
+    def ready() -> bool:
+        nonlocal pending
         pending = [url for url in checks if not http_ok(url)]
-        if not pending:
-            return
-        if pid is not None and not pid_running(pid):
+        if pending and pid is not None and not pid_running(pid):
             raise TritonStartError(f"tritonserver (pid {pid}) exited during startup; server log "
                                    f"{log_file}:\n{log_tail(log_file)}")
-        if time.monotonic() > deadline:
-            raise TritonStartError(f"Triton was not ready after {timeout_s:g} s ({', '.join(pending)} did not "
-                                   f"answer 200); server log {log_file}:\n{log_tail(log_file)}")
-        time.sleep(0.25)
+        return not pending
+
+    if not wait_until(ready, timeout_s, 0.25):
+        raise TritonStartError(f"Triton was not ready after {timeout_s:g} s ({', '.join(pending)} did not "
+                               f"answer 200); server log {log_file}:\n{log_tail(log_file)}")
 
 
 def wait_for_exit(pid: int | None, timeout_s: float = 10.0) -> None:
@@ -196,10 +196,7 @@ def wait_for_exit(pid: int | None, timeout_s: float = 10.0) -> None:
     if pid is None:
         return
     for attempt in ("stop", "SIGKILL"):
-        deadline = time.monotonic() + timeout_s
-        while pid_running(pid) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if not pid_running(pid):
+        if wait_until(lambda: not pid_running(pid), timeout_s, 0.1):
             return
         if attempt == "stop":
             logger.warning("tritonserver (pid %d) still running %g s after stop; killing it", pid, timeout_s)

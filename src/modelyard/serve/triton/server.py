@@ -35,8 +35,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from modelyard.serve.triton_model import ServedModel, TritonRepoError, make_infer_funcs, resolve_model
-from modelyard.serve.triton_process import (
+from modelyard._wait import wait_until
+from modelyard.config import config_parser, parse_config
+from modelyard.serve.triton.model import ServedModel, TritonRepoError, make_infer_funcs, resolve_model
+from modelyard.serve.triton.process import (
     TritonStartError,
     check_ports_free,
     child_pids,
@@ -53,7 +55,8 @@ from modelyard.serve.triton_process import (
 __all__ = ["Restart", "TritonEndpoint", "TritonRepoError", "TritonServeConfig", "TritonStartError", "build_parser",
            "main", "parse_triton_args", "run", "serving"]
 
-logger = logging.getLogger(__name__)
+# The package name, as before the Triton modules became a package: operators filter logs on it.
+logger = logging.getLogger("modelyard.serve.triton")
 
 
 @dataclass
@@ -354,15 +357,19 @@ class _Supervisor:
     def _wait_for_ports(self) -> None:
         cfg = self.cfg
         ports = {"http_port": cfg.http_port, "grpc_port": cfg.grpc_port, "metrics_port": cfg.metrics_port}
-        deadline = time.monotonic() + self._PORT_WAIT_S
-        while True:
+        taken: TritonStartError | None = None
+
+        def free() -> bool:
+            nonlocal taken
             try:
                 check_ports_free(cfg.host, ports)
-                return
-            except TritonStartError:
-                if time.monotonic() > deadline or self._stopping.is_set():
-                    raise
-                time.sleep(0.25)
+            except TritonStartError as err:
+                taken = err
+                return False
+            return True
+
+        if not wait_until(free, self._PORT_WAIT_S, 0.25, stop=self._stopping.is_set):
+            raise taken
 
     def _shutdown(self) -> None:
         """Stop the current server (a dead one included: pytriton then only cleans up) and make sure
@@ -433,8 +440,6 @@ def run(cfg: TritonServeConfig) -> None:
 
 
 def build_parser():  # -> jsonargparse.ArgumentParser
-    from modelyard.config import config_parser
-
     return config_parser(
         TritonServeConfig, "modelyard serve triton",
         (
@@ -453,8 +458,6 @@ def build_parser():  # -> jsonargparse.ArgumentParser
 
 def parse_triton_args(argv: Sequence[str]) -> TritonServeConfig:
     """Parse ``modelyard serve triton`` arguments; raises :class:`modelyard.config.ConfigError`."""
-    from modelyard.config import parse_config
-
     parser = build_parser()
     return parse_config(TritonServeConfig, argv, prog=parser.prog, description=parser.description,
                         source="serve triton configuration")

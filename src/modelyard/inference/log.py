@@ -2,7 +2,7 @@
 
 The ingress calls :meth:`InferenceLog.record` for each sampled request after it has its answer; that
 call only appends a reference to an in-memory buffer under a lock. A daemon thread turns the buffer
-into Parquet files (see :mod:`modelyard.monitor.store` for the layout) every ``flush_interval_s`` or
+into Parquet files (see :mod:`modelyard.inference.store` for the layout) every ``flush_interval_s`` or
 once ``flush_rows`` rows wait, and applies retention. :meth:`InferenceLog.close` writes whatever
 is left, so a clean stop loses nothing that was accepted. Nothing here raises into the request path:
 a full buffer drops (and counts) new rows, a failed write keeps its rows for the next attempt.
@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
-from modelyard.monitor.store import PartFile, inference_schema, list_parts, model_folder, utc_day, write_part
+from modelyard.inference.store import PartFile, inference_schema, list_parts, model_folder, utc_day, write_part
 
 if TYPE_CHECKING:
     import pyarrow as pa

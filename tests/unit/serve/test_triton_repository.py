@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from modelyard.export import triton_repo
-from modelyard.export.triton_config import read_config
-from modelyard.export.triton_repo import (
+from modelyard.serve.triton import repository as triton_repo
+from modelyard.serve.triton.config import read_config
+from modelyard.serve.triton.repository import (
     TARGETS,
     TritonTarget,
     build_config,
@@ -18,7 +18,7 @@ from modelyard.export.triton_repo import (
     validate_model_name,
     write_model_version,
 )
-from modelyard.export.triton_validate import validate_repository
+from modelyard.serve.triton.validate import validate_repository
 
 
 def export_linear(path: Path, *, dynamic: bool = True, dynamo: bool = False) -> Path:
@@ -267,7 +267,7 @@ def test_temp_folders_of_exports_killed_over_an_hour_ago_are_removed(tmp_path, o
     link.symlink_to(outside, target_is_directory=True)
     os.utime(link, (two_hours_ago, two_hours_ago), follow_symlinks=False)
 
-    with caplog.at_level("WARNING", logger="modelyard.export.triton_repo"):
+    with caplog.at_level("WARNING", logger="modelyard.serve.triton.repository"):
         written = write_model_version(tmp_path, "fraud", onnx_model)
     assert written.version == 2
     assert not stale.exists()

@@ -4,6 +4,8 @@
 ``max_seconds`` pass, counting successes and failures. :class:`LabelledTraffic` sends real rows whose
 labels are known and feeds the labels back through the feedback route, as a business system that
 learns the truth later would. Both only ever talk to the URL they are given.
+
+A tool of this repository (tests, demos, drills), not part of the installed package.
 """
 
 from __future__ import annotations

@@ -11,8 +11,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from modelyard.monitor.log import InferenceLog
-from modelyard.monitor.store import inference_schema, list_parts, utc_day, write_part
+from modelyard.inference.log import InferenceLog
+from modelyard.inference.store import inference_schema, list_parts, utc_day, write_part
 
 DAY = 86_400.0
 
@@ -94,7 +94,7 @@ def test_full_buffer_drops_and_counts_new_rows(tmp_path):
 
 
 def test_a_write_failure_keeps_the_rows_and_the_next_flush_writes_them(tmp_path, monkeypatch):
-    import modelyard.monitor.log as log_module
+    import modelyard.inference.log as log_module
 
     log = InferenceLog(tmp_path, "fraud")
     x, y = _x(3)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from modelyard.serve.ray_models import resolve_reference
+from modelyard.registry.reference import resolve_reference
 
 STABLE = Path(__file__).resolve().parents[3] / "triton_models" / "example_fraud" / "1" / "model.onnx"
 

@@ -15,8 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
+from modelyard.serve.triton.config import TritonConfigError, read_config
+
 if TYPE_CHECKING:
-    import numpy as np
     from tritonclient.grpc import model_config_pb2
 
 __all__ = ["ServedModel", "TensorSpec", "TritonRepoError", "make_infer_funcs", "resolve_model"]
@@ -100,7 +103,6 @@ def _pick_version(model_dir: Path, version: int | None) -> int:
 
 
 def _tensor_specs(tensors: Any, kind: str, source: Path) -> tuple[TensorSpec, ...]:
-    import numpy as np
     from tritonclient.grpc import model_config_pb2
 
     specs = []
@@ -134,8 +136,6 @@ def resolve_model(repo: str | Path, model: str | None = None, version: int | Non
     ``model`` None picks the only model; ``version`` None the newest numeric version folder;
     ``instances`` None sums the counts of ``instance_group`` (Triton's default, 1, when absent).
     """
-    from modelyard.export.triton_config import TritonConfigError, read_config
-
     model_dir = _pick_model(Path(repo), model)
     number = _pick_version(model_dir, version)
     source = model_dir / "config.pbtxt"
@@ -178,8 +178,6 @@ def _session(model: ServedModel, threads: int):  # -> onnxruntime.InferenceSessi
 
 
 def _ort_type(dtype: type[np.generic]) -> str:
-    import numpy as np
-
     name = np.dtype(dtype).name
     return "tensor(" + {"float32": "float", "float64": "double", "bytes": "string"}.get(name, name) + ")"
 

@@ -23,15 +23,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+import numpy as np
+
 from modelyard import safety
 from modelyard._io import atomic_copy, atomic_write_bytes
-from modelyard.export.triton_config import write_config
+from modelyard.serve.triton.config import write_config
+from modelyard.serve.triton.onnx_io import NUMPY_DTYPES, TensorSpec, external_tensors, graph_io, read_model
 
 if TYPE_CHECKING:
-    import numpy
     from tritonclient.grpc import model_config_pb2
-
-    from modelyard.export.triton_validate import TensorSpec
 
 __all__ = ["TARGETS", "TargetKind", "TritonTarget", "TritonVersion", "build_config", "existing_versions",
            "name_problem", "next_version", "remove_stale_temp_dirs", "validate_model_name",
@@ -110,8 +110,6 @@ def build_config(name: str, onnx_path: str | Path, target: TritonTarget | str, *
         ValueError: bad name or target, a fixed batch dim, an unsupported tensor type.
     """
     from tritonclient.grpc import model_config_pb2 as pb
-
-    from modelyard.export.triton_validate import graph_io, read_model
 
     validate_model_name(name)
     if isinstance(target, str) and target not in TARGETS:
@@ -203,10 +201,6 @@ def _relative(name: str, what: str) -> Path:
 
 def _warmup_payloads(inputs: list[TensorSpec], sample: Any, name: str) -> dict[str, tuple[str, bytes, list[int]]]:
     """``{input: (file name, raw little-endian bytes, dims without batch)}`` for a batch-1 sample."""
-    import numpy as np
-
-    from modelyard.export.triton_validate import NUMPY_DTYPES
-
     one = inputs[0].name if len(inputs) == 1 else "<one array>"
     samples = dict(sample) if isinstance(sample, Mapping) else {one: sample}
     if set(samples) != {s.name for s in inputs}:
@@ -260,7 +254,7 @@ def remove_stale_temp_dirs(model_dir: Path, max_age_s: float = STALE_TEMP_AGE_S)
 
 
 def write_model_version(repo: str | Path, name: str, onnx_path: str | Path, target: TritonTarget | str = "cpu", *,
-                        warmup_sample: numpy.ndarray | dict[str, numpy.ndarray] | None = None,
+                        warmup_sample: np.ndarray | dict[str, np.ndarray] | None = None,
                         version: int | None = None, extra_files: dict[str, str | Path] | None = None) -> TritonVersion:
     """Add ``onnx_path`` as a new version of model ``name`` in ``repo``, then rewrite its config.
 
@@ -276,8 +270,6 @@ def write_model_version(repo: str | Path, name: str, onnx_path: str | Path, targ
     Raises:
         ValueError: bad name, an existing or lower version, a sample that does not fit the graph.
     """
-    from modelyard.export.triton_validate import external_tensors, graph_io, read_model
-
     repo, onnx_path = Path(repo), Path(onnx_path)
     validate_model_name(name)
     extras = {_relative(k, "extra file"): Path(v) for k, v in (extra_files or {}).items()}

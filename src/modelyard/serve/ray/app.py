@@ -1,7 +1,7 @@
 """``modelyard serve ray``: a Ray Serve application speaking KServe v2, with canary and shadow traffic.
 
-One :class:`~modelyard.serve.ray_models.ModelVersion` deployment per model version (ONNX Runtime,
-dynamic batching) behind one :class:`~modelyard.serve.ray_ingress.KServeIngress` (FastAPI) that
+One :class:`~modelyard.serve.ray.models.ModelVersion` deployment per model version (ONNX Runtime,
+dynamic batching) behind one :class:`~modelyard.serve.ray.ingress.KServeIngress` (FastAPI) that
 validates requests, splits traffic, mirrors shadow traffic and keeps the statistics that
 ``GET /-/status`` reports. Weights change at run time through ``POST /-/traffic`` (or
 :func:`update_traffic`), ``/-/promote`` and ``/-/rollback`` -- on the serving port, or only on a
@@ -16,15 +16,16 @@ import os
 import re
 import signal
 import threading
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+from modelyard._wait import wait_until
 from modelyard.config import ConfigError, parse_config
-from modelyard.serve.ray_config import RayServeConfig
+from modelyard.registry.reference import resolve_reference
+from modelyard.serve.ray.config import RayServeConfig
 
 __all__ = ["RayServeConfig", "build_app", "control_url", "deploy", "main", "run", "serving_ray", "update_traffic"]
 
@@ -47,8 +48,8 @@ def build_app(cfg: RayServeConfig) -> Any:
     Raises:
         ValueError: a bad configuration or model reference, or stable and canary with different inputs.
     """
-    from modelyard.serve.ray_ingress import KServeIngress
-    from modelyard.serve.ray_models import ModelVersion, read_specs, resolve_reference
+    from modelyard.serve.ray.ingress import IngressSettings, KServeIngress
+    from modelyard.serve.ray.models import ModelVersion, read_specs
 
     stable = resolve_reference(cfg.stable, cfg.model, cfg.tracking_uri)
     inputs, outputs = read_specs(stable.path)
@@ -77,13 +78,17 @@ def build_app(cfg: RayServeConfig) -> Any:
     stable_app = model_deployment(stable.label, stable.path)
     canary_faults = (cfg.canary_fault_error_rate, cfg.canary_fault_delay_ms)
     canary_app = model_deployment(canary_label, canary.path, canary_faults) if canary is not None else None
+    control = cfg.control_settings()
+    settings = IngressSettings(
+        model=cfg.model, stable_label=stable.label, canary_label=canary_label, inputs=inputs, outputs=outputs,
+        canary_weight=cfg.canary_weight, shadow_weight=cfg.shadow_weight, sticky_header=cfg.sticky_header,
+        max_body_bytes=cfg.max_body_bytes, max_inflight=cfg.max_ongoing_requests, inference_log=cfg.log_settings(),
+        request_timeout_s=cfg.request_timeout_s, request_attempts=cfg.request_attempts,
+        control_host=control["host"], control_port=control["port"], control_token_sha256=control["token_sha256"],
+        control_token_env=control["token_env"] or "MODELYARD_CONTROL_TOKEN")
     ingress = KServeIngress.options(name=f"{cfg.model}-ingress",
                                     max_ongoing_requests=cfg.max_ongoing_requests + INGRESS_HEADROOM)
-    return ingress.bind(cfg.model, stable_app, stable.label, canary_app, canary_label, inputs, outputs,
-                        cfg.canary_weight, cfg.shadow_weight, cfg.sticky_header, cfg.max_body_bytes,
-                        cfg.max_ongoing_requests, cfg.log_settings(),
-                        {"timeout_s": cfg.request_timeout_s, "attempts": cfg.request_attempts},
-                        cfg.control_settings())
+    return ingress.bind(settings, stable_app, canary_app)
 
 
 def _ensure_ray(metrics_port: int | None = None) -> bool:
@@ -134,35 +139,40 @@ def deploy(cfg: RayServeConfig, app_name: str = "modelyard", route_prefix: str =
 
 def _wait_control(url: str, timeout_s: float = 60.0) -> None:
     """Poll ``{url}/-/status`` until the control server answers at all (401 without a token counts)."""
-    deadline = time.monotonic() + timeout_s
     last: object = None
-    while time.monotonic() < deadline:
+
+    def answers() -> bool:
+        nonlocal last
         try:
             with urllib.request.urlopen(f"{url}/-/status", timeout=5):
-                return
+                return True
         except urllib.error.HTTPError as err:
             if err.code == 401:
-                return
+                return True
             last = err
         except (urllib.error.URLError, OSError) as err:
             last = err
-        time.sleep(0.2)
-    raise TimeoutError(f"control routes at {url} not answering after {timeout_s:.0f}s (last error: {last})")
+        return False
+
+    if not wait_until(answers, timeout_s, 0.2):
+        raise TimeoutError(f"control routes at {url} not answering after {timeout_s:.0f}s (last error: {last})")
 
 
 def wait_ready(base_url: str, model: str, timeout_s: float = 60.0) -> None:
     """Poll ``/v2/models/{model}/ready`` until it answers 200 (the proxy may lag the deployment)."""
-    deadline = time.monotonic() + timeout_s
     last: object = None
-    while time.monotonic() < deadline:
+
+    def ready() -> bool:
+        nonlocal last
         try:
             with urllib.request.urlopen(f"{base_url}/v2/models/{model}/ready", timeout=5) as resp:
-                if resp.status == 200:
-                    return
+                return resp.status == 200
         except (urllib.error.URLError, OSError) as err:
             last = err
-        time.sleep(0.2)
-    raise TimeoutError(f"{base_url}: model {model!r} not ready after {timeout_s:.0f}s (last error: {last})")
+            return False
+
+    if not wait_until(ready, timeout_s, 0.2):
+        raise TimeoutError(f"{base_url}: model {model!r} not ready after {timeout_s:.0f}s (last error: {last})")
 
 
 @contextmanager

@@ -6,9 +6,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from modelyard.monitor.feedback import UNKNOWN_REASON, FeedbackLog
-from modelyard.monitor.log import InferenceLog
-from modelyard.monitor.store import list_parts
+from modelyard.inference.feedback import UNKNOWN_REASON, FeedbackLog
+from modelyard.inference.log import InferenceLog
+from modelyard.inference.store import list_parts
 
 
 def _log(root, requests: dict[str, int]) -> InferenceLog:
@@ -117,7 +117,7 @@ def test_labels_older_than_the_retention_are_deleted_with_the_next_submission(tm
 
     import pyarrow as pa
 
-    from modelyard.monitor.store import feedback_schema, utc_day, write_part
+    from modelyard.inference.store import feedback_schema, utc_day, write_part
 
     _log(tmp_path, {"a": 1, "b": 1})
     folder = tmp_path / "fraud" / "feedback"
