@@ -9,6 +9,8 @@ import torch.nn.functional as F
 import torchmetrics
 from lightning import LightningModule
 
+from modelyard.models.batch import call_model, named_outputs, split_batch
+
 __all__ = ["build_metrics", "classification_step", "configure_adamw", "named_classification_step"]
 
 
@@ -51,8 +53,6 @@ def named_classification_step(module: LightningModule, batch: Any, stage: str,
                               metrics: torch.nn.ModuleDict) -> torch.Tensor:
     """:func:`classification_step` for models in the batch convention (``modelyard.models.batch``):
     named or several inputs, and a ``logits`` output among several."""
-    from modelyard.models.batch import call_model, named_outputs, split_batch
-
     inputs, y = split_batch(batch)
     logits = named_outputs(call_model(module, inputs))["logits"]  # (B, C)
     loss = F.cross_entropy(logits, y)

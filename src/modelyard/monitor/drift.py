@@ -26,6 +26,9 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
+from jsonargparse.typing import OpenUnitInterval, PositiveFloat, PositiveInt
+
+from modelyard.config import declared_problems
 
 if TYPE_CHECKING:
     from modelyard.models.spec import DataSpec
@@ -59,24 +62,14 @@ class DriftSettings:
         min_samples: a feature with fewer current values is "insufficient" and never alarms.
     """
 
-    alpha: float = 0.01
+    alpha: OpenUnitInterval = 0.01
     correction: Correction = "bh"
-    psi_threshold: float = 0.2
-    min_samples: int = 500
+    psi_threshold: PositiveFloat = 0.2
+    min_samples: PositiveInt = 500
 
     def problems(self) -> list[str]:
-        """Every invalid value, named (empty when the settings are usable)."""
-        out = []
-        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not 0 < self.alpha < 1:
-            out.append(f"alpha must be a number in (0, 1), got {self.alpha!r}")
-        if self.correction not in CORRECTIONS:
-            out.append(f"correction must be one of {', '.join(CORRECTIONS)}, got {self.correction!r}")
-        if (isinstance(self.psi_threshold, bool) or not isinstance(self.psi_threshold, (int, float))
-                or not self.psi_threshold > 0):
-            out.append(f"psi_threshold must be a number > 0, got {self.psi_threshold!r}")
-        if isinstance(self.min_samples, bool) or not isinstance(self.min_samples, int) or self.min_samples < 1:
-            out.append(f"min_samples must be an int >= 1, got {self.min_samples!r}")
-        return out
+        """Every value that does not fit its declared type, named (empty when the settings are usable)."""
+        return declared_problems(self)
 
 
 @dataclass

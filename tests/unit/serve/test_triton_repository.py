@@ -191,7 +191,7 @@ def test_interrupted_export_leaves_previous_version_intact(tmp_path, onnx_model,
 
 def test_stale_temp_folder_is_not_a_version(tmp_path, onnx_model):
     write_model_version(tmp_path, "fraud", onnx_model)
-    (tmp_path / "fraud" / ".tmp-2-killed").mkdir()  # what a killed export leaves behind
+    (tmp_path / "fraud" / ".2.killed.tmp").mkdir()  # what a killed export leaves behind
     assert next_version(tmp_path, "fraud") == 2
     assert write_model_version(tmp_path, "fraud", onnx_model).version == 2
     assert validate_repository(tmp_path) == []
@@ -242,8 +242,9 @@ def test_safe_model_names_pass(name):
 
 
 def test_temp_folders_of_exports_killed_over_an_hour_ago_are_removed(tmp_path, onnx_model, caplog):
-    """A kill mid-copy leaves ``.tmp-<N>-<random>/`` beside the versions; the next write of the model
-    deletes such folders untouched for an hour, and keeps a recent one (an export still writing)."""
+    """A kill mid-copy leaves ``.<N>.<random>.tmp/`` beside the versions (``.tmp-<N>-<random>/`` from
+    earlier releases); the next write of the model deletes such folders untouched for an hour, and
+    keeps a recent one (an export still writing)."""
     import os
     import time
 
@@ -258,8 +259,9 @@ def test_temp_folders_of_exports_killed_over_an_hour_ago_are_removed(tmp_path, o
             os.utime(folder, (mtime, mtime))
         return folder
 
-    stale = leftover(model_dir / ".tmp-2-k1lled_x", two_hours_ago)
-    recent = leftover(model_dir / ".tmp-2-inprogress", None)  # another export building version 2 right now
+    stale = leftover(model_dir / ".2.k1lled_x.tmp", two_hours_ago)
+    legacy = leftover(model_dir / ".tmp-2-0ld", two_hours_ago)
+    recent = leftover(model_dir / ".2.inprogress.tmp", None)  # another export building version 2 right now
     not_ours = leftover(model_dir / ".previous-2", two_hours_ago)  # only the writer's own temp folders go
     other_model = leftover(tmp_path / "other" / ".tmp-1-abc", two_hours_ago)
     outside = leftover(tmp_path / "outside", two_hours_ago)
@@ -270,10 +272,10 @@ def test_temp_folders_of_exports_killed_over_an_hour_ago_are_removed(tmp_path, o
     with caplog.at_level("WARNING", logger="modelyard.serve.triton.repository"):
         written = write_model_version(tmp_path, "fraud", onnx_model)
     assert written.version == 2
-    assert not stale.exists()
+    assert not stale.exists() and not legacy.exists()
     assert recent.is_dir() and not_ours.is_dir() and other_model.is_dir()
     assert link.is_symlink() and (outside / "model.onnx").read_bytes() == b"half a model"  # not followed
-    assert any(".tmp-2-k1lled_x" in r.getMessage() and "interrupted" in r.getMessage() for r in caplog.records)
+    assert any(".2.k1lled_x.tmp" in r.getMessage() and "interrupted" in r.getMessage() for r in caplog.records)
     assert sorted(p.name for p in model_dir.iterdir() if not p.name.startswith(".")) == ["1", "2", "config.pbtxt"]
     assert triton_repo.remove_stale_temp_dirs(model_dir) == []  # nothing old is left to remove
     assert triton_repo.remove_stale_temp_dirs(model_dir, max_age_s=0) == [recent]

@@ -13,10 +13,8 @@ model. A version folder appears by one rename of a fully written temp folder: no
 from __future__ import annotations
 
 import logging
-import os
 import re
 import shutil
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -26,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from modelyard import safety
-from modelyard._io import atomic_copy, atomic_write_bytes
+from modelyard._io import atomic_copy, atomic_folder, atomic_write_bytes
 from modelyard.serve.triton.config import write_config
 from modelyard.serve.triton.onnx_io import NUMPY_DTYPES, TensorSpec, external_tensors, graph_io, read_model
 
@@ -43,8 +41,9 @@ TargetKind = Literal["cpu", "gpu", "gpu-tensorrt"]
 MODEL_FILENAME = "model.onnx"
 NAME_RULE = safety.NAME_RULE
 VERSION_RE = re.compile(r"[1-9][0-9]*")  # Triton ignores version folders named otherwise (e.g. "01")
-TEMP_PREFIX = ".tmp-"  # a version folder being built: .tmp-<version>-<random>, renamed into place when whole
-_TEMP_DIR = re.compile(re.escape(TEMP_PREFIX) + r"[0-9]+-[A-Za-z0-9_]+")  # what tempfile.mkdtemp makes of it
+# A version folder being built: .<version>.<random>.tmp (modelyard._io.atomic_folder), renamed into place
+# when whole; .tmp-<version>-<random> is how earlier releases named it.
+_TEMP_DIR = re.compile(r"\.[0-9]+\.[A-Za-z0-9_]+\.tmp|\.tmp-[0-9]+-[A-Za-z0-9_]+")
 STALE_TEMP_AGE_S = 3600.0  # such a folder untouched this long was left by a killed export
 
 
@@ -224,7 +223,7 @@ def _warmup_payloads(inputs: list[TensorSpec], sample: Any, name: str) -> dict[s
 
 
 def remove_stale_temp_dirs(model_dir: Path, max_age_s: float = STALE_TEMP_AGE_S) -> list[Path]:
-    """Delete the ``.tmp-<version>-<random>`` folders of ``model_dir`` unchanged for ``max_age_s``; the removed.
+    """Delete the ``.<version>.<random>.tmp`` folders of ``model_dir`` unchanged for ``max_age_s``; the removed.
 
     :func:`write_model_version` builds each version in such a folder and removes it on any error,
     but a process killed mid-copy cannot: the folder stays beside the versions (hidden, so Triton
@@ -258,7 +257,7 @@ def write_model_version(repo: str | Path, name: str, onnx_path: str | Path, targ
                         version: int | None = None, extra_files: dict[str, str | Path] | None = None) -> TritonVersion:
     """Add ``onnx_path`` as a new version of model ``name`` in ``repo``, then rewrite its config.
 
-    The version folder is built as ``repo/name/.tmp-<version>-<random>`` and renamed into place:
+    The version folder is built as ``repo/name/.<version>.<random>.tmp`` and renamed into place:
     an interrupted export leaves earlier versions untouched and no half-written version. Such
     folders left by exports killed over an hour ago are deleted first (:func:`remove_stale_temp_dirs`).
 
@@ -300,22 +299,20 @@ def write_model_version(repo: str | Path, name: str, onnx_path: str | Path, targ
 
     model_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temp_dirs(model_dir)
-    tmp = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{version}-", dir=model_dir))
     final = model_dir / str(version)
     try:
-        atomic_copy(onnx_path, tmp / MODEL_FILENAME)
-        for rel in external:
-            atomic_copy(onnx_path.parent / rel, tmp / rel)
-        for rel, source in extras.items():
-            atomic_copy(source, tmp / rel)
-        for path in (tmp, *(p for p in tmp.rglob("*") if p.is_dir())):  # mkdtemp makes owner-only folders;
-            path.chmod(0o755)                                             # Triton may run as another user
-        if final.exists():  # a concurrent export took this number; never replace a version
-            raise ValueError(f"{name}: version {version} appeared during the export; run it again")
-        os.rename(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        # a unique hidden staging folder beside the versions, renamed into place only when whole;
+        # never onto an existing version (a concurrent export may take the same number)
+        with atomic_folder(final, replace=False) as tmp:
+            atomic_copy(onnx_path, tmp / MODEL_FILENAME)
+            for rel in external:
+                atomic_copy(onnx_path.parent / rel, tmp / rel)
+            for rel, source in extras.items():
+                atomic_copy(source, tmp / rel)
+            for path in (tmp, *(p for p in tmp.rglob("*") if p.is_dir())):  # Triton may run as another user
+                path.chmod(0o755)
+    except FileExistsError:
+        raise ValueError(f"{name}: version {version} appeared during the export; run it again") from None
 
     for file, data, _ in payloads.values():
         atomic_write_bytes(safety.contained(model_dir, f"warmup/{file}", "warmup file"), data)
