@@ -260,7 +260,7 @@ def measure_plain(store: Path, profile: Profile, repeat: int) -> Measurement:
     cfg = parse_train_config(train_config_args(store, store.parent, "unused", profile, 1, "auto"))
     torch.manual_seed(cfg.seed_everything)
     torch.use_deterministic_algorithms(bool(cfg.trainer.get("deterministic")))  # as the Trainer does
-    datamodule = SnapshotDataModule(**vars(cfg.data), seed=cfg.seed_everything)
+    datamodule = SnapshotDataModule(**cfg.data.snapshot_args(), seed=cfg.seed_everything)
     model = instantiate_model(cfg.model, datamodule.prepare())
     model.train()
     data = datamodule.dataset("train")

@@ -24,9 +24,11 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-__all__ = ["BATCH", "DTYPES", "Dtype", "Signature", "SignatureError", "TensorSig"]
+__all__ = ["BATCH", "DTYPES", "SIGNATURE_FILE", "Dtype", "Signature", "SignatureError", "TensorSig"]
 
 BATCH = "batch"
+SIGNATURE_FILE = "signature.json"  # beside an exported model, in its Triton version folder and its model version
+DEFAULT_MAX_BATCH = 64  # rows per request without a bound: the max_batch_size of the Triton profiles
 
 
 class Dtype(NamedTuple):
@@ -162,8 +164,9 @@ class Signature:
         Axis 0 is ``batch``; another axis is dynamic when its size differs across the samples (the
         rule Triton Model Navigator applies). Dynamic axes that have equal sizes in every sample
         share one name (token ids and their mask); names are ``dim1``, ``dim2``... in order of first
-        appearance, renamed by ``axis_names`` (``{"dim1": "seq"}``). Bounds default to the largest
-        size seen, overridden by ``bounds``; give the serving limits there (``{"seq": 512}``).
+        appearance, renamed by ``axis_names`` (``{"dim1": "seq"}``). The bound of a named axis defaults
+        to the largest size seen, of ``batch`` to :data:`DEFAULT_MAX_BATCH`; ``bounds`` overrides
+        them: give the serving limits there (``{"batch": 64, "seq": 512}``).
         """
         if not input_samples:
             raise SignatureError("no sample batches to infer a signature from; the datamodule's "
@@ -211,11 +214,12 @@ class Signature:
                         names[seen] = f"dim{len(names) + 1}"
                     shape.append(renames.get(names[seen], names[seen]))
                 tensors[kind].append(TensorSig(name, dtype, tuple(shape)))
-        observed: dict[str, int] = {}
+        observed: dict[str, int] = {BATCH: DEFAULT_MAX_BATCH}
         for kind in described:
             for tensor in tensors[kind]:
                 for axis, axis_name in tensor.dynamic_axes.items():
-                    observed[axis_name] = max(observed.get(axis_name, 0), *sizes[(kind, tensor.name, axis)])
+                    if axis_name != BATCH:
+                        observed[axis_name] = max(observed.get(axis_name, 0), *sizes[(kind, tensor.name, axis)])
         return cls(tuple(tensors["input"]), tuple(tensors["output"]), {**observed, **(bounds or {})})
 
     @classmethod

@@ -6,7 +6,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from modelyard.signature import Signature, SignatureError, TensorSig, dtype_of, signature_of_onnx
+from modelyard.signature import (
+    DEFAULT_MAX_BATCH,
+    Signature,
+    SignatureError,
+    TensorSig,
+    dtype_of,
+    signature_of_onnx,
+)
 
 
 def text_batch(batch: int, seq: int) -> dict[str, np.ndarray]:
@@ -29,7 +36,7 @@ def test_infer_names_a_varying_axis_shared_by_ids_and_mask_and_bounds_it_by_the_
         {"name": "logits", "dtype": "FP32", "shape": ["batch", 4]},
         {"name": "embedding", "dtype": "FP32", "shape": ["batch", 16]},
     ]
-    assert dict(sig.bounds) == {"batch": 8, "seq": 40}
+    assert dict(sig.bounds) == {"batch": DEFAULT_MAX_BATCH, "seq": 40}  # traffic, not validation batches, sizes batch
     assert Signature.infer([text_batch(8, 12), text_batch(8, 40)], axis_names={"dim1": "seq"},
                            bounds={"seq": 512}).bounds["seq"] == 512
 
@@ -41,7 +48,7 @@ def test_infer_keeps_fixed_axes_fixed_and_reads_torch_tensors():
     sig = Signature.infer(samples)
 
     assert sig.inputs == (TensorSig("pixels", "UINT8", ("batch", 3, 32, 32)),)
-    assert sig.max_batch == 16
+    assert sig.max_batch == DEFAULT_MAX_BATCH
     assert dtype_of(torch.zeros(1, dtype=torch.bool)) == "BOOL"
 
 

@@ -12,7 +12,7 @@ from jsonargparse.typing import ClosedUnitInterval, NonNegativeFloat, PositiveIn
 from modelyard.config import ConfigError, declared_problems
 from modelyard.safety import NAME_RULE, name_problem
 
-__all__ = ["ExportConfig", "ToleranceConfig", "name_problems"]
+__all__ = ["ExportConfig", "SignatureConfig", "ToleranceConfig", "name_problems"]
 
 DEFAULT_LIMITATIONS = [
     "Trained on one snapshot; performance on data that drifts from its reference profile is unknown.",
@@ -32,6 +32,21 @@ class ToleranceConfig:
 
 
 @dataclass
+class SignatureConfig:
+    """Overrides of the signature inferred from the validation batches of a model with named inputs.
+
+    Args:
+        axis_names: new names of inferred dynamic axes, e.g. ``{dim1: seq}``.
+        bounds: the largest size of a named axis that serving accepts, e.g. ``{batch: 64, seq: 512}``
+            (default: ``batch`` 64, the Triton profiles' max_batch_size; another axis, the largest size
+            in the validation batches).
+    """
+
+    axis_names: dict[str, str] = field(default_factory=dict)
+    bounds: dict[str, PositiveInt] = field(default_factory=dict)
+
+
+@dataclass
 class ExportConfig:
     """What to export, how to check it, where it goes.
 
@@ -47,6 +62,9 @@ class ExportConfig:
         deploy: the precision written to the Triton repository and registered.
         accuracy_budget: largest validation-accuracy drop a variant may cost (0.01 = 1 point).
         tolerances: per precision (fp32, fp16, int8) overrides of the parity tolerances.
+        output_tolerances: per output name (e.g. ``embedding``), the fp32 parity tolerances of that
+            output; models with named inputs and several outputs.
+        signature: overrides of the inferred signature (models with named inputs).
         triton_repo: the Triton model repository.
         target: Triton profile: ``cpu``, ``gpu`` or ``gpu-tensorrt``.
         register: register the model version in MLflow.
@@ -66,6 +84,8 @@ class ExportConfig:
     deploy: Literal["fp32", "int8", "fp16"] = "fp32"
     accuracy_budget: ClosedUnitInterval = 0.01
     tolerances: dict[str, ToleranceConfig] = field(default_factory=dict)
+    output_tolerances: dict[str, ToleranceConfig] = field(default_factory=dict)
+    signature: SignatureConfig = field(default_factory=SignatureConfig)
     triton_repo: str = "triton_models"
     target: Literal["cpu", "gpu", "gpu-tensorrt"] = "cpu"
     register: bool = True

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import inspect
 import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -19,6 +20,8 @@ from modelyard.export.parity import DEFAULT_TOLERANCES, ParityReport, Tolerance,
 if TYPE_CHECKING:
     import onnx
     import torch
+
+    from modelyard.signature import Signature
 
 __all__ = ["ExportedGraph", "drop_duplicate_nodes", "evaluate", "export_onnx", "make_variant", "onnx_outputs",
            "torch_outputs"]
@@ -223,6 +226,154 @@ def evaluate(precision: str, path: Path, graph: ExportedGraph, reference: list[n
     if first_ref.ndim == 2 and first_ref.shape[1] > 1 and len(labels):
         report.accuracy_torch = float((first_ref.argmax(1) == labels).mean())
         report.accuracy_onnx = float((first_out.argmax(1) == labels).mean())
+    if not all(o.passed for o in report.outputs):
+        report.status = "failed"
+    return report
+
+
+# --- models with named inputs and outputs (any datamodule) ---------------------------------------
+
+def export_named(model: torch.nn.Module, sample: Mapping[str, torch.Tensor], signature: Signature, path: Path, *,
+                 opset: int = 18) -> ExportedGraph:
+    """Export ``model(**sample)`` with the signature's names and dynamic axes (torch.export's
+    ``Dim`` per named axis, bounded; shared names are one ``Dim``); checked and optimised as
+    :func:`export_onnx` does. The TorchScript exporter takes over when torch.export cannot trace.
+
+    Raises:
+        RuntimeError: neither exporter could export the module (both reasons given).
+    """
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    inputs = [t.name for t in signature.inputs]
+    outputs = [t.name for t in signature.outputs]
+    kwargs = {name: sample[name] for name in inputs}
+    try:
+        # the model as it is: its outputs (a dict, a tuple or a tensor) flatten in the signature's order;
+        # they are named afterwards, as an output name may already name a value inside the graph
+        torch.onnx.export(model, (), str(path), kwargs=kwargs, input_names=inputs,
+                          dynamic_shapes=signature.torch_dynamic_shapes(), opset_version=opset, dynamo=True,
+                          optimize=True, verbose=False, external_data=False)
+        name_outputs(path, outputs)
+        exporter, reason = "torch.export", ""
+    except Exception as err:  # noqa: BLE001 - any tracing failure falls back, and is reported
+        reason = f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"
+        logger.warning("torch.export could not trace the model (%s); using the TorchScript exporter", reason)
+        try:
+            torch.onnx.export(_ordered_outputs(model, inputs, outputs), tuple(kwargs.values()), str(path),
+                              input_names=inputs, output_names=outputs,
+                              dynamic_axes=signature.onnx_dynamic_axes(), opset_version=opset, dynamo=False)
+        except Exception as err2:  # noqa: BLE001
+            raise RuntimeError(f"ONNX export failed with both exporters: torch.export: {reason}; "
+                               f"TorchScript: {type(err2).__name__}: {err2}") from err2
+        exporter = "torchscript"
+    _check_and_optimise(path)
+    return ExportedGraph(path=path, exporter=exporter, fallback_reason=reason, input_names=inputs,
+                         output_names=outputs, opset=opset)
+
+
+def name_outputs(path: Path, names: Sequence[str]) -> None:
+    """Give the graph outputs of the file at ``path`` the ``names``, in order.
+
+    The exporter names values after the ops that made them (``embedding`` is the output of the token
+    lookup), so an output called ``embedding`` would name two values: a graph value already holding
+    a wanted name is renamed first (``embedding__0``). onnx_ir links values by object, not by name,
+    so every use follows.
+    """
+    import onnx_ir
+
+    model = onnx_ir.load(str(path))
+    outputs = list(model.graph.outputs)
+    if len(outputs) != len(names):
+        raise RuntimeError(f"the exported graph has {len(outputs)} outputs, the signature names {list(names)}")
+    wanted = dict(zip(names, outputs))
+    values = [*model.graph.inputs, *(v for node in model.graph for v in node.outputs)]
+    for value in values:
+        if value.name in wanted and wanted[value.name] is not value:
+            value.name = f"{value.name}__0"
+    for name, value in wanted.items():
+        value.name = name
+    onnx_ir.save(model, str(path))
+
+
+def _ordered_outputs(model: torch.nn.Module, inputs: list[str], names: list[str]) -> torch.nn.Module:
+    """``model`` taking the signature's ``inputs`` by position and returning its outputs as a tuple
+    in the signature's order, whatever form its ``forward`` returns (a dict, a tuple or one tensor):
+    the form the TorchScript exporter traces."""
+    import torch
+
+    from modelyard.models.batch import call_model, named_outputs
+
+    class Ordered(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, ...]:
+            kwargs |= dict(zip(inputs, args))
+            found = named_outputs(call_model(self.model, kwargs), names)
+            return tuple(found[name] for name in names)
+
+    return Ordered()
+
+
+def torch_named_outputs(model: torch.nn.Module, batches: Sequence[Mapping[str, torch.Tensor]],
+                        names: Sequence[str] | None = None) -> list[dict[str, np.ndarray]]:
+    """Eager PyTorch outputs (float32 NumPy, by name) of every input batch; ``names`` name the items
+    of a tuple output (see :func:`modelyard.models.batch.named_outputs`)."""
+    import torch
+
+    from modelyard.models.batch import call_model, named_outputs
+
+    out = []
+    with torch.no_grad():
+        for batch in batches:
+            found = named_outputs(call_model(model, dict(batch)), list(names) if names else None)
+            out.append({name: value.detach().float().cpu().numpy() for name, value in found.items()})
+    return out
+
+
+def onnx_named_outputs(path: Path, batches: Sequence[Mapping[str, np.ndarray]],
+                       providers: list[str] | None = None) -> list[dict[str, np.ndarray]]:
+    """ONNX Runtime outputs (float32, by name) of every input batch."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=providers or ["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    return [{n: v.astype(np.float32) for n, v in zip(names, session.run(None, dict(batch)))} for batch in batches]
+
+
+def stack_batches(parts: Sequence[np.ndarray]) -> np.ndarray:
+    """One array of a output's per-batch arrays: concatenated rows when every batch has the same
+    trailing shape, else (a sequence axis that varies) every batch flattened and concatenated."""
+    if len({p.shape[1:] for p in parts}) == 1:
+        return np.concatenate(parts)
+    return np.concatenate([p.reshape(-1) for p in parts])
+
+
+def evaluate_named(precision: str, path: Path, graph: ExportedGraph, reference: Sequence[Mapping[str, np.ndarray]],
+                   batches: Sequence[Mapping[str, np.ndarray]], labels: np.ndarray,
+                   tolerances: Mapping[str, Tolerance]) -> ParityReport:
+    """Parity of every output over every validation batch, each output against its own tolerance
+    (``tolerances[output]``, else the precision's default), plus accuracy of ``logits``."""
+    import onnxruntime as ort
+
+    default = DEFAULT_TOLERANCES[precision]
+    providers = (["CUDAExecutionProvider", "CPUExecutionProvider"]
+                 if precision == "fp16" and "CUDAExecutionProvider" in ort.get_available_providers()
+                 else ["CPUExecutionProvider"])
+    got = onnx_named_outputs(path, batches, providers)
+    rows = sum(len(next(iter(b.values()))) for b in batches)
+    report = ParityReport(precision=precision, file=path.name, rows=rows, tolerance=default, provider=providers[0])
+    for name in graph.output_names:
+        ref = stack_batches([r[name] for r in reference])
+        out = stack_batches([g[name] for g in got])
+        report.outputs.append(compare_outputs(name, ref, out, tolerances.get(name, default)))
+    if "logits" in graph.output_names and len(labels):
+        ref, out = np.concatenate([r["logits"] for r in reference]), np.concatenate([g["logits"] for g in got])
+        if ref.ndim == 2 and ref.shape[1] > 1:
+            report.accuracy_torch = float((ref.argmax(1) == labels).mean())
+            report.accuracy_onnx = float((out.argmax(1) == labels).mean())
     if not all(o.passed for o in report.outputs):
         report.status = "failed"
     return report

@@ -19,13 +19,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
+
 from modelyard import safety
-from modelyard._io import atomic_folder, atomic_write_text, file_sha256
+from modelyard._io import atomic_copy, atomic_folder, atomic_write_text, file_sha256
 from modelyard.export.config import ExportConfig
-from modelyard.export.onnx_export import evaluate, export_onnx, make_variant, torch_outputs
+from modelyard.export.onnx_export import (
+    evaluate,
+    evaluate_named,
+    export_named,
+    export_onnx,
+    make_variant,
+    torch_named_outputs,
+    torch_outputs,
+)
 from modelyard.export.parity import DEFAULT_TOLERANCES, ParityError, ParityReport, Tolerance
 from modelyard.export.source import load_source
 from modelyard.registry import model_card, register_onnx, set_alias, version_tags
+from modelyard.signature import SIGNATURE_FILE, Signature
+from modelyard.train.run import MODEL_FILES
 
 __all__ = ["ExportResult", "ModelRepositoryWriter", "WrittenVersion", "apply_accuracy_budget", "run"]
 
@@ -72,28 +84,41 @@ def run(cfg: ExportConfig, *, write_model_version: ModelRepositoryWriter) -> Exp
             and tolerance); nothing was written to the Triton repository or the registry.
     """
     source = load_source(cfg.run if not cfg.checkpoint else None, cfg.checkpoint, cfg.experiment, cfg.tracking_uri)
-    name = safety.check_name(cfg.name or source.experiment or source.spec.label, "model name")
+    name = safety.check_name(cfg.name or source.experiment or (source.spec.label if source.spec else "model"),
+                             "model name")
     export_dir = Path(cfg.output_dir) / name / (source.run_id or time.strftime("%Y%m%d-%H%M%S"))
     # The export folder appears whole or not at all; an earlier export of the run is replaced, never mixed.
     with atomic_folder(export_dir) as staging:
-        reports, graph, x, reference, refused = _export_and_gate(cfg, source, staging)
-        manifest = _manifest(source, graph, staging, reports, name)
+        if source.named_inputs:
+            reports, graph, x, reference, refused, signature = _export_and_gate_named(cfg, source, staging)
+        else:
+            (reports, graph, x, reference, refused), signature = _export_and_gate(cfg, source, staging), None
+        for file_name, path in source.model_files.items():  # a tokenizer: it travels with every copy of the model
+            (staging / MODEL_FILES).mkdir(exist_ok=True)
+            atomic_copy(path, staging / MODEL_FILES / file_name)
+        manifest = _manifest(source, graph, staging, reports, name, signature)
         atomic_write_text(staging / "manifest.json", json.dumps(manifest, indent=2))
         atomic_write_text(staging / "parity.json", json.dumps({k: r.to_dict() for k, r in reports.items()}, indent=2))
+        if signature is not None:
+            atomic_write_text(staging / SIGNATURE_FILE, signature.to_json())
+    extra_files = {"manifest.json": export_dir / "manifest.json", "parity.json": export_dir / "parity.json"}
+    if signature is not None:
+        extra_files[SIGNATURE_FILE] = export_dir / SIGNATURE_FILE
+    extra_files |= {f"{MODEL_FILES}/{f}": export_dir / MODEL_FILES / f for f in source.model_files}
     deploy_file = export_dir / ("model.onnx" if cfg.deploy == "fp32" else f"model.{cfg.deploy}.onnx")
     for report in reports.values():
         logger.info("%s: %s, max abs error %.3g, top-1 agreement %s, accuracy %s", report.file, report.status,
                     report.outputs[0].max_abs_error if report.outputs else float("nan"),
                     report.outputs[0].top1_agreement if report.outputs else None, report.accuracy_onnx)
 
-    version = write_model_version(cfg.triton_repo, name, deploy_file, cfg.target, warmup_sample=x[:1],
-                                  extra_files={"manifest.json": export_dir / "manifest.json",
-                                               "parity.json": export_dir / "parity.json"})
+    warmup = {k: v[:1] for k, v in x.items()} if isinstance(x, dict) else x[:1]
+    version = write_model_version(cfg.triton_repo, name, deploy_file, cfg.target, warmup_sample=warmup,
+                                  extra_files=extra_files)
     result = ExportResult(name=name, export_dir=export_dir, onnx_path=deploy_file, reports=reports,
                           triton_version=version.version, refused=refused)
     if cfg.register:
         result.model_version = _register(cfg, source, name, deploy_file, manifest, reports, x, reference,
-                                         version.version, export_dir)
+                                         version.version, export_dir, signature)
         if cfg.alias:
             set_alias(name, cfg.alias, result.model_version, reason=f"export of run {source.run_id}",
                       tracking_uri=source.tracking_uri)
@@ -128,6 +153,52 @@ def _export_and_gate(cfg: ExportConfig, source: Any, staging: Path) -> tuple[dic
     return reports, graph, x, reference, refused
 
 
+def _export_and_gate_named(cfg: ExportConfig, source: Any, staging: Path) -> tuple[
+        dict[str, ParityReport], Any, dict[str, np.ndarray], list[dict[str, np.ndarray]], dict[str, str], Signature]:
+    """:func:`_export_and_gate` for a model with named inputs and outputs (any datamodule): the
+    signature inferred from the validation batches (config overrides applied), the graph exported
+    with its dynamic axes, and parity over every validation batch and every output. Returns the
+    reports, the graph, an example batch (NumPy, by input name), the PyTorch outputs of its rows, the
+    refused variants and the signature."""
+    from modelyard.models.batch import named_inputs  # imports torch
+
+    batches = source.data.samples("val", max_batches=1 << 30)  # the whole validation loader
+    inputs = [{k: v.cpu() for k, v in named_inputs(source.model, b).items()} for b, _ in batches]
+    labels = np.concatenate([np.asarray(t).reshape(-1) for _, t in batches])
+    # a tuple of outputs is named by the model's `output_names` attribute when it has one
+    reference = torch_named_outputs(source.model, inputs, getattr(source.model, "output_names", None))
+    names = list(reference[0])
+    arrays = [{k: v.numpy() for k, v in b.items()} for b in inputs]
+    signature = Signature.infer(arrays, reference, axis_names=cfg.signature.axis_names, bounds=cfg.signature.bounds)
+    logger.info("signature of %s:\n%s", source.train_config.model.class_path, signature.describe())
+    graph = export_named(source.model, inputs[0], signature, staging / "model.onnx", opset=cfg.opset)
+    tolerances = {k: Tolerance(**vars(v)) for k, v in cfg.output_tolerances.items()}
+    unknown = sorted(set(tolerances) - set(names))
+    if unknown:
+        raise ValueError(f"output_tolerances name outputs {unknown} the model does not have; its outputs: {names}")
+
+    def gate(precision: str, path: Path) -> ParityReport:
+        per_output = {n: tolerances.get(n, _tolerance(cfg, precision)) for n in names} if precision == "fp32" \
+            else {n: _tolerance(cfg, precision) for n in names}
+        return evaluate_named(precision, path, graph, reference, arrays, labels, per_output)
+
+    reports = {"fp32": gate("fp32", graph.path)}
+    if not reports["fp32"].passed:
+        raise ParityError(reports["fp32"])
+    refused: dict[str, str] = {}
+    for precision in cfg.variants:
+        path = make_variant(graph.path, precision)
+        report = apply_accuracy_budget(gate(precision, path), cfg.accuracy_budget)
+        reports[precision] = report
+        if not report.passed:
+            refused[precision] = report.reason or report.failure_message()
+            logger.warning("%s variant refused: %s", precision, refused[precision])
+            path.unlink(missing_ok=True)
+    if not reports[cfg.deploy].passed:
+        raise ParityError(reports[cfg.deploy])
+    return reports, graph, arrays[0], reference[:1], refused, signature
+
+
 def apply_accuracy_budget(report: ParityReport, budget: float) -> ParityReport:
     """Refuse a variant whose validation accuracy drops by more than ``budget`` (e.g. 0.01)."""
     change = report.accuracy_change
@@ -143,7 +214,8 @@ def _tolerance(cfg: ExportConfig, precision: str) -> Tolerance:
     return Tolerance(**vars(override)) if override else DEFAULT_TOLERANCES[precision]
 
 
-def _manifest(source: Any, graph: Any, folder: Path, reports: dict[str, ParityReport], name: str) -> dict[str, Any]:
+def _manifest(source: Any, graph: Any, folder: Path, reports: dict[str, ParityReport], name: str,
+              signature: Signature | None = None) -> dict[str, Any]:
     """Everything needed to trust and call the exported files (style: artifacts describe themselves)."""
     import onnx
     import onnxruntime
@@ -170,20 +242,29 @@ def _manifest(source: Any, graph: Any, folder: Path, reports: dict[str, ParityRe
         "experiment": source.experiment,
         "git_commit": source.git_commit,
         "checkpoint": source.checkpoint.name,
-        "data_spec": source.spec.to_dict(),
+        "data_spec": source.spec.to_dict() if source.spec is not None else None,
+        "datamodule": source.data.describe() if source.data is not None else None,
+        "signature": signature.to_dict() if signature is not None else None,
+        "model_files": {f: file_sha256(folder / MODEL_FILES / f) for f in source.model_files},
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
 
 
 def _register(cfg: ExportConfig, source: Any, name: str, deploy_file: Path, manifest: dict[str, Any],
-              reports: dict[str, ParityReport], x: Any, reference: Any, triton_version: int, export_dir: Path) -> str:
-    snapshot = source.datamodule.snapshot
+              reports: dict[str, ParityReport], x: Any, reference: Any, triton_version: int, export_dir: Path,
+              signature: Signature | None = None) -> str:
+    if source.spec is not None:
+        snapshot = source.datamodule.snapshot
+        data = {"name": snapshot.name, "digest": source.data_digest, "splits": snapshot.manifest.get("splits", {}),
+                "label": source.spec.label, "classes": list(source.spec.classes), "features": source.spec.feature_names}
+        examples: dict[str, Any] = {"input_example": x[:5], "output_example": reference[0][:5]}
+    else:
+        data = {"name": source.data.name, "digest": source.data_digest or "n/a", "classes": source.data.classes() or [],
+                "features": [f"{t.name} {t.dtype}[{', '.join(map(str, t.shape))}]" for t in signature.inputs]}
+        examples = {"input_example": x, "signature": signature.mlflow_signature()}
     card = model_card(
         name=name, version=None, intended_use=cfg.intended_use, limitations=cfg.limitations,
-        run_id=source.run_id, experiment=source.experiment,
-        data={"name": snapshot.name, "digest": source.data_digest, "splits": snapshot.manifest.get("splits", {}),
-              "label": source.spec.label, "classes": list(source.spec.classes),
-              "features": source.spec.feature_names},
+        run_id=source.run_id, experiment=source.experiment, data=data,
         metrics=source.metrics, parity=[r.to_dict() for r in reports.values()], manifest=manifest)
     atomic_write_text(export_dir / "model_card.md", card)
     deployed = reports[cfg.deploy]
@@ -191,7 +272,8 @@ def _register(cfg: ExportConfig, source: Any, name: str, deploy_file: Path, mani
                         parity=deployed.to_dict(), triton_version=triton_version, triton_repo=str(cfg.triton_repo),
                         precision=cfg.deploy)
     return register_onnx(name, deploy_file, tracking_uri=source.tracking_uri, run_id=source.run_id,
-                         experiment=source.experiment or name, input_example=x[:5], output_example=reference[0][:5],
-                         tags=tags, card=card,
+                         experiment=source.experiment or name, **examples, tags=tags, card=card,
                          extra_artifacts=[export_dir / "manifest.json", export_dir / "parity.json",
-                                          *[export_dir / f for f in manifest["files"]]])
+                                          *[export_dir / f for f in manifest["files"]],
+                                          *([export_dir / SIGNATURE_FILE] if signature is not None else []),
+                                          *[export_dir / MODEL_FILES / f for f in source.model_files]])

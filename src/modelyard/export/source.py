@@ -22,13 +22,14 @@ from modelyard.safety import check_digest, check_name, resolves_inside
 from modelyard.tracking import client_for, resolve_tracking_uri
 from modelyard.train.config import TrainConfig
 from modelyard.train.fit import instantiate_model
+from modelyard.train.run import MODEL_FILES
 
 if TYPE_CHECKING:
     import torch
     from lightning import LightningModule
 
     from modelyard.models.spec import DataSpec
-    from modelyard.train.datamodule import SnapshotDataModule
+    from modelyard.train.data_source import DataSource
 
 __all__ = ["ExportSource", "RunNotFoundError", "find_run", "load_source"]
 
@@ -43,9 +44,12 @@ class RunNotFoundError(LookupError):
 
 @dataclass
 class ExportSource:
+    """The model to export and the data its parity gate runs on: a snapshot (``spec`` and
+    ``datamodule`` set, one ``features`` matrix) or any datamodule (``data``, named inputs)."""
+
     model: LightningModule
-    spec: DataSpec
-    datamodule: SnapshotDataModule
+    spec: DataSpec | None
+    datamodule: Any  # SnapshotDataModule, or the run's own LightningDataModule
     checkpoint: Path
     train_config: TrainConfig
     tracking_uri: str
@@ -54,6 +58,13 @@ class ExportSource:
     data_digest: str = ""
     git_commit: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)
+    data: DataSource | None = None  # set when the run trained on a datamodule of its own (data.class_path)
+    model_files: dict[str, Path] = field(default_factory=dict)  # files the model needs at serving time
+
+    @property
+    def named_inputs(self) -> bool:
+        """True when the model takes named inputs from a datamodule, not the snapshot's one matrix."""
+        return self.data is not None
 
     def validation(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Validation features ``(N, F)`` and labels ``(N,)`` of the run's own snapshot."""
@@ -91,7 +102,8 @@ def find_run(client: Any, run: str, experiment: str | None = None) -> Any:
 def load_source(run: str | None, checkpoint: str | None, experiment: str | None = None,
                 tracking_uri: str | None = None) -> ExportSource:
     """Model (best checkpoint weights, eval mode), data spec and validation data of a run or checkpoint."""
-    from modelyard.train.datamodule import SnapshotDataModule  # a LightningDataModule: imports torch
+    from modelyard.train.data_source import DataSource  # datamodules: import torch
+    from modelyard.train.datamodule import SnapshotDataModule
 
     uri = resolve_tracking_uri(tracking_uri)
     client = client_for(uri)
@@ -129,6 +141,16 @@ def load_source(run: str | None, checkpoint: str | None, experiment: str | None 
         config = yaml.safe_load(Path(client.download_artifacts(run_id, "config.yaml", tempfile.mkdtemp())).read_text())
         ckpt = _run_checkpoint(client, found)
     train_config = TrainConfig.from_dict(config)
+    if train_config.data.class_path:  # the run's own datamodule, rebuilt from its logged config
+        data = DataSource.from_class_path(train_config.data.class_path, train_config.data.init_args,
+                                          train_config.data.batch_adapter)
+        model = _load_model(train_config, None, ckpt)
+        files = _model_files(client, run_id, ckpt)
+        logger.info("exporting %s (run %s, datamodule %s)", ckpt, run_id or "n/a", data.class_path)
+        return ExportSource(model=model, spec=None, datamodule=data.datamodule, checkpoint=ckpt,
+                            train_config=train_config, tracking_uri=uri, run_id=run_id, experiment=experiment_name,
+                            data_digest=digest or data.digest(), git_commit=commit, metrics=metrics, data=data,
+                            model_files=files)
     datamodule = SnapshotDataModule(snapshot=digest or train_config.data.snapshot, store=train_config.data.store)
     spec = datamodule.prepare()
     model = _load_model(train_config, spec, ckpt)
@@ -136,6 +158,18 @@ def load_source(run: str | None, checkpoint: str | None, experiment: str | None 
     return ExportSource(model=model, spec=spec, datamodule=datamodule, checkpoint=ckpt, train_config=train_config,
                         tracking_uri=uri, run_id=run_id, experiment=experiment_name, data_digest=spec.digest,
                         git_commit=commit, metrics=metrics)
+
+
+def _model_files(client: Any, run_id: str | None, checkpoint: Path) -> dict[str, Path]:
+    """The files the datamodule gave the model (``model_files/`` of the job folder, else of the run)."""
+    folder = checkpoint.resolve().parents[1] / MODEL_FILES
+    if not folder.is_dir() and run_id:
+        names = [a.path for a in client.list_artifacts(run_id, MODEL_FILES)]
+        if names:
+            folder = Path(client.download_artifacts(run_id, MODEL_FILES, tempfile.mkdtemp()))
+    if not folder.is_dir():
+        return {}
+    return {p.name: p for p in sorted(folder.iterdir()) if p.is_file() and resolves_inside(folder, p)}
 
 
 def _run_checkpoint(client: Any, run: Any) -> Path:
@@ -155,7 +189,7 @@ def _run_checkpoint(client: Any, run: Any) -> Path:
     return Path(client.download_artifacts(run.info.run_id, "checkpoints/best.ckpt", tempfile.mkdtemp()))
 
 
-def _load_model(train_config: TrainConfig, spec: DataSpec, checkpoint: Path) -> LightningModule:
+def _load_model(train_config: TrainConfig, spec: DataSpec | None, checkpoint: Path) -> LightningModule:
     import torch
 
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)

@@ -26,9 +26,13 @@ logger = logging.getLogger(__name__)
 
 
 def register_onnx(name: str, onnx_path: Path, *, tracking_uri: str, run_id: str | None, experiment: str,
-                  input_example: np.ndarray, output_example: np.ndarray, tags: dict[str, str], card: str,
-                  extra_artifacts: list[Path]) -> str:
+                  input_example: np.ndarray | dict[str, np.ndarray], output_example: np.ndarray | None = None,
+                  tags: dict[str, str], card: str, extra_artifacts: list[Path], signature: Any = None) -> str:
     """Log ``onnx_path`` under the run and register it as a new version of ``name``; returns the version.
+
+    The MLflow model signature is ``signature`` (an ``mlflow.models.ModelSignature``, from a
+    :class:`modelyard.signature.Signature`: named tensors with dynamic axes) or, without one, inferred
+    from ``input_example`` and ``output_example``.
 
     ``tags`` go on the model version; ``PARITY_TAG`` must be among them (set by the export stage
     from the parity gate's verdict), the promotion check reads it.
@@ -70,7 +74,8 @@ def register_onnx(name: str, onnx_path: Path, *, tracking_uri: str, run_id: str 
                 params={key: str(value) for key, value in run.data.params.items()})
             mlflow.onnx.log_model(
                 onnx_model=onnx.load(str(onnx_path)), name=f"onnx-{name}", model_id=logged.model_id, run_id=run_id,
-                signature=infer_signature(input_example, output_example), input_example=input_example)
+                signature=signature or infer_signature(input_example, output_example),
+                input_example=input_example)
             client.log_text(run_id, card, f"model_card/{name}.md")
             for path in extra_artifacts:
                 client.log_artifact(run_id, str(path), artifact_path=f"export/{name}")

@@ -11,9 +11,10 @@ value to its declared type when it is built.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from typing import Any, Literal, get_type_hints
 
+import docstring_parser
 from jsonargparse import ActionConfigFile, ArgumentParser
 from jsonargparse.typing import NonNegativeInt, PositiveInt
 
@@ -28,7 +29,13 @@ _MANAGED_TRAINER_ARGS = {"callbacks", "logger", "plugins", "enable_checkpointing
 
 @dataclass
 class DataModuleConfig:
-    """Which dataset snapshot to train on and how to batch it.
+    """Where the training data comes from: a dataset snapshot, or any ``LightningDataModule``.
+
+    The built-in snapshot datamodule takes ``snapshot`` and the batching keys below. Any other
+    datamodule is named the LightningCLI way, ``class_path`` + ``init_args`` (its own arguments,
+    batch sizes included); the snapshot keys are then not used. Batches are ``(inputs, target)``
+    (see :mod:`modelyard.models.batch`); ``batch_adapter`` names a function that turns another
+    layout into that. Hooks a datamodule may offer: :mod:`modelyard.train.data_source`.
 
     Args:
         snapshot: a ref name written by ``modelyard data`` (e.g. ``transactions``), a digest or
@@ -37,6 +44,9 @@ class DataModuleConfig:
         batch_size: training batch size per process.
         eval_batch_size: validation/test batch size per process.
         num_workers: DataLoader worker processes per training process.
+        class_path: ``package.module.Class`` of a ``LightningDataModule`` instead of a snapshot.
+        init_args: keyword arguments of ``class_path``.
+        batch_adapter: ``package.module.function`` turning one of its batches into ``(inputs, target)``.
     """
 
     snapshot: str = "transactions"
@@ -44,6 +54,14 @@ class DataModuleConfig:
     batch_size: PositiveInt = 256
     eval_batch_size: PositiveInt = 1024
     num_workers: NonNegativeInt = 0
+    class_path: str | None = None
+    init_args: dict[str, Any] = field(default_factory=dict)
+    batch_adapter: str | None = None
+
+    def snapshot_args(self) -> dict[str, Any]:
+        """The keyword arguments of the built-in snapshot datamodule."""
+        return {"snapshot": self.snapshot, "store": self.store, "batch_size": self.batch_size,
+                "eval_batch_size": self.eval_batch_size, "num_workers": self.num_workers}
 
 
 @dataclass
@@ -100,7 +118,11 @@ class TrainConfig:
     num_workers: PositiveInt = 2
 
     def __post_init__(self) -> None:
-        if problems := declared_problems(self):
+        problems = declared_problems(self)
+        if not self.data.class_path and (self.data.init_args or self.data.batch_adapter):
+            problems.append("data.init_args and data.batch_adapter belong to a data.class_path (a "
+                            "LightningDataModule); the snapshot datamodule takes data.snapshot, data.batch_size, ...")
+        if problems:
             raise ConfigError(problems, "training configuration")
 
     def to_dict(self) -> dict[str, Any]:
@@ -130,7 +152,8 @@ def build_parser() -> ArgumentParser:
     parser = ArgumentParser(
         prog="modelyard train",
         description=(
-            "Train a LightningModule on a dataset snapshot, tracked as one MLflow run. Options come "
+            "Train a LightningModule on a dataset snapshot or any LightningDataModule (data.class_path), "
+            "tracked as one MLflow run. Options come "
             "from --config YAML files and can be overridden by their key path, e.g. "
             "--trainer.devices 2 --trainer.strategy ddp."
         ),
@@ -138,7 +161,7 @@ def build_parser() -> ArgumentParser:
     )
     parser.add_argument("--config", action=ActionConfigFile, help="YAML config file (repeatable).")
     parser.add_argument("--seed_everything", type=int, default=42, help="Seed of every RNG (torch, numpy, random).")
-    parser.add_class_arguments(DataModuleConfig, "data")
+    _add_data_arguments(parser)
     parser.add_subclass_arguments(
         LightningModule, "model", required=True, skip={"data_spec"},
         help="The LightningModule: class_path and init_args. Built-ins: modelyard.models.TabularMLP, "
@@ -159,6 +182,20 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--num-workers", "--num_workers", dest="num_workers", type=PositiveInt, default=2,
                         help="Ray Train workers (with --launcher ray).")
     return parser
+
+
+def _add_data_arguments(parser: ArgumentParser) -> None:
+    """:class:`DataModuleConfig`'s fields as ``--data.<field>`` options, one by one.
+
+    A group built from the dataclass (``add_class_arguments``) would read ``class_path`` under
+    ``data`` as a subclass of ``DataModuleConfig`` and refuse a LightningDataModule; here it names
+    any datamodule, the LightningCLI way, and ``--data.init_args.KEY VALUE`` overrides one argument.
+    """
+    hints = get_type_hints(DataModuleConfig)
+    helps = {p.arg_name: p.description for p in docstring_parser.parse(DataModuleConfig.__doc__ or "").params}
+    for f in fields(DataModuleConfig):
+        default = f.default_factory() if f.default is MISSING else f.default  # type: ignore[misc]
+        parser.add_argument(f"--data.{f.name}", type=hints[f.name], default=default, help=helps.get(f.name))
 
 
 def parse_train_config(argv: Sequence[str]) -> TrainConfig:

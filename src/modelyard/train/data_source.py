@@ -30,7 +30,7 @@ from typing import Any
 
 from modelyard.models.batch import split_batch
 
-__all__ = ["DataSource", "import_callable", "import_class"]
+__all__ = ["DataSource", "import_callable", "import_class", "open_data_source"]
 
 
 def import_callable(path: str, what: str) -> Callable[..., Any]:
@@ -163,3 +163,17 @@ class DataSource:
             raise ValueError(f"{self.class_path}: the {split} loader gave no batches; export and the reference "
                              f"profile need {split} data")
         return out
+
+
+def open_data_source(data: Any, seed: int) -> DataSource:
+    """The :class:`DataSource` a training config's ``data`` section names (a
+    :class:`~modelyard.train.config.DataModuleConfig`): its ``class_path``, else the snapshot
+    datamodule over ``data.snapshot`` with the data spec fitted on its training split."""
+    if data.class_path:
+        return DataSource.from_class_path(data.class_path, data.init_args, data.batch_adapter)
+    from modelyard.train.datamodule import SnapshotDataModule
+
+    datamodule = SnapshotDataModule(**data.snapshot_args(), seed=seed)
+    spec = datamodule.prepare()
+    return DataSource(datamodule, f"{SnapshotDataModule.__module__}.{SnapshotDataModule.__name__}",
+                      data.snapshot_args(), snapshot=datamodule.snapshot, spec=spec)

@@ -22,7 +22,7 @@ from modelyard.tracking import client_for
 from modelyard.train.config import ModelConfig, TrainConfig
 from modelyard.train.job import Job
 from modelyard.train.metric_buffer import MetricBuffer, bounded_http
-from modelyard.train.profile import build_reference_profile, plot_reference_profile
+from modelyard.train.profile import build_output_profile, build_reference_profile, plot_reference_profile
 
 if TYPE_CHECKING:
     import torch
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     from modelyard.models.spec import DataSpec
-    from modelyard.train.datamodule import SnapshotDataModule
+    from modelyard.train.data_source import DataSource
 
 __all__ = ["fit", "instantiate_model", "quiet_lightning_tips", "resolve_model_class"]
 
@@ -50,9 +50,10 @@ def quiet_lightning_tips() -> None:
 
 
 
-def fit(cfg: TrainConfig, job: Job, run_id: str | None, uri: str, experiment: str,
-        datamodule: SnapshotDataModule, spec: DataSpec, *, ray_worker: bool = False) -> None:
-    """Build the Trainer and fit; on global rank 0 finish the run (checkpoint, profile)."""
+def fit(cfg: TrainConfig, job: Job, run_id: str | None, uri: str, experiment: str, source: DataSource, *,
+        ray_worker: bool = False) -> None:
+    """Build the Trainer and fit on ``source``'s datamodule; on global rank 0 finish the run
+    (checkpoint, profile)."""
     from lightning import Trainer
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -64,7 +65,7 @@ def fit(cfg: TrainConfig, job: Job, run_id: str | None, uri: str, experiment: st
     )
 
     quiet_lightning_tips()
-    model = instantiate_model(cfg.model, spec)
+    model = instantiate_model(cfg.model, source.spec)
     checkpoint = _checkpoint_callback(cfg, job)
     preemption = PreemptionCheckpoint(job.last_checkpoint)
     trainer_args = {k: v for k, v in cfg.trainer.items() if v is not None}
@@ -100,14 +101,14 @@ def fit(cfg: TrainConfig, job: Job, run_id: str | None, uri: str, experiment: st
     try:
         # weights_only=True: Lightning passes None, which torch turns into a full unpickle when the
         # environment sets TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD; a checkpoint is data, never code.
-        trainer.fit(model, datamodule=datamodule, ckpt_path=str(resume_from) if resume_from else None,
+        trainer.fit(model, datamodule=source.datamodule, ckpt_path=str(resume_from) if resume_from else None,
                     weights_only=True)
     except SIGTERMException:
         if trainer.global_rank == 0:
             job.update(status="preempted", preempted_at_step=trainer.global_step)
         return
     if trainer.global_rank == 0:
-        _finish_run(cfg, job, run_id, uri, model, checkpoint, datamodule, spec, trainer.strategy.root_device)
+        _finish_run(cfg, job, run_id, uri, model, checkpoint, source, trainer.strategy.root_device)
 
 
 def resolve_model_class(class_path: str) -> type[LightningModule]:
@@ -125,12 +126,16 @@ def resolve_model_class(class_path: str) -> type[LightningModule]:
     return cls
 
 
-def instantiate_model(model_cfg: ModelConfig, spec: DataSpec) -> LightningModule:
+def instantiate_model(model_cfg: ModelConfig, spec: DataSpec | None) -> LightningModule:
     """``class_path(**init_args)``, plus ``data_spec`` if the class takes one (see
-    :func:`resolve_model_class` for the errors)."""
+    :func:`resolve_model_class` for the errors); only the snapshot datamodule fits a data spec."""
     cls = resolve_model_class(model_cfg.class_path)
     kwargs = dict(model_cfg.init_args)
     if "data_spec" in inspect.signature(cls.__init__).parameters:
+        if spec is None:
+            raise ValueError(f"model.class_path {model_cfg.class_path!r} takes a data_spec, which only the snapshot "
+                             "datamodule (data.snapshot) fits; with data.class_path, give the model its own "
+                             "arguments in model.init_args")
         kwargs["data_spec"] = spec.to_dict()
     return cls(**kwargs)
 
@@ -212,8 +217,7 @@ def _run_logger(run_id: str, uri: str, experiment: str, job: Job) -> Any:
 
 
 def _finish_run(cfg: TrainConfig, job: Job, run_id: str | None, uri: str, model: LightningModule,
-                checkpoint: ModelCheckpoint, datamodule: SnapshotDataModule, spec: DataSpec,
-                device: torch.device | None = None) -> None:
+                checkpoint: ModelCheckpoint, source: DataSource, device: torch.device | None = None) -> None:
     """Rank 0, after fit: best checkpoint, reference profile and status to MLflow and job.json.
 
     The validation predictions of the profile are computed on ``device``, the one the job trained
@@ -227,13 +231,20 @@ def _finish_run(cfg: TrainConfig, job: Job, run_id: str | None, uri: str, model:
     state = torch.load(best, map_location="cpu", weights_only=True)
     model.load_state_dict(state["state_dict"])
     model.eval().to(device or "cpu")
-    val = datamodule.dataset("val").tensors[0]  # (N, F)
-    with torch.no_grad():
-        logits = (torch.cat([model(chunk.to(model.device)).float().cpu() for chunk in val.split(1024)])
-                  if len(val) else torch.zeros(0, 1))
+    meta = {"run_id": run_id, "checkpoint": best.name}
+    if source.snapshot is not None:
+        datamodule, spec = source.datamodule, source.spec
+        val = datamodule.dataset("val").tensors[0]  # (N, F)
+        with torch.no_grad():
+            logits = (torch.cat([model(chunk.to(model.device)).float().cpu() for chunk in val.split(1024)])
+                      if len(val) else torch.zeros(0, 1))
+        profile = build_reference_profile(datamodule.snapshot.split("train"), logits, spec,
+                                          val_labels=datamodule.dataset("val").tensors[1], **meta)
+    else:
+        outputs, labels = _validation_outputs(model, source)
+        profile = build_output_profile(outputs, source.classes(), val_labels=labels, data_digest=source.digest(),
+                                       **meta)
     model.cpu()
-    profile = build_reference_profile(datamodule.snapshot.split("train"), logits, spec, run_id=run_id,
-                                      checkpoint=best.name, val_labels=datamodule.dataset("val").tensors[1])
     atomic_write_text(job.dir / "reference_profile.json", json.dumps(profile, indent=2))
     plot_reference_profile(profile, str(job.dir / "reference_profile.png"))
     stable_best = job.checkpoint_dir / "best.ckpt"
@@ -254,6 +265,29 @@ def _finish_run(cfg: TrainConfig, job: Job, run_id: str | None, uri: str, model:
                          uri, err, job.dir.resolve())
     logger.info("best %s = %s at %s", cfg.checkpoint.monitor, f"{score:.4f}" if score is not None else "n/a",
                 best)
+
+
+def _validation_outputs(model: LightningModule, source: DataSource) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Every output of ``model`` over the validation loader (batch convention), and the targets."""
+    import torch
+    from lightning.fabric.utilities.apply_func import move_data_to_device
+
+    from modelyard.models.batch import call_model, named_outputs  # imports torch
+
+    parts: dict[str, list[torch.Tensor]] = {}
+    targets = []
+    with torch.no_grad():
+        for inputs, target in source.samples("val", max_batches=1 << 30):
+            moved = move_data_to_device(inputs, model.device)
+            for name, value in named_outputs(call_model(model, moved)).items():
+                # rows of different lengths (a sequence output) keep only what every batch shares
+                parts.setdefault(name, []).append(value.float().cpu().reshape(len(value), -1))
+            targets.append(torch.as_tensor(target).cpu())
+    outputs = {}
+    for name, chunks in parts.items():
+        width = min(c.shape[1] for c in chunks)
+        outputs[name] = torch.cat([c[:, :width] for c in chunks])
+    return outputs, torch.cat(targets)
 
 
 def _log_results(cfg: TrainConfig, run_id: str, uri: str, job: Job, stable_best: Path, best: Path,

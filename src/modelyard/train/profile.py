@@ -151,6 +151,26 @@ def build_reference_profile(train_frame: pd.DataFrame, val_logits: torch.Tensor,
     }
 
 
+def build_output_profile(outputs: dict[str, torch.Tensor], classes: tuple[str, ...] | None, *,
+                         val_labels: torch.Tensor | np.ndarray | None = None, data_digest: str = "",
+                         **meta: Any) -> dict[str, Any]:
+    """The profile of a model whose inputs are not table columns (a user's datamodule, text, images):
+    no per-feature entries, the predictions of its ``logits`` output (else its first output) on the
+    validation split."""
+    name = "logits" if "logits" in outputs else next(iter(outputs))
+    main = outputs[name]
+    return {
+        "version": PROFILE_VERSION,
+        "data_digest": data_digest,
+        "features_from": None,
+        "features": {},
+        "labels": {},
+        "predictions_from": {"split": "val", "rows": len(main), "output": name},
+        "predictions": prediction_profile(main, tuple(classes or ()), val_labels),
+        **meta,
+    }
+
+
 def plot_reference_profile(profile: dict[str, Any], path: str) -> None:
     """One PNG with a panel per feature (histogram or category bars) and the prediction scores."""
     import matplotlib

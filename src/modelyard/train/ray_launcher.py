@@ -58,7 +58,7 @@ def fit_on_ray(cfg: TrainConfig, job: Job, run_id: str | None, uri: str, experim
 def _worker_loop(loop_config: dict[str, Any]) -> None:
     from lightning import seed_everything
 
-    from modelyard.train.datamodule import SnapshotDataModule  # torch: on the workers only
+    from modelyard.train.data_source import open_data_source  # torch: on the workers only
 
     if Path(loop_config["cwd"]).is_dir():  # relative store/output paths mean what they mean on the driver
         os.chdir(loop_config["cwd"])
@@ -69,7 +69,6 @@ def _worker_loop(loop_config: dict[str, Any]) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = TrainConfig.from_dict(loop_config["config"])
     seed_everything(cfg.seed_everything, workers=True, verbose=False)
-    datamodule = SnapshotDataModule(**vars(cfg.data), seed=cfg.seed_everything)
-    spec = datamodule.prepare()
+    source = open_data_source(cfg.data, cfg.seed_everything)
     fit(cfg, Job(Path(loop_config["job_dir"])), loop_config["run_id"], loop_config["tracking_uri"],
-        loop_config["experiment"], datamodule, spec, ray_worker=True)
+        loop_config["experiment"], source, ray_worker=True)

@@ -1,6 +1,7 @@
 """``modelyard train``: one job, one MLflow run, however many processes.
 
-``run(cfg)`` reads top to bottom: open the data snapshot and fit the data spec, find or create the
+``run(cfg)`` reads top to bottom: open the data (a snapshot, with the data spec fitted on its training
+split, or any LightningDataModule: :mod:`modelyard.train.data_source`), find or create the
 job folder and its MLflow run (rank 0 only), fit with Lightning (here, or on Ray workers:
 :func:`modelyard.train.fit.fit` either way), and on rank 0 log the best checkpoint and the reference
 profile. With ``strategy: ddp`` Lightning re-runs
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from modelyard._io import atomic_write_text
+from modelyard._io import atomic_copy, atomic_write_text
 from modelyard.config import flatten
 from modelyard.safety import check_name
 from modelyard.tracking import client_for, ensure_experiment, git_commit, resolve_tracking_uri
@@ -33,13 +34,14 @@ from modelyard.train.metric_buffer import SPILL_FILE, deliver_spilled
 from modelyard.train.ray_launcher import fit_on_ray
 
 if TYPE_CHECKING:
-    from modelyard.train.datamodule import SnapshotDataModule
+    from modelyard.train.data_source import DataSource
 
 __all__ = ["TrainResult", "instantiate_model", "resolve_model_class", "run"]
 
 logger = logging.getLogger(__name__)
 
 RUN_ID_ENV = "MODELYARD_MLFLOW_RUN_ID"
+MODEL_FILES = "model_files"  # files the model needs at serving time (a tokenizer), in the job folder and the run
 
 
 @dataclass
@@ -60,16 +62,15 @@ class TrainResult:
 
 
 def run(cfg: TrainConfig) -> TrainResult:
-    """Train ``cfg.model`` on ``cfg.data.snapshot``; see the module docstring."""
+    """Train ``cfg.model`` on ``cfg.data``; see the module docstring."""
     from lightning import seed_everything
     from lightning.fabric.utilities.rank_zero import rank_zero_only
 
-    from modelyard.train.datamodule import SnapshotDataModule  # a LightningDataModule: imports torch
+    from modelyard.train.data_source import open_data_source  # datamodules: imports torch
 
     seed_everything(cfg.seed_everything, workers=True, verbose=False)
-    datamodule = SnapshotDataModule(**vars(cfg.data), seed=cfg.seed_everything)
-    spec = datamodule.prepare()
-    experiment = check_name(cfg.mlflow.experiment or datamodule.snapshot.name, "experiment name")  # a folder name
+    source = open_data_source(cfg.data, cfg.seed_everything)
+    experiment = check_name(cfg.mlflow.experiment or source.name, "experiment name")  # a folder name
     uri = resolve_tracking_uri(cfg.mlflow.tracking_uri)
     root = Path(cfg.output_dir) / experiment
     job = find_job(root, cfg.resume) if cfg.resume else create_job(root)
@@ -77,7 +78,7 @@ def run(cfg: TrainConfig) -> TrainResult:
     is_launcher = rank_zero_only.rank == 0 and JOB_DIR_ENV not in os.environ
     if is_launcher and cfg.resume:
         job.remove_partial_writes()  # temp files of writes a killed attempt did not finish
-    run_id = _open_run(cfg, job, datamodule, uri, experiment) if is_launcher else os.environ.get(RUN_ID_ENV)
+    run_id = _open_run(cfg, job, source, uri, experiment) if is_launcher else os.environ.get(RUN_ID_ENV)
     env = {JOB_DIR_ENV: str(job.dir.resolve()), RUN_ID_ENV: run_id or ""}
     try:
         if is_launcher:  # the ranks Lightning starts inherit these
@@ -85,7 +86,7 @@ def run(cfg: TrainConfig) -> TrainResult:
         if cfg.launcher == "ray":
             fit_on_ray(cfg, job, run_id, uri, experiment)
         else:
-            fit(cfg, job, run_id, uri, experiment, datamodule, spec)
+            fit(cfg, job, run_id, uri, experiment, source)
     finally:
         if is_launcher:
             for key in env:
@@ -99,19 +100,19 @@ def run(cfg: TrainConfig) -> TrainResult:
         run_id=run_id, experiment=experiment, tracking_uri=uri, job_dir=job.dir,
         status=state.get("status", "unknown"),
         best_checkpoint=Path(state["best_checkpoint"]) if state.get("best_checkpoint") else None,
-        best_score=state.get("best_score"), monitor=cfg.checkpoint.monitor, data_digest=spec.digest,
+        best_score=state.get("best_score"), monitor=cfg.checkpoint.monitor, data_digest=state.get("data_digest", ""),
         undelivered_metrics=int(delivery.get("undelivered") or 0),
         undelivered_file=(job.dir / SPILL_FILE).resolve() if (job.dir / SPILL_FILE).exists() else None,
     )
 
 
-def _open_run(cfg: TrainConfig, job: Job, datamodule: SnapshotDataModule, uri: str, experiment: str) -> str:
+def _open_run(cfg: TrainConfig, job: Job, source: DataSource, uri: str, experiment: str) -> str:
     """Create the job's MLflow run (or reopen it on resume) and log what goes in: params, config,
-    dataset input, git commit. Runs on the launching process only."""
+    dataset input (the snapshot, or the datamodule's class, arguments and digest), the files the
+    model version will carry, git commit. Runs on the launching process only."""
     from mlflow.entities import Param, RunStatus
 
     client = client_for(uri)
-    snapshot = datamodule.snapshot
     config_yaml = yaml.safe_dump(_loggable_config(cfg), sort_keys=False)
     if cfg.resume:
         run_id = job.run_id
@@ -136,8 +137,9 @@ def _open_run(cfg: TrainConfig, job: Job, datamodule: SnapshotDataModule, uri: s
         "mlflow.source.name": "modelyard train",
         "mlflow.source.type": "JOB",
         "modelyard.job_dir": str(job.dir.resolve()),
-        "modelyard.data_digest": snapshot.digest,
-        "modelyard.dataset": snapshot.name,
+        "modelyard.data_digest": source.digest(),
+        "modelyard.dataset": source.name,
+        "modelyard.datamodule": source.class_path,
         "modelyard.launcher": cfg.launcher,
     }
     if commit:
@@ -151,17 +153,33 @@ def _open_run(cfg: TrainConfig, job: Job, datamodule: SnapshotDataModule, uri: s
         client.log_batch(run_id, params=params[i:i + 100])
     atomic_write_text(job.dir / "config.yaml", config_yaml)
     client.log_text(run_id, config_yaml, "config.yaml")
-    client.log_text(run_id, json.dumps(datamodule.spec.to_dict(), indent=2), "data_spec.json")
-    _log_dataset_input(client, run_id, snapshot)
+    client.log_text(run_id, json.dumps(source.describe(), indent=2, default=str), "datamodule.json")
+    if source.spec is not None:
+        client.log_text(run_id, json.dumps(source.spec.to_dict(), indent=2), "data_spec.json")
+    if source.snapshot is not None:
+        _log_dataset_input(client, run_id, source.snapshot)
+    _keep_model_files(client, run_id, job, source)
     job.update(run_id=run_id, experiment=experiment, tracking_uri=uri, status="running",
-               created_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"), data_digest=snapshot.digest)
+               created_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"), data_digest=source.digest())
     logger.info("MLflow run %s in experiment %r (%s)", run_id, experiment, uri)
     return run_id
+
+
+def _keep_model_files(client: Any, run_id: str, job: Job, source: DataSource) -> None:
+    """The datamodule's ``artifacts()`` (a tokenizer): copied into the job folder and logged under
+    ``model_files/``, where export finds them to carry into the model version."""
+    files = source.artifacts()
+    for name, path in files.items():
+        atomic_copy(path, job.dir / MODEL_FILES / name)
+    if files:
+        client.log_artifacts(run_id, str(job.dir / MODEL_FILES), MODEL_FILES)
 
 
 def _loggable_config(cfg: TrainConfig) -> dict[str, Any]:
     data = cfg.to_dict()
     data.pop("resume", None)
+    if cfg.data.class_path:  # the snapshot keys mean nothing to another datamodule
+        data["data"] = {k: v for k, v in data["data"].items() if k in ("class_path", "init_args", "batch_adapter")}
     data["trainer"] = {k: v for k, v in data["trainer"].items() if v is not None}
     return data
 
