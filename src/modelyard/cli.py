@@ -87,6 +87,8 @@ def _export(argv: Sequence[str]) -> int:
     for precision, report in result.reports.items():
         out = report.outputs[0] if report.outputs else None
         figures = f"max abs error {out.max_abs_error:.3g}, top-1 agreement {out.top1_agreement}" if out else ""
+        figures += "".join(f"; {o.name}: max abs error {o.max_abs_error:.3g}" + ("" if o.passed else " (FAILED)")
+                           for o in report.outputs[1:])  # a model with several outputs
         accuracy = (f", accuracy {report.accuracy_torch:.4f} -> {report.accuracy_onnx:.4f}"
                     if report.accuracy_torch is not None else "")
         print(f"{precision:<5} {report.status:<8} {report.file}: {figures}{accuracy}"

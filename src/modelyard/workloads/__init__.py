@@ -2,7 +2,7 @@
 
 Each is a ``LightningDataModule`` in the batch convention (:mod:`modelyard.models.batch`) with
 drift knobs, a ``dataset_digest()`` (the dataset's identity in lineage) and, where the model needs
-files beside its weights, ``artifacts()``: ``text`` (topic texts, a trained WordPiece tokenizer) and
+files beside its weights, ``artifacts()``: ``text`` (topic texts, a word-level tokenizer fitted on them) and
 ``images`` (RGB shapes on noisy backgrounds, UINT8 pixels). Train them with
 ``modelyard.models.TextClassifier`` and ``modelyard.models.ImageClassifier``.
 """

@@ -6,8 +6,8 @@ otherwise, so a few words decide the class and a model must look at the whole te
 shift what serving sees: the topic mix, unseen vocabulary (words the tokenizer never saw in
 training) and longer texts.
 
-:class:`TextDataModule` generates the texts (deterministic by seed), splits them, trains a WordPiece
-tokenizer on the training split with Hugging Face ``tokenizers``, and yields batches in the batch
+:class:`TextDataModule` generates the texts (deterministic by seed), splits them, fits a
+word-level tokenizer on the training split with Hugging Face ``tokenizers``, and yields batches in the batch
 convention: ``({"input_ids": (B, T) int64, "attention_mask": (B, T) int64}, target (B,))``, padded
 to the longest text of the batch, so ``T`` varies from batch to batch. The tokenizer file is one of
 the datamodule's :meth:`~TextDataModule.artifacts`: it travels with the model version, and serving
@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import tempfile
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -118,18 +119,26 @@ def make_texts(n_rows: int, seed: int = 0, drift: TextDrift | None = None,
 
 
 def train_tokenizer(texts: Sequence[str], vocab_size: int = 2000) -> Any:
-    """A lower-casing WordPiece tokenizer trained on ``texts``; ``[PAD]`` is id 0, ``[UNK]`` id 1.
+    """A lower-casing word-level tokenizer over the ``vocab_size - 3`` most frequent words of ``texts``
+    (ties broken alphabetically); ``[PAD]`` is id 0, ``[UNK]`` 1 (any word not in the vocabulary),
+    ``[CLS]`` 2.
 
-    Hugging Face ``tokenizers`` (Rust, the library behind every BERT tokenizer) rather than a
-    hand-written vocabulary: its JSON file is the whole tokenizer, so serving loads exactly it.
+    Hugging Face ``tokenizers`` (the Rust library behind the BERT tokenizers) normalises, splits,
+    truncates, pads and serialises: its JSON file is the whole tokenizer, so serving loads exactly
+    what training used. The vocabulary is counted here rather than by its trainers, whose ids depend
+    on hash order and differ from process to process: every DDP rank, the export and the server must
+    map a word to the same id.
     """
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 
-    tokenizer = Tokenizer(models.WordPiece(unk_token=UNK))
-    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=[PAD, UNK, CLS], show_progress=False)
-    tokenizer.train_from_iterator(texts, trainer=trainer)
+    normalizer = normalizers.BertNormalizer(lowercase=True)
+    splitter = pre_tokenizers.Whitespace()
+    counts = Counter(word for text in texts
+                     for word, _ in splitter.pre_tokenize_str(normalizer.normalize_str(text)))
+    ranked = sorted(counts, key=lambda w: (-counts[w], w))[:max(0, vocab_size - 3)]
+    vocab = {PAD: 0, UNK: 1, CLS: 2} | {word: i + 3 for i, word in enumerate(ranked)}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
+    tokenizer.normalizer, tokenizer.pre_tokenizer = normalizer, splitter
     return tokenizer
 
 
@@ -174,7 +183,7 @@ class _Encoded(torch.utils.data.Dataset):
 
 
 class TextDataModule(LightningDataModule):
-    """Generated topic texts, a tokenizer trained on the training split, padded token batches.
+    """Generated topic texts, a word-level tokenizer fitted on the training split, padded token batches.
 
     Args:
         n_rows: texts generated in all (split 70/15/15 by a seeded permutation).
@@ -182,7 +191,7 @@ class TextDataModule(LightningDataModule):
         batch_size: training texts per step and process.
         eval_batch_size: validation/test batch size.
         max_length: tokens kept per text (longer texts are truncated).
-        vocab_size: WordPiece vocabulary size.
+        vocab_size: vocabulary size (special tokens included).
         drift: a :class:`TextDrift` applied to all splits (to make drifted traffic, not to train).
         num_workers: DataLoader workers.
     """
