@@ -6,8 +6,32 @@
 # retraining on recent labelled data, export as `challenger`, canary rollout, promotion.
 # Everything lands in ./mlflow.db, ./mlartifacts, ./data, ./runs, ./exports, ./triton_models,
 # ./inference_log, ./monitor and ./rollouts.
+#
+# `bash scripts/demo.sh text` and `bash scripts/demo.sh images` run the same flow for the text
+# workload (token ids + attention mask, a tokenizer that travels with the model) and the images
+# workload (UINT8 pixels): train on 2 DDP processes, export with the inferred signature behind the
+# parity gate (every output), check the Triton repository, serve on Triton and compare with ONNX Runtime.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+workload="${1:-fraud}"
+case "$workload" in
+  fraud) ;;
+  text|images)
+    train_config="configs/train/${workload}.yaml"; export_config="configs/export/${workload}.yaml"
+    if [ "$workload" = text ]; then train_config=configs/train/text-topics.yaml; export_config=configs/export/text-topics.yaml; fi
+    echo "== 1/4 train: 2 data-parallel CPU processes on the generated $workload data, one MLflow run"
+    modelyard train --config "$train_config" --trainer.devices 2 --trainer.strategy ddp
+    echo "== 2/4 export: signature inferred from the validation batches, parity gated on every output, registry (champion)"
+    modelyard export --config "$export_config"
+    echo "== 3/4 check the Triton model repository offline"
+    modelyard triton validate triton_models
+    echo "== 4/4 serve it with Triton and send test examples with tritonclient"
+    python scripts/demo_workload.py --workload "$workload"
+    echo "Browse everything: mlflow ui --backend-store-uri sqlite:///$PWD/mlflow.db"
+    exit 0;;
+  *) echo "usage: bash scripts/demo.sh [fraud|text|images]" >&2; exit 2;;
+esac
 
 echo "== 1/6 data: generate, validate, snapshot"
 modelyard data --config configs/data/transactions.yaml

@@ -31,6 +31,8 @@ def _train_and_export(tmp_path, name: str, config: dict, *export_args: str, devi
     validated = run_cli("triton", "validate", "triton_models", cwd=tmp_path)
     assert validated.returncode == 0 and "0 problem(s)" in validated.stdout
     version = tmp_path / "triton_models" / name / "1"
+    manifest = json.loads((version / "manifest.json").read_text())
+    assert manifest["exporter"] == "torch.export", manifest["exporter_fallback_reason"]  # dynamic axes traced
     return {"signature": json.loads((version / "signature.json").read_text()), "version": version,
             "config": (tmp_path / "triton_models" / name / "config.pbtxt").read_text(),
             "client": MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")}

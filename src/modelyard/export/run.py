@@ -171,7 +171,11 @@ def _export_and_gate_named(cfg: ExportConfig, source: Any, staging: Path) -> tup
     arrays = [{k: v.numpy() for k, v in b.items()} for b in inputs]
     signature = Signature.infer(arrays, reference, axis_names=cfg.signature.axis_names, bounds=cfg.signature.bounds)
     logger.info("signature of %s:\n%s", source.train_config.model.class_path, signature.describe())
-    graph = export_named(source.model, inputs[0], signature, staging / "model.onnx", opset=cfg.opset)
+    # the example the exporter traces must lie within the bounds it is told (rows of one validation
+    # batch may exceed the batch bound)
+    rows = max(2, min(signature.max_batch or len(arrays[0]), len(next(iter(inputs[0].values())))))
+    example = {k: v[:rows] for k, v in inputs[0].items()}
+    graph = export_named(source.model, example, signature, staging / "model.onnx", opset=cfg.opset)
     tolerances = {k: Tolerance(**vars(v)) for k, v in cfg.output_tolerances.items()}
     unknown = sorted(set(tolerances) - set(names))
     if unknown:
