@@ -240,3 +240,35 @@ def test_the_cli_prints_each_profile_problem_and_exits_1(repo, capsys):
     out = capsys.readouterr().out
     assert "FAIL  text  1 problem(s)" in out and "expected <= 48, the bound of axis 'seq' in signature.json, " \
         "found 64" in out
+
+
+def test_the_gpu_tensorrt_config_of_the_text_model_carries_its_profiles(tmp_path):
+    """The built-in TextClassifier, its signature inferred from two batches of different lengths: the
+    gpu-tensorrt config ranges token ids and mask over batch 1..32 and sequence 1..max_length."""
+    import torch
+
+    from modelyard.models import TextClassifier
+
+    torch.manual_seed(0)
+    model = TextClassifier(vocab_size=50, max_length=24, d_model=16, n_layers=1, n_heads=2).eval()
+    batches = [{"input_ids": torch.ones(4, n, dtype=torch.long), "attention_mask": torch.ones(4, n, dtype=torch.long)}
+               for n in (10, 24)]
+    signature = Signature.infer(batches, [model(**b) for b in batches], axis_names={"dim1": "seq"},
+                                bounds={"batch": 32})
+    assert signature.bounds == {"batch": 32, "seq": 24}
+    names = ["input_ids", "attention_mask"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter is deprecated but 100x faster here
+        torch.onnx.export(model, (), str(tmp_path / "model.onnx"), kwargs=batches[0], dynamo=False, input_names=names,
+                          output_names=["logits", "embedding"], dynamic_axes=signature.onnx_dynamic_axes())
+    (tmp_path / "signature.json").write_text(signature.to_json())
+
+    written = write_model_version(tmp_path / "repo", "text", tmp_path / "model.onnx", "gpu-tensorrt",
+                                  warmup_sample={k: v[:1].numpy() for k, v in batches[0].items()})
+    config = read_config(written.config_path)
+    assert _profiles(config) == {
+        "trt_profile_min_shapes": {"input_ids": [1, 1], "attention_mask": [1, 1]},
+        "trt_profile_opt_shapes": {"input_ids": [32, 10], "attention_mask": [32, 10]},
+        "trt_profile_max_shapes": {"input_ids": [32, 24], "attention_mask": [32, 24]},
+    }
+    assert validate_repository(tmp_path / "repo") == []
