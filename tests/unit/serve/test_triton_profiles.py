@@ -234,6 +234,16 @@ def test_an_unreadable_signature_json_is_reported(repo):
     assert problem.field == "1/signature.json" and problem.expected == "a modelyard Signature in JSON"
 
 
+def test_a_signature_json_linking_outside_the_version_is_reported_and_not_read(repo, tmp_path):
+    outside = tmp_path / "elsewhere.json"
+    outside.write_text("{not json")  # were it read, an unreadable-signature problem would show
+    link = repo / "text" / "1" / "signature.json"
+    link.unlink()
+    link.symlink_to(outside)
+    problem = _only(validate_repository(repo))
+    assert (problem.field, problem.found) == ("1/signature.json", "a link pointing outside it")
+
+
 def test_the_cli_prints_each_profile_problem_and_exits_1(repo, capsys):
     _edit(repo, _set("trt_profile_max_shapes", "input_ids", [32, 64]))
     assert main([str(repo)]) == 1

@@ -154,10 +154,10 @@ def _check_io(config: model_config_pb2.ModelConfig, graph: tuple[list[TensorSpec
 def _signature(model_dir: Path, version: int, report: Report) -> Signature | None:
     """The ``signature.json`` of a version, None when it has none (or it cannot be read: reported)."""
     path = model_dir / str(version) / SIGNATURE_FILE
-    if not path.is_file():
-        return None
-    if _escapes(model_dir, f"{version}/{SIGNATURE_FILE}"):
+    if path.is_symlink() and _escapes(model_dir, f"{version}/{SIGNATURE_FILE}"):  # judged before it is opened
         report(f"{version}/{SIGNATURE_FILE}", "a file inside the version folder", "a link pointing outside it")
+        return None
+    if not path.is_file():
         return None
     try:
         return Signature.from_json(path.read_text())
