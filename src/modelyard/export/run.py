@@ -54,11 +54,12 @@ class ModelRepositoryWriter(Protocol):
     """Writes ``onnx_path`` as a new version of model ``name`` into the serving model repository ``repo``.
 
     ``target`` is the serving profile (``cpu``, ``gpu``, ``gpu-tensorrt``), ``warmup_sample`` a batch-1
-    input, ``extra_files`` ``{path in the version folder: source file}``.
+    input, ``extra_files`` ``{path in the version folder: source file}``, ``signature`` the model's
+    (None for a model without one): it bounds the served batch and the TensorRT optimisation profiles.
     """
 
     def __call__(self, repo: str | Path, name: str, onnx_path: str | Path, target: str, *, warmup_sample: Any,
-                 extra_files: dict[str, str | Path]) -> WrittenVersion: ...
+                 extra_files: dict[str, str | Path], signature: Signature | None = None) -> WrittenVersion: ...
 
 
 @dataclass
@@ -113,7 +114,7 @@ def run(cfg: ExportConfig, *, write_model_version: ModelRepositoryWriter) -> Exp
 
     warmup = {k: v[:1] for k, v in x.items()} if isinstance(x, dict) else x[:1]
     version = write_model_version(cfg.triton_repo, name, deploy_file, cfg.target, warmup_sample=warmup,
-                                  extra_files=extra_files)
+                                  extra_files=extra_files, signature=signature)
     result = ExportResult(name=name, export_dir=export_dir, onnx_path=deploy_file, reports=reports,
                           triton_version=version.version, refused=refused)
     if cfg.register:

@@ -81,12 +81,16 @@ def test_gpu_and_tensorrt_targets(tmp_path, onnx_model):
     (trt,) = config.optimization.execution_accelerators.gpu_execution_accelerator
     assert trt.name == "tensorrt"
     assert dict(trt.parameters) == {"precision_mode": "FP16", "max_workspace_size_bytes": str(1024 * 2**20),
-                                    "trt_engine_cache_enable": "true", "trt_engine_cache_path": "/tmp/trt_cache"}
+                                    "trt_engine_cache_enable": "true", "trt_engine_cache_path": "/tmp/trt_cache",
+                                    # one optimisation profile: batch 1..max_batch_size, tuned for 32 rows
+                                    "trt_profile_min_shapes": "features:1x8", "trt_profile_opt_shapes": "features:32x8",
+                                    "trt_profile_max_shapes": "features:64x8"}
 
     fp32 = build_config("fraud", onnx_model, TritonTarget(kind="gpu-tensorrt", tensorrt_precision="FP32",
                                                           tensorrt_workspace_mb=2, tensorrt_engine_cache=False))
     params = dict(fp32.optimization.execution_accelerators.gpu_execution_accelerator[0].parameters)
-    assert params == {"precision_mode": "FP32", "max_workspace_size_bytes": str(2 * 2**20)}
+    assert {k: v for k, v in params.items() if not k.startswith("trt_profile_")} == {
+        "precision_mode": "FP32", "max_workspace_size_bytes": str(2 * 2**20)}
 
 
 def test_target_profiles_and_batching_limits(onnx_model):

@@ -7,7 +7,10 @@ Layout, loaded by Triton as it is::
     <repo>/<name>/warmup/<input name>       (raw little-endian tensor bytes, batch size 1)
 
 Inputs, outputs, dtypes and dims are read from the ONNX graph, so the config cannot drift from the
-model. A version folder appears by one rename of a fully written temp folder: no half-copied model.
+model; the model's :class:`~modelyard.signature.Signature` (``signature.json`` beside the ONNX file)
+bounds the batch and names and bounds the other dynamic axes, which become the TensorRT optimisation
+profiles of the ``gpu-tensorrt`` target (:mod:`~modelyard.serve.triton.profiles`). A version folder
+appears by one rename of a fully written temp folder: no half-copied model.
 """
 
 from __future__ import annotations
@@ -24,9 +27,11 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from modelyard import safety
-from modelyard._io import atomic_copy, atomic_folder, atomic_write_bytes
+from modelyard._io import atomic_copy, atomic_folder, atomic_write_bytes, atomic_write_text
 from modelyard.serve.triton.config import write_config
 from modelyard.serve.triton.onnx_io import NUMPY_DTYPES, TensorSpec, external_tensors, graph_io, read_model
+from modelyard.serve.triton.profiles import format_shapes, tensorrt_profiles
+from modelyard.signature import SIGNATURE_FILE, Signature
 
 if TYPE_CHECKING:
     from tritonclient.grpc import model_config_pb2
@@ -96,7 +101,8 @@ def validate_model_name(name: str) -> str:
 
 def build_config(name: str, onnx_path: str | Path, target: TritonTarget | str, *,
                  warmup_file: str | Mapping[str, str] | None = None,
-                 warmup_dims: Mapping[str, Sequence[int]] | None = None) -> model_config_pb2.ModelConfig:
+                 warmup_dims: Mapping[str, Sequence[int]] | None = None,
+                 signature: Signature | None = None) -> model_config_pb2.ModelConfig:
     """Triton ``ModelConfig`` for the ONNX model at ``onnx_path`` (``target``: see :data:`TARGETS`).
 
     Args:
@@ -104,9 +110,12 @@ def build_config(name: str, onnx_path: str | Path, target: TritonTarget | str, *
             or ``{input: file}``; other inputs use ``zero_data``.
         warmup_dims: ``{input: dims without batch}``, default the graph's; if some stay dynamic, no
             ``model_warmup`` is written (Triton needs concrete shapes) and a warning is logged.
+        signature: the model's; its batch bound caps ``max_batch_size`` and, for ``gpu-tensorrt``, its
+            axis bounds are the maxima of the TensorRT optimisation profiles (the warmup dims their optima).
 
     Raises:
-        ValueError: bad name or target, a fixed batch dim, an unsupported tensor type.
+        ValueError: bad name or target, a fixed batch dim, an unsupported tensor type, a signature
+            whose inputs are not the graph's.
     """
     from tritonclient.grpc import model_config_pb2 as pb
 
@@ -121,16 +130,21 @@ def build_config(name: str, onnx_path: str | Path, target: TritonTarget | str, *
                              "(max_batch_size > 0) needs a dynamic first (batch) dim; export the model with a "
                              "dynamic batch dimension, e.g. dynamic_shapes={'x': {0: torch.export.Dim('batch')}}")
 
-    config = pb.ModelConfig(name=name, backend="onnxruntime", max_batch_size=tgt.max_batch_size,
+    max_batch = tgt.max_batch_size
+    if signature is not None and signature.max_batch is not None and signature.max_batch < max_batch:
+        logger.info("%s: max_batch_size %d, the batch bound of the signature (target: %d)",
+                    name, signature.max_batch, max_batch)
+        max_batch = signature.max_batch
+    config = pb.ModelConfig(name=name, backend="onnxruntime", max_batch_size=max_batch,
                             default_model_filename=MODEL_FILENAME)
     for specs, fields in ((inputs, config.input), (outputs, config.output)):
         for spec in specs:
             fields.add(name=spec.name, data_type=pb.DataType.Value(spec.data_type), dims=spec.dims[1:])
 
-    preferred = [s for s in tgt.preferred_batch_sizes if s <= tgt.max_batch_size]
+    preferred = [s for s in tgt.preferred_batch_sizes if s <= max_batch]
     if len(preferred) < len(tgt.preferred_batch_sizes):
         logger.warning("%s: preferred batch sizes above max_batch_size %d dropped from %s",
-                       name, tgt.max_batch_size, tgt.preferred_batch_sizes)
+                       name, max_batch, tgt.preferred_batch_sizes)
     config.dynamic_batching.preferred_batch_size.extend(preferred)
     config.dynamic_batching.max_queue_delay_microseconds = tgt.max_queue_delay_us
     group = config.instance_group.add(count=tgt.instance_count)
@@ -162,6 +176,15 @@ def build_config(name: str, onnx_path: str | Path, target: TritonTarget | str, *
         if tgt.tensorrt_engine_cache:  # without it every load rebuilds the engines (minutes)
             trt.parameters["trt_engine_cache_enable"] = "true"
             trt.parameters["trt_engine_cache_path"] = tgt.tensorrt_engine_cache_path
+        # One optimisation profile over the whole served range: without it TensorRT builds an engine
+        # for the first shapes it sees and rebuilds whenever a request falls outside them.
+        profiles = tensorrt_profiles(inputs, signature, max_batch, preferred_batch_sizes=preferred,
+                                     sample_dims=warmup_dims)
+        if profiles is None:
+            logger.warning("%s: no TensorRT optimisation profile written: a dynamic axis other than the batch "
+                           "has no bound (export the model with its signature.json, bounds per axis)", name)
+        for key, shapes in (profiles or {}).items():
+            trt.parameters[key] = format_shapes(shapes)
     return config
 
 
@@ -254,7 +277,8 @@ def remove_stale_temp_dirs(model_dir: Path, max_age_s: float = STALE_TEMP_AGE_S)
 
 def write_model_version(repo: str | Path, name: str, onnx_path: str | Path, target: TritonTarget | str = "cpu", *,
                         warmup_sample: np.ndarray | dict[str, np.ndarray] | None = None,
-                        version: int | None = None, extra_files: dict[str, str | Path] | None = None) -> TritonVersion:
+                        version: int | None = None, extra_files: dict[str, str | Path] | None = None,
+                        signature: Signature | None = None) -> TritonVersion:
     """Add ``onnx_path`` as a new version of model ``name`` in ``repo``, then rewrite its config.
 
     The version folder is built as ``repo/name/.<version>.<random>.tmp`` and renamed into place:
@@ -265,6 +289,8 @@ def write_model_version(repo: str | Path, name: str, onnx_path: str | Path, targ
         warmup_sample: batch-1 sample ``(1, *dims)`` or ``dims`` (or ``{input: array}``), to ``name/warmup/``.
         version: default :func:`next_version`; must exceed every existing version.
         extra_files: ``{path in the version folder: source file}``, e.g. ``manifest.json``.
+        signature: the model's; default ``signature.json`` beside ``onnx_path`` when there is one
+            (see :func:`build_config`). It is copied into the version folder when not an extra file.
 
     Raises:
         ValueError: bad name, an existing or lower version, a sample that does not fit the graph.
@@ -294,8 +320,11 @@ def write_model_version(repo: str | Path, name: str, onnx_path: str | Path, targ
     for rel in external:  # a weights file that is a symlink out of the model's folder is not copied in
         safety.contained(onnx_path.parent, rel.as_posix(), "external data location")
     # Built before anything is written, so a model Triton cannot batch leaves no version behind.
+    beside = onnx_path.parent / SIGNATURE_FILE
+    if signature is None and beside.is_file():
+        signature = Signature.from_json(beside.read_text())
     config = build_config(name, onnx_path, target, warmup_file={k: v[0] for k, v in payloads.items()},
-                          warmup_dims={k: v[2] for k, v in payloads.items()})
+                          warmup_dims={k: v[2] for k, v in payloads.items()}, signature=signature)
 
     model_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temp_dirs(model_dir)
@@ -309,6 +338,8 @@ def write_model_version(repo: str | Path, name: str, onnx_path: str | Path, targ
                 atomic_copy(onnx_path.parent / rel, tmp / rel)
             for rel, source in extras.items():
                 atomic_copy(source, tmp / rel)
+            if signature is not None and Path(SIGNATURE_FILE) not in extras:  # it travels with the version
+                atomic_write_text(tmp / SIGNATURE_FILE, signature.to_json())
             for path in (tmp, *(p for p in tmp.rglob("*") if p.is_dir())):  # Triton may run as another user
                 path.chmod(0o755)
     except FileExistsError:

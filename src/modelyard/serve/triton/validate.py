@@ -2,8 +2,10 @@
 
 What Triton itself would refuse at load time is found here, in CI: configs that do not parse as
 Triton's ``ModelConfig``, inputs/outputs that disagree with the ONNX graph, batching a model
-without a dynamic batch dim, missing versions or warmup files, and ONNX external data that
-points outside its version folder (a path-traversal hazard on a shared model store).
+without a dynamic batch dim, missing versions or warmup files, ONNX external data that
+points outside its version folder (a path-traversal hazard on a shared model store), and TensorRT
+optimisation profiles that do not fit the graph or the bounds of the version's ``signature.json``
+(:func:`~modelyard.serve.triton.profiles.check_profiles`).
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ from typing import TYPE_CHECKING
 from modelyard import safety
 from modelyard.serve.triton.config import TritonConfigError, read_config
 from modelyard.serve.triton.onnx_io import ITEMSIZE, TensorSpec, external_tensors, graph_io, read_model
+from modelyard.serve.triton.profiles import check_profiles
 from modelyard.serve.triton.repository import MODEL_FILENAME, NAME_RULE, existing_versions, name_problem
+from modelyard.signature import SIGNATURE_FILE, Signature, SignatureError
 
 if TYPE_CHECKING:
     import onnx
@@ -147,6 +151,21 @@ def _check_io(config: model_config_pb2.ModelConfig, graph: tuple[list[TensorSpec
                 report(f"{kind} {name}.dims", f"{dims} as in {where} (batch dim excluded, -1 = any)", found)
 
 
+def _signature(model_dir: Path, version: int, report: Report) -> Signature | None:
+    """The ``signature.json`` of a version, None when it has none (or it cannot be read: reported)."""
+    path = model_dir / str(version) / SIGNATURE_FILE
+    if path.is_symlink() and _escapes(model_dir, f"{version}/{SIGNATURE_FILE}"):  # judged before it is opened
+        report(f"{version}/{SIGNATURE_FILE}", "a file inside the version folder", "a link pointing outside it")
+        return None
+    if not path.is_file():
+        return None
+    try:
+        return Signature.from_json(path.read_text())
+    except (ValueError, SignatureError) as err:
+        report(f"{version}/{SIGNATURE_FILE}", "a modelyard Signature in JSON", str(err).splitlines()[0])
+        return None
+
+
 def _loaded(config: model_config_pb2.ModelConfig | None, versions: list[int]) -> list[int]:
     """The versions Triton loads under the config's version_policy (default: the latest one)."""
     choice = config.version_policy.WhichOneof("policy_choice") if config is not None else None
@@ -212,6 +231,7 @@ def validate_model(model_dir: Path) -> list[RepoProblem]:
             continue
         if config is not None and version in loaded:
             _check_io(config, graph, where, report)
+            check_profiles(config, graph[0], _signature(model_dir, version, report), where, report)
     return problems
 
 
@@ -251,7 +271,8 @@ def main(argv: Sequence[str]) -> int:
         prog="modelyard triton validate",
         description="Check a Triton model repository offline, without a server: each config.pbtxt parses as "
                     "Triton's ModelConfig and agrees with its ONNX graphs (names, dtypes, dims, batch dim), versions "
-                    "and warmup files exist, external data stays in its version folder. Exit status: 0 clean, "
+                    "and warmup files exist, external data stays in its version folder, TensorRT optimisation "
+                    "profiles fit the graph and the bounds of signature.json. Exit status: 0 clean, "
                     "1 problems found, 2 no such folder.")
     parser.add_argument("repo", nargs="?", default="triton_models",
                         help="model repository folder (default: triton_models)")
