@@ -117,9 +117,9 @@ def build_config(name: str, onnx_path: str | Path, target: TritonTarget | str, *
         ValueError: bad name or target, a fixed batch dim, an unsupported tensor type, a signature
             whose inputs are not the graph's.
     """
+    validate_model_name(name)  # before anything is imported or read: a hostile name touches nothing
     from tritonclient.grpc import model_config_pb2 as pb
 
-    validate_model_name(name)
     if isinstance(target, str) and target not in TARGETS:
         raise ValueError(f"unknown Triton target {target!r}; use one of {sorted(TARGETS)} or a TritonTarget")
     tgt = TARGETS[target] if isinstance(target, str) else target
