@@ -132,3 +132,34 @@ def test_the_stored_signature_is_preferred_to_the_graphs(tmp_path):
     model.write_bytes(b"not onnx")
     with pytest.raises(ValueError, match="ONNX Runtime cannot load"):
         read_signature(str(model))
+
+
+def test_a_registered_version_served_from_its_artifacts_brings_its_signature_and_tokenizer(tmp_path):
+    """No Triton copy: the ONNX file comes from the version's artifacts, the signature and the tokenizer
+    from its run's ``export/<name>/`` folder."""
+    from mlflow import MlflowClient
+
+    from modelyard.registry.reference import resolve_reference
+    from modelyard.serve.ray.app import _tokenizer_json
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    run = client.create_run(client.create_experiment("fraud", str(tmp_path / "mlruns")))
+    stored = Signature(read_signature(str(EXAMPLE)).inputs, read_signature(str(EXAMPLE)).outputs, {"batch": 4})
+    (tmp_path / SIGNATURE_FILE).write_text(stored.to_json())
+    (tmp_path / "tokenizer.json").write_text('{"model": "a tokenizer"}')
+    for name in (SIGNATURE_FILE, "tokenizer.json"):
+        client.log_artifact(run.info.run_id, str(tmp_path / name), "export/fraud")
+    artifacts = tmp_path / "artifacts" / "onnx"
+    artifacts.mkdir(parents=True)
+    shutil.copy(EXAMPLE, artifacts / "model.onnx")
+    client.create_registered_model("fraud")
+    client.create_model_version("fraud", str(artifacts.parent), run_id=run.info.run_id)
+    client.create_model_version("fraud", str(artifacts.parent))  # v2: no run, so no files
+
+    source = resolve_reference("1", "fraud", uri)
+    assert read_signature(source.path, source.files) == stored
+    assert _tokenizer_json(source) == '{"model": "a tokenizer"}'
+    bare = resolve_reference("2", "fraud", uri)
+    assert bare.files is None and read_signature(bare.path, bare.files).bounds == {}
+    assert _tokenizer_json(bare) is None

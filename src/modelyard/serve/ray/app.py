@@ -24,7 +24,6 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 from modelyard._wait import wait_until
@@ -46,15 +45,15 @@ def _deployment_name(model: str, label: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "_", f"{model}-v{label}")
 
 
-# Where a version keeps its tokenizer, relative to its ONNX file's folder: the export and Triton
-# version folders (model_files/), a registered version's flat artifacts.
+# Where a version keeps its tokenizer, relative to its files' folder: the export and Triton version
+# folders (model_files/), a registered version's flat artifacts.
 TOKENIZER_FILES = ("model_files/tokenizer.json", "tokenizer.json")
 
 
 def _tokenizer_json(source: ModelSource) -> str | None:
     """The text of the version's tokenizer file, None when it has none. Sent to the ingress by value:
     its replica may run on another node than the files."""
-    folder = Path(source.path).parent
+    folder = source.files_dir
     for name in TOKENIZER_FILES:
         if (folder / name).is_file():
             return (folder / name).read_text(encoding="utf-8")
@@ -73,12 +72,12 @@ def build_app(cfg: RayServeConfig) -> Any:
     from modelyard.serve.ray.models import ModelVersion, read_signature
 
     stable = resolve_reference(cfg.stable, cfg.model, cfg.tracking_uri)
-    signature = read_signature(stable.path)
+    signature = read_signature(stable.path, stable.files)
     canary = resolve_reference(cfg.canary, cfg.model, cfg.tracking_uri) if cfg.canary else None
     canary_label = None
     canary_signature = None
     if canary is not None:
-        canary_signature = read_signature(canary.path)
+        canary_signature = read_signature(canary.path, canary.files)
         if ((canary_signature.inputs, [o.name for o in canary_signature.outputs])
                 != (signature.inputs, [o.name for o in signature.outputs])):
             raise ValueError(f"canary {cfg.canary!r} has the signature\n{canary_signature.describe()}\nexpected the "
