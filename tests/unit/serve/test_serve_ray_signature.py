@@ -163,3 +163,10 @@ def test_a_registered_version_served_from_its_artifacts_brings_its_signature_and
     bare = resolve_reference("2", "fraud", uri)
     assert bare.files is None and read_signature(bare.path, bare.files).bounds == {}
     assert _tokenizer_json(bare) is None
+
+
+@pytest.mark.parametrize(("value", "datatype"), [(256, "UINT8"), (-1, "UINT8"), (2**63, "INT64"), (2**31, "INT32")])
+def test_integers_outside_the_datatype_are_refused_not_wrapped(value, datatype):
+    sig = Signature((TensorSig("x", datatype, ("batch", 2)),), ())
+    message = _error(sig, {"name": "x", "datatype": datatype, "shape": [1, 2], "data": [1, value]})
+    assert "'x'" in message and "value 1" in message and f"outside the {datatype} range" in message

@@ -270,6 +270,12 @@ def _json_values(data: list[Any], name: str, datatype: str, dtype: np.dtype) -> 
                 else f"{type(value).__name__} {_short(value, 40)}")
         raise KServeError(f"input {name!r}: value {position} (row-major) is {what}; expected "
                           f"{' or '.join(t.__name__ for t in accepted)} values for {datatype}")
+    if dtype.kind in "iu" and values.size:  # NumPy would wrap 256 into a UINT8 0 without a word
+        info = np.iinfo(dtype)
+        if values.min() < info.min or values.max() > info.max:
+            position, value = next((i, v) for i, v in enumerate(values.flat) if not info.min <= v <= info.max)
+            raise KServeError(f"input {name!r}: value {position} (row-major) is {_short(value, 40)}, outside the "
+                              f"{datatype} range; expected integers from {info.min} to {info.max}")
     try:
         with np.errstate(over="ignore"):  # numbers beyond the range become inf: refused by _check_finite
             return values.astype(dtype)
