@@ -186,6 +186,10 @@ def text_length(signature: Signature) -> int | None:
     return signature.bounds.get(shape[1]) if len(shape) == 2 and isinstance(shape[1], str) else None
 
 
+def _short_text(text: str, limit: int = 40) -> str:
+    return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
 def _feature_rows(inputs: dict[str, np.ndarray], specs: tuple[TensorSig, ...], rows: int) -> np.ndarray:
     """The request's inputs as one ``(rows, ...)`` array for the log: the input itself when there is one."""
     if len(specs) == 1:
@@ -430,7 +434,16 @@ class KServeIngress:
         if tokenizer is None or self.text_length is None or self._encode_texts is None:
             raise KServeError(f"input {TEXT_INPUT.name!r}: version {label} of {self.model} has no tokenizer; "
                               f"expected the inputs {[t.name for t in self.inputs]}")
-        inputs = self._encode_texts(tokenizer, req.inputs[TEXT_INPUT.name].tolist(), self.text_length)
+        texts = req.inputs[TEXT_INPUT.name].tolist()
+        largest = self.signature.max_batch
+        if largest is not None and len(texts) > largest:  # refused before any tokenising work
+            raise KServeError(f"input {TEXT_INPUT.name!r} axis 0 (batch) has size {len(texts)}; expected at most "
+                              f"{largest}")
+        inputs = self._encode_texts(tokenizer, texts, self.text_length)
+        empty = np.flatnonzero(inputs["attention_mask"].sum(axis=1) == 0)
+        if empty.size:  # no token to look at: the model would answer a row of padding
+            raise KServeError(f"input {TEXT_INPUT.name!r}: element {int(empty[0])} has no tokens "
+                              f"({_short_text(texts[int(empty[0])])}); expected non-empty text")
         check_request(inputs, self.signature)
         return inputs
 
