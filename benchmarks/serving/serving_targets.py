@@ -282,12 +282,6 @@ def direct_deployment() -> Any:
     from modelyard.serve.ray.models import ModelVersion
 
     class DirectModelVersion(ModelVersion.func_or_class):  # type: ignore[misc, name-defined]
-        def __init__(self, *args: Any) -> None:
-            from modelyard.serve.ray.codec import spec_from_ort
-
-            super().__init__(*args)
-            self.output_specs = spec_from_ort(self.session.get_outputs())
-
         async def __call__(self, request: Any) -> Any:  # a starlette Request from the HTTP proxy
             from starlette.responses import JSONResponse
 
@@ -296,12 +290,12 @@ def direct_deployment() -> Any:
             if request.method == "GET":  # /v2/models/{name}/ready, polled by wait_ready
                 return JSONResponse({"name": self.model, "ready": True})
             try:
-                req = decode_request(await request.body(), self.inputs, self.output_specs)
+                req = decode_request(await request.body(), self.signature)
             except KServeError as err:
                 return JSONResponse({"error": str(err)}, status_code=err.status)
             result = await self.predict({"inputs": req.inputs, "role": "stable"})
             return JSONResponse(encode_response(self.model, self.label, req.id, result["outputs"],
-                                                self.output_specs, req.outputs))
+                                                self.signature.outputs, req.outputs))
 
     return serve.deployment(ray_actor_options={"num_cpus": 0})(DirectModelVersion)
 
@@ -315,6 +309,7 @@ def _ray(names: list[str], model_dir: Path, work: Path) -> Iterator[list[Target]
 
     from modelyard.registry.reference import resolve_reference
     from modelyard.serve.ray.app import RayServeConfig, deploy, serving_ray, update_traffic, wait_ready
+    from modelyard.serve.ray.models import read_signature
 
     os.environ.pop("RAY_ADDRESS", None)  # a local, private Ray: never load someone's cluster
     # Workers cannot import this script's folder: whatever of this module reaches Ray travels by value.
@@ -336,7 +331,8 @@ def _ray(names: list[str], model_dir: Path, work: Path) -> Iterator[list[Target]
             stable = resolve_reference(reference, MODEL)
             app = direct_deployment().options(
                 name=f"{MODEL}-direct", max_ongoing_requests=max(base.max_ongoing_requests, base.max_batch_size),
-            ).bind(MODEL, stable.label, stable.path, base.max_batch_size, base.batch_wait_timeout_s)
+            ).bind(MODEL, stable.label, stable.path, read_signature(stable.path), base.max_batch_size,
+                   base.batch_wait_timeout_s)
             serve.run(app, name="direct", route_prefix="/direct", blocking=False)
             wait_ready(f"{url}/direct", MODEL)
             prefixes["ray_direct"] = "/direct"

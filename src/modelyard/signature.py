@@ -24,7 +24,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-__all__ = ["BATCH", "DTYPES", "SIGNATURE_FILE", "Dtype", "Signature", "SignatureError", "TensorSig"]
+__all__ = ["BATCH", "DTYPES", "SIGNATURE_FILE", "Dtype", "Signature", "SignatureError", "TensorSig", "load_signature",
+           "signature_of_onnx"]
 
 BATCH = "batch"
 SIGNATURE_FILE = "signature.json"  # beside an exported model, in its Triton version folder and its model version
@@ -368,6 +369,26 @@ def signature_of_onnx(path: str) -> Signature:
 
     return Signature(tuple(sig(v) for v in model.graph.input if v.name not in initializers),
                      tuple(sig(v) for v in model.graph.output))
+
+
+def load_signature(path: str, folder: str | None = None) -> Signature:
+    """The signature of the ONNX model at ``path``: the ``signature.json`` stored beside it (in
+    ``folder`` when given: where a registered version's files were downloaded), else the one its
+    graph declares (:func:`signature_of_onnx`, for models exported before signatures were stored).
+
+    Raises:
+        SignatureError: the stored file is not a valid signature.
+    """
+    from pathlib import Path
+
+    stored = Path(folder if folder is not None else Path(path).parent) / SIGNATURE_FILE
+    if not stored.is_file():
+        return signature_of_onnx(path)
+    try:
+        return Signature.from_json(stored.read_text(encoding="utf-8"))
+    except (ValueError, TypeError, AttributeError) as err:  # JSON errors, wrong types, SignatureError
+        raise SignatureError(f"{stored}: not a valid signature ({err}); expected the file modelyard export "
+                             "writes") from None
 
 
 def from_triton_type(name: str) -> str:

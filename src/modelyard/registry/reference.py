@@ -4,13 +4,19 @@ A reference is ``@champion``/``@challenger`` (registry alias), a registry versio
 ``path:FILE.onnx``. Registry versions resolve to the Triton repository copy named by the version's
 ``modelyard.triton_repo``/``modelyard.triton_version`` tags, else to the ONNX file among the
 version's artifacts. Serving loads what this names and the rollout's preflight checks the same file.
+
+The files a model needs beside its graph (``signature.json``, a tokenizer) lie beside the ONNX file in
+an export or Triton version folder; for a version served from its artifacts they are fetched from
+its run's ``export/<name>/`` folder into :attr:`ModelSource.files`.
 """
 
 from __future__ import annotations
 
 import logging
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from modelyard.safety import check_name, check_version, contained, resolves_inside
 from modelyard.tracking import client_for, resolve_tracking_uri
@@ -22,11 +28,18 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ModelSource:
-    """An ONNX file and the version label it is served under."""
+    """An ONNX file, the version label it is served under, and the folder of the files the model
+    needs beside it (``signature.json``, a tokenizer); None: the ONNX file's own folder."""
 
     reference: str
     path: str
     label: str
+    files: str | None = None
+
+    @property
+    def files_dir(self) -> Path:
+        """Where the version's ``signature.json`` and tokenizer are, when it has them."""
+        return Path(self.files) if self.files is not None else Path(self.path).parent
 
 
 def resolve_reference(reference: str, model: str, tracking_uri: str | None = None) -> ModelSource:
@@ -83,4 +96,26 @@ def _from_registry(reference: str, model: str, tracking_uri: str | None) -> Mode
     if not files:
         raise ValueError(f"model reference {reference!r}: {model} v{version} has no Triton copy "
                          f"({repo}/{model}/{triton_version}) and no .onnx artifact under {mv.source}")
-    return ModelSource(reference, str(files[0]), version)
+    return ModelSource(reference, str(files[0]), version, _export_files(client, mv.run_id, model))
+
+
+def _export_files(client: Any, run_id: str | None, model: str) -> str | None:
+    """The run's ``export/<model>/`` files other than ONNX graphs (signature, tokenizer, manifest),
+    downloaded into a folder; None when the run has none or they cannot be fetched."""
+    if not run_id:
+        return None
+    import mlflow.artifacts
+
+    try:
+        wanted = [a.path for a in client.list_artifacts(run_id, f"export/{model}")
+                  if not a.is_dir and not a.path.endswith(".onnx")]
+        if not wanted:
+            return None
+        folder = tempfile.mkdtemp(prefix=f"modelyard-{model}-files-")
+        local = [mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=folder,
+                                                     tracking_uri=client.tracking_uri) for path in wanted]
+    except Exception as err:  # noqa: BLE001 - MlflowException, OSError: served without them, said so
+        logger.warning("%s run %s: cannot fetch the files of export/%s (%s); serving with the graph's own "
+                       "signature", model, run_id, model, err)
+        return None
+    return str(Path(local[0]).parent)  # the files of one artifact folder land in one local folder

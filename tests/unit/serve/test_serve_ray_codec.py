@@ -7,10 +7,11 @@ import json
 import numpy as np
 import pytest
 
-from modelyard.serve.ray.codec import KServeError, TensorSpec, decode_request, encode_response
+from modelyard.serve.ray.codec import KServeError, decode_request, encode_response
+from modelyard.signature import Signature, TensorSig
 
-INPUTS = [TensorSpec("features", "FP32", (-1, 8))]
-OUTPUTS = [TensorSpec("logits", "FP32", (-1, 2))]
+FRAUD = Signature((TensorSig("features", "FP32", ("batch", 8)),), (TensorSig("logits", "FP32", ("batch", 2)),))
+OUTPUTS = FRAUD.outputs
 
 
 def _req(**tensor) -> bytes:
@@ -19,11 +20,11 @@ def _req(**tensor) -> bytes:
 
 
 def test_decode_json_tensor():
-    req = decode_request(_req(), INPUTS, OUTPUTS)
+    req = decode_request(_req(), FRAUD)
     assert req.rows == 2 and req.id == "a" and req.outputs is None
     assert req.inputs["features"].dtype == np.float32
     np.testing.assert_array_equal(req.inputs["features"], np.arange(16, dtype=np.float32).reshape(2, 8))
-    nested = decode_request(_req(data=np.arange(16).reshape(2, 8).tolist()), INPUTS, OUTPUTS)
+    nested = decode_request(_req(data=np.arange(16).reshape(2, 8).tolist()), FRAUD)
     np.testing.assert_array_equal(nested.inputs["features"], req.inputs["features"])
 
 
@@ -32,13 +33,13 @@ def test_decode_binary_extension():
     header = json.dumps({"inputs": [{"name": "features", "shape": [2, 8], "datatype": "FP32",
                                      "parameters": {"binary_data_size": x.nbytes}}],
                          "outputs": [{"name": "logits"}]}).encode()
-    req = decode_request(header + x.tobytes(), INPUTS, OUTPUTS, header_length=len(header))
+    req = decode_request(header + x.tobytes(), FRAUD, header_length=len(header))
     np.testing.assert_array_equal(req.inputs["features"], x)
     assert req.outputs == ["logits"]
     with pytest.raises(KServeError, match="binary_data_size"):
-        decode_request(header + x.tobytes()[:10], INPUTS, OUTPUTS, header_length=len(header))
+        decode_request(header + x.tobytes()[:10], FRAUD, header_length=len(header))
     with pytest.raises(KServeError, match="Inference-Header-Content-Length"):
-        decode_request(header, INPUTS, OUTPUTS, header_length=len(header) + 5)
+        decode_request(header, FRAUD, header_length=len(header) + 5)
 
 
 @pytest.mark.parametrize(("body", "words"), [
@@ -61,15 +62,15 @@ def test_decode_binary_extension():
 ])
 def test_decode_errors_name_the_problem(body, words):
     with pytest.raises(KServeError) as err:
-        decode_request(body, INPUTS, OUTPUTS)
+        decode_request(body, FRAUD)
     assert err.value.status == 400
     assert all(w in str(err.value) for w in words), str(err.value)
 
 
 def test_missing_input_names_what_is_expected():
-    two = [*INPUTS, TensorSpec("mask", "BOOL", (-1,))]
+    two = Signature((*FRAUD.inputs, TensorSig("mask", "BOOL", ("batch",))), OUTPUTS)
     with pytest.raises(KServeError, match=r"missing input\(s\) \['mask'\].*mask BOOL \[-1\]"):
-        decode_request(_req(), two, OUTPUTS)
+        decode_request(_req(), two)
 
 
 def test_encode_response_flattens_row_major():

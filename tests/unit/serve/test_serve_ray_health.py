@@ -29,9 +29,10 @@ class _StuckSession:
 
 
 def test_check_health_fails_while_a_batch_is_stuck_and_recovers():
-    from modelyard.serve.ray.models import ModelVersion
+    from modelyard.serve.ray.models import ModelVersion, read_signature
 
-    replica = ModelVersion.func_or_class("fraud", "1", str(EXAMPLE), 8, 0.001, max_batch_run_s=0.5)
+    replica = ModelVersion.func_or_class("fraud", "1", str(EXAMPLE), read_signature(str(EXAMPLE)), 8, 0.001,
+                                         max_batch_run_s=0.5)
     replica.check_health()  # idle: healthy
     stuck = replica.session = _StuckSession(replica.session)
     x = np.zeros((2, 8), np.float32)

@@ -6,6 +6,10 @@ validates requests, splits traffic, mirrors shadow traffic and keeps the statist
 ``GET /-/status`` reports. Weights change at run time through ``POST /-/traffic`` (or
 :func:`update_traffic`), ``/-/promote`` and ``/-/rollback`` -- on the serving port, or only on a
 separate ``control_port`` in production (:func:`control_url` says where).
+
+Every version is served with its :class:`~modelyard.signature.Signature` (``signature.json`` beside
+its ONNX file, else the graph's own); a version whose files include a tokenizer
+(``model_files/tokenizer.json``) also takes raw text, tokenised by the ingress with that tokenizer.
 """
 
 from __future__ import annotations
@@ -24,8 +28,9 @@ from typing import Any
 
 from modelyard._wait import wait_until
 from modelyard.config import ConfigError, parse_config
-from modelyard.registry.reference import resolve_reference
+from modelyard.registry.reference import ModelSource, resolve_reference
 from modelyard.serve.ray.config import RayServeConfig
+from modelyard.signature import Signature
 
 __all__ = ["RayServeConfig", "build_app", "control_url", "deploy", "main", "run", "serving_ray", "update_traffic"]
 
@@ -40,6 +45,21 @@ def _deployment_name(model: str, label: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "_", f"{model}-v{label}")
 
 
+# Where a version keeps its tokenizer, relative to its files' folder: the export and Triton version
+# folders (model_files/), a registered version's flat artifacts.
+TOKENIZER_FILES = ("model_files/tokenizer.json", "tokenizer.json")
+
+
+def _tokenizer_json(source: ModelSource) -> str | None:
+    """The text of the version's tokenizer file, None when it has none. Sent to the ingress by value:
+    its replica may run on another node than the files."""
+    folder = source.files_dir
+    for name in TOKENIZER_FILES:
+        if (folder / name).is_file():
+            return (folder / name).read_text(encoding="utf-8")
+    return None
+
+
 def build_app(cfg: RayServeConfig) -> Any:
     """The bound Ray Serve application of ``cfg`` (references resolved and specs read here, in the driver).
 
@@ -49,20 +69,27 @@ def build_app(cfg: RayServeConfig) -> Any:
         ValueError: a bad configuration or model reference, or stable and canary with different inputs.
     """
     from modelyard.serve.ray.ingress import IngressSettings, KServeIngress
-    from modelyard.serve.ray.models import ModelVersion, read_specs
+    from modelyard.serve.ray.models import ModelVersion, read_signature
 
     stable = resolve_reference(cfg.stable, cfg.model, cfg.tracking_uri)
-    inputs, outputs = read_specs(stable.path)
+    signature = read_signature(stable.path, stable.files)
     canary = resolve_reference(cfg.canary, cfg.model, cfg.tracking_uri) if cfg.canary else None
     canary_label = None
+    canary_signature = None
     if canary is not None:
-        c_inputs, c_outputs = read_specs(canary.path)
-        if (c_inputs, [o.name for o in c_outputs]) != (inputs, [o.name for o in outputs]):
-            raise ValueError(f"canary {cfg.canary!r} has inputs {c_inputs} / outputs {c_outputs}; expected the "
-                             f"stable's {inputs} / {outputs}: the ingress validates against one signature")
+        canary_signature = read_signature(canary.path, canary.files)
+        if ((canary_signature.inputs, [o.name for o in canary_signature.outputs])
+                != (signature.inputs, [o.name for o in signature.outputs])):
+            raise ValueError(f"canary {cfg.canary!r} has the signature\n{canary_signature.describe()}\nexpected the "
+                             f"stable's inputs and output names:\n{signature.describe()}\nthe ingress validates "
+                             "against one signature")
         canary_label = canary.label if canary.label != stable.label else f"{canary.label}-canary"
+    tokenizers = {stable.label: _tokenizer_json(stable)}
+    if canary is not None and canary_label is not None:
+        tokenizers[canary_label] = _tokenizer_json(canary)
 
-    def model_deployment(label: str, path: str, faults: tuple[float, float] = (0.0, 0.0)) -> Any:
+    def model_deployment(label: str, path: str, signature: Signature,
+                         faults: tuple[float, float] = (0.0, 0.0)) -> Any:
         options: dict[str, Any] = {"name": _deployment_name(cfg.model, label),
                                    # Batching needs at least a batch's worth of requests in the replica.
                                    "max_ongoing_requests": max(cfg.max_ongoing_requests, cfg.max_batch_size),
@@ -72,15 +99,17 @@ def build_app(cfg: RayServeConfig) -> Any:
             options["autoscaling_config"] = cfg.autoscaling_config
         else:
             options["num_replicas"] = cfg.num_replicas
-        return ModelVersion.options(**options).bind(cfg.model, label, path, cfg.max_batch_size,
+        return ModelVersion.options(**options).bind(cfg.model, label, path, signature, cfg.max_batch_size,
                                                      cfg.batch_wait_timeout_s, *faults, cfg.max_batch_run_s)
 
-    stable_app = model_deployment(stable.label, stable.path)
+    stable_app = model_deployment(stable.label, stable.path, signature)
     canary_faults = (cfg.canary_fault_error_rate, cfg.canary_fault_delay_ms)
-    canary_app = model_deployment(canary_label, canary.path, canary_faults) if canary is not None else None
+    canary_app = (model_deployment(canary_label, canary.path, canary_signature, canary_faults)
+                  if canary is not None and canary_label is not None and canary_signature is not None else None)
     control = cfg.control_settings()
     settings = IngressSettings(
-        model=cfg.model, stable_label=stable.label, canary_label=canary_label, inputs=inputs, outputs=outputs,
+        model=cfg.model, stable_label=stable.label, canary_label=canary_label, signature=signature,
+        tokenizers={label: text for label, text in tokenizers.items() if text is not None},
         canary_weight=cfg.canary_weight, shadow_weight=cfg.shadow_weight, sticky_header=cfg.sticky_header,
         max_body_bytes=cfg.max_body_bytes, max_inflight=cfg.max_ongoing_requests, inference_log=cfg.log_settings(),
         request_timeout_s=cfg.request_timeout_s, request_attempts=cfg.request_attempts,

@@ -2,6 +2,9 @@
 
 Pure functions, no Ray: the ingress validates every request here *before* it joins a dynamic batch,
 so one malformed request is answered 400 on its own instead of failing the batch it would join.
+Requests are checked against the model's :class:`~modelyard.signature.Signature` (names, datatypes,
+ranks, fixed sizes, the bounds of dynamic axes, ids and a mask of one length); BYTES inputs (raw
+text) arrive as JSON strings or the binary extension's length-prefixed elements.
 Supports the JSON tensor form and the binary tensor extension of requests
 (``Inference-Header-Content-Length``: a JSON header followed by raw little-endian tensor bytes).
 
@@ -21,24 +24,16 @@ import json
 import math
 import reprlib
 import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-__all__ = ["DATATYPES", "InferRequest", "KServeError", "TensorSpec", "decode_request", "encode_response",
-           "int_header", "parse_json", "spec_from_ort"]
+from modelyard.signature import Signature, SignatureError, TensorSig
 
-# KServe datatype <-> numpy dtype.
-DATATYPES: dict[str, np.dtype] = {
-    "BOOL": np.dtype(bool), "UINT8": np.dtype(np.uint8), "UINT16": np.dtype(np.uint16),
-    "UINT32": np.dtype(np.uint32), "UINT64": np.dtype(np.uint64), "INT8": np.dtype(np.int8),
-    "INT16": np.dtype(np.int16), "INT32": np.dtype(np.int32), "INT64": np.dtype(np.int64),
-    "FP16": np.dtype(np.float16), "FP32": np.dtype(np.float32), "FP64": np.dtype(np.float64),
-}
-_ORT_TYPES = {"tensor(float)": "FP32", "tensor(double)": "FP64", "tensor(float16)": "FP16",
-              "tensor(int64)": "INT64", "tensor(int32)": "INT32", "tensor(int16)": "INT16",
-              "tensor(int8)": "INT8", "tensor(uint8)": "UINT8", "tensor(bool)": "BOOL"}
+__all__ = ["InferRequest", "KServeError", "check_request", "decode_request", "encode_response", "int_header",
+           "parse_json", "tensor_metadata"]
 
 
 class KServeError(ValueError):
@@ -59,22 +54,9 @@ def int_header(value: str | None, name: str = "Inference-Header-Content-Length")
         raise KServeError(f"{name} header {value!r} received; expected an integer") from None
 
 
-@dataclass(frozen=True)
-class TensorSpec:
-    """Name, KServe datatype and shape (``-1`` = any size) of a model input or output."""
-
-    name: str
-    datatype: str
-    shape: tuple[int, ...]
-
-    def as_json(self) -> dict[str, Any]:
-        return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
-
-
-def spec_from_ort(args: list[Any]) -> list[TensorSpec]:
-    """TensorSpecs of ``session.get_inputs()``/``get_outputs()``; symbolic dimensions become -1."""
-    return [TensorSpec(a.name, _ORT_TYPES.get(a.type, a.type),
-                       tuple(d if isinstance(d, int) and d >= 0 else -1 for d in a.shape)) for a in args]
+def tensor_metadata(tensor: TensorSig) -> dict[str, Any]:
+    """A tensor as KServe model metadata lists it: ``-1`` for a dynamic axis."""
+    return {"name": tensor.name, "datatype": tensor.dtype, "shape": tensor.kserve_shape()}
 
 
 @dataclass
@@ -125,9 +107,13 @@ def _parse_header(body: bytes, header_length: int | None) -> tuple[dict[str, Any
     return doc, rest
 
 
-def decode_request(body: bytes, inputs: list[TensorSpec], outputs: list[TensorSpec],
-                   header_length: int | None = None) -> InferRequest:
-    """Decode and validate a KServe v2 infer request against the model's input/output specs.
+def decode_request(body: bytes, signature: Signature, header_length: int | None = None,
+                   alternatives: Sequence[TensorSig] = ()) -> InferRequest:
+    """Decode a KServe v2 infer request and validate it against the model's ``signature``.
+
+    ``alternatives``: inputs the server also accepts in place of the signature's (raw ``text`` a
+    server tokenises). A request that gives one is decoded but not checked against the signature:
+    the caller converts it and then calls :func:`check_request`.
 
     Raises:
         KServeError: naming the input, what was expected and what was received.
@@ -136,7 +122,7 @@ def decode_request(body: bytes, inputs: list[TensorSpec], outputs: list[TensorSp
     given = doc.get("inputs")
     if not isinstance(given, list) or not given:
         raise KServeError(f"'inputs' must be a non-empty list of tensors, got {_short(given)}")
-    specs = {s.name: s for s in inputs}
+    specs = {t.name: t for t in (*signature.inputs, *alternatives)}
     arrays: dict[str, np.ndarray] = {}
     offset = 0
     for i, tensor in enumerate(given):
@@ -149,55 +135,117 @@ def decode_request(body: bytes, inputs: list[TensorSpec], outputs: list[TensorSp
             raise KServeError(f"input {name!r} given twice")
         array, offset = _decode_tensor(tensor, specs[name], binary, offset)
         arrays[name] = array
-    missing = sorted(set(specs) - set(arrays))
-    if missing:
-        raise KServeError(f"missing input(s) {missing}; the model expects "
-                          + ", ".join(f"{s.name} {s.datatype} {list(s.shape)}" for s in inputs))
     rows = {a.shape[0] for a in arrays.values()}
     if len(rows) != 1:
         raise KServeError(f"all inputs must have the same batch size, got {sorted(rows)}")
-    requested = _requested_outputs(doc.get("outputs"), outputs)
+    requested = _requested_outputs(doc.get("outputs"), signature.outputs)
     request_id = doc.get("id")
     if request_id is not None and (isinstance(request_id, bool) or not isinstance(request_id, (str, int))):
         raise KServeError(f"'id' must be a string (the request id), got {_short(request_id)}")
-    return InferRequest(arrays, requested, None if request_id is None else str(request_id), rows.pop())
+    request = InferRequest(arrays, requested, None if request_id is None else str(request_id), rows.pop())
+    if not any(t.name in arrays for t in alternatives):
+        check_request(request.inputs, signature)
+    return request
 
 
-def _decode_tensor(tensor: dict[str, Any], spec: TensorSpec, binary: bytes, offset: int) -> tuple[np.ndarray, int]:
+def check_request(arrays: Mapping[str, np.ndarray], signature: Signature) -> None:
+    """Refuse (400) inputs that break the signature: a missing input, then every rule of
+    :meth:`~modelyard.signature.Signature.check_inputs` (bounds of dynamic axes, ids and a mask of
+    different lengths...)."""
+    missing = sorted(t.name for t in signature.inputs if t.name not in arrays)
+    if missing:
+        raise KServeError(f"missing input(s) {missing}; the model expects "
+                          + ", ".join(f"{t.name} {t.dtype} {t.kserve_shape()}" for t in signature.inputs))
+    try:
+        signature.check_inputs(arrays)
+    except SignatureError as err:
+        raise KServeError(str(err)) from None
+
+
+def _decode_tensor(tensor: dict[str, Any], spec: TensorSig, binary: bytes, offset: int) -> tuple[np.ndarray, int]:
     name, datatype, shape = spec.name, tensor.get("datatype"), tensor.get("shape")
-    if datatype != spec.datatype:
-        raise KServeError(f"input {name!r}: datatype {_short(datatype)} received, expected {spec.datatype!r}")
+    expected = spec.kserve_shape()
+    if datatype != spec.dtype:
+        raise KServeError(f"input {name!r}: datatype {_short(datatype)} received, expected {spec.dtype!r}")
     if not isinstance(shape, list) or not all(
             isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
         raise KServeError(f"input {name!r}: shape must be a list of non-negative integers, got {_short(shape)}")
-    if len(shape) != len(spec.shape) or any(e != -1 and e != d for e, d in zip(spec.shape, shape)):
-        raise KServeError(f"input {name!r}: shape {_short(shape)} received, expected {list(spec.shape)} "
+    if spec.dtype == "BYTES" and len(expected) == 1 and len(shape) == 2 and shape[1] == 1:
+        shape = shape[:1]  # strings one per row: [B, 1] as tritonclient often sends them, or [B]
+    if len(shape) != len(expected) or any(e != -1 and e != d for e, d in zip(expected, shape)):
+        raise KServeError(f"input {name!r}: shape {_short(shape)} received, expected {expected} "
                           "(-1 = any size)")
     if shape[0] == 0:
         raise KServeError(f"input {name!r}: shape {shape} has an empty batch; expected at least one row")
     count = math.prod(shape)  # exact (Python ints): a declared [2**31, 8] cannot overflow into a small number
-    dtype = DATATYPES[spec.datatype]
     params = tensor.get("parameters") or {}
+    binary_size = params.get("binary_data_size") if isinstance(params, dict) else None
+    if spec.dtype == "BYTES":
+        return _decode_strings(tensor, name, shape, count, binary, offset, binary_size)
+    dtype = spec.numpy_dtype
     if isinstance(params, dict) and "binary_data_size" in params:
-        size = params["binary_data_size"]
+        size = binary_size
         if (isinstance(size, bool) or not isinstance(size, int) or size != count * dtype.itemsize
                 or offset + size > len(binary)):
             raise KServeError(f"input {name!r}: binary_data_size {_short(size)} received, expected "
-                              f"{count * dtype.itemsize} bytes for shape {shape} {spec.datatype} "
+                              f"{count * dtype.itemsize} bytes for shape {shape} {spec.dtype} "
                               f"({len(binary) - offset} bytes left in the body)")
         array = np.frombuffer(binary, dtype=dtype.newbyteorder("<"), count=count, offset=offset)
         array = array.astype(dtype).reshape(shape)
-        _check_finite(array, name, spec.datatype)
+        _check_finite(array, name, spec.dtype)
         return array, offset + size
     data = tensor.get("data")
     if not isinstance(data, list):
         raise KServeError(f"input {name!r}: 'data' must be a list (row-major, flat or nested), got {_short(data)}")
-    array = _json_values(data, name, spec.datatype, dtype)
+    array = _json_values(data, name, spec.dtype, dtype)
     if array.size != count:
         raise KServeError(f"input {name!r}: {array.size} values received, shape {shape} needs {count}")
     array = array.reshape(shape)
-    _check_finite(array, name, spec.datatype)  # after the reshape: the position it names is in the declared shape
+    _check_finite(array, name, spec.dtype)  # after the reshape: the position it names is in the declared shape
     return array, offset
+
+
+def _decode_strings(tensor: dict[str, Any], name: str, shape: list[int], count: int, binary: bytes, offset: int,
+                    size: Any) -> tuple[np.ndarray, int]:
+    """A BYTES tensor as an object array of ``str``: a JSON list of strings, or the binary tensor
+    extension's elements (each a 4-byte little-endian length, then that many bytes), UTF-8 text."""
+    if size is not None:
+        if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size <= len(binary) - offset:
+            raise KServeError(f"input {name!r}: binary_data_size {_short(size)} received, expected at most the "
+                              f"{len(binary) - offset} bytes left in the body")
+        raw, values, position = binary[offset:offset + size], [], 0
+        while position < size:
+            if position + 4 > size:
+                raise KServeError(f"input {name!r}: element {len(values)} has a truncated 4-byte length prefix")
+            length = int.from_bytes(raw[position:position + 4], "little")
+            if position + 4 + length > size:
+                raise KServeError(f"input {name!r}: element {len(values)} declares {length} bytes, "
+                                  f"{size - position - 4} left in its binary_data_size")
+            values.append(raw[position + 4:position + 4 + length])
+            position += 4 + length
+        offset += size
+    else:
+        data = tensor.get("data")
+        if not isinstance(data, list):
+            raise KServeError(f"input {name!r}: 'data' must be a list of strings, got {_short(data)}")
+        values = np.asarray(data, dtype=object).reshape(-1).tolist() if data else []
+        bad = next((i for i, v in enumerate(values) if not isinstance(v, str)), None)
+        if bad is not None:
+            raise KServeError(f"input {name!r}: value {bad} (row-major) is {_short(values[bad], 40)}; "
+                              "expected strings for BYTES")
+    if len(values) != count:
+        raise KServeError(f"input {name!r}: {len(values)} values received, shape {shape} needs {count}")
+    texts = []
+    for i, value in enumerate(values):
+        if isinstance(value, bytes):
+            try:
+                value = value.decode("utf-8")
+            except UnicodeDecodeError:
+                raise KServeError(f"input {name!r}: element {i} is not UTF-8 text") from None
+        texts.append(value)
+    array = np.empty(count, dtype=object)
+    array[:] = texts
+    return array.reshape(shape), offset
 
 
 # JSON value types a tensor of each NumPy kind accepts (bool is a subclass of int: checked by exact type).
@@ -222,6 +270,12 @@ def _json_values(data: list[Any], name: str, datatype: str, dtype: np.dtype) -> 
                 else f"{type(value).__name__} {_short(value, 40)}")
         raise KServeError(f"input {name!r}: value {position} (row-major) is {what}; expected "
                           f"{' or '.join(t.__name__ for t in accepted)} values for {datatype}")
+    if dtype.kind in "iu" and values.size:  # NumPy would wrap 256 into a UINT8 0 without a word
+        info = np.iinfo(dtype)
+        if values.min() < info.min or values.max() > info.max:
+            position, value = next((i, v) for i, v in enumerate(values.flat) if not info.min <= v <= info.max)
+            raise KServeError(f"input {name!r}: value {position} (row-major) is {_short(value, 40)}, outside the "
+                              f"{datatype} range; expected integers from {info.min} to {info.max}")
     try:
         with np.errstate(over="ignore"):  # numbers beyond the range become inf: refused by _check_finite
             return values.astype(dtype)
@@ -240,7 +294,7 @@ def _check_finite(array: np.ndarray, name: str, datatype: str) -> None:
                           f"range), the first at index {list(first)} ({array[first]}); expected finite numbers")
 
 
-def _requested_outputs(requested: Any, outputs: list[TensorSpec]) -> list[str] | None:
+def _requested_outputs(requested: Any, outputs: Sequence[TensorSig]) -> list[str] | None:
     if requested is None:
         return None
     known = [o.name for o in outputs]
@@ -256,9 +310,9 @@ def _requested_outputs(requested: Any, outputs: list[TensorSpec]) -> list[str] |
 
 
 def encode_response(model: str, version: str, request_id: str | None, results: dict[str, np.ndarray],
-                    outputs: list[TensorSpec], requested: list[str] | None) -> dict[str, Any]:
+                    outputs: Sequence[TensorSig], requested: list[str] | None) -> dict[str, Any]:
     """The KServe v2 JSON response (data flattened row-major)."""
-    types = {o.name: o.datatype for o in outputs}
+    types = {o.name: o.dtype for o in outputs}
     names = requested if requested is not None else [o.name for o in outputs]
     body: dict[str, Any] = {"model_name": model, "model_version": version, "outputs": [
         {"name": n, "datatype": types[n], "shape": list(results[n].shape), "data": results[n].reshape(-1).tolist()}

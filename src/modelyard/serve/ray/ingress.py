@@ -10,6 +10,13 @@ it back in the response, so the ingress adopts it rather than add a second, diff
 inference log (``log_dir``), a sample of answered requests is recorded (a buffer append; a thread
 writes Parquet) and ``POST /v2/models/{name}/feedback`` takes ground-truth labels for those ids later.
 
+Inputs: every request is decoded and checked against the model's :class:`~modelyard.signature.Signature`
+(400 naming the input and the rule) before it joins a batch. For a text model whose version carries
+its tokenizer, the ingress also takes one BYTES input ``text`` (``[B]`` or ``[B, 1]``) instead of the
+token ids and mask, and tokenises it with the tokenizer of the version the request is routed to
+(:func:`modelyard.workloads.text.encode_texts`, truncated at the signature's bound of the sequence
+axis), so serving tokenises exactly as training did.
+
 Limits: the body size limit and the control token are ASGI middleware
 (:mod:`~modelyard.serve.ray.middleware`) around this app, configured from the replica's
 :class:`IngressSettings`, built once from the serve config by :func:`~modelyard.serve.ray.app.build_app`.
@@ -31,7 +38,7 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -49,16 +56,18 @@ from modelyard.inference.log import InferenceLog
 from modelyard.serve.ray.codec import (
     InferRequest,
     KServeError,
-    TensorSpec,
+    check_request,
     decode_request,
     encode_response,
     int_header,
     parse_json,
+    tensor_metadata,
 )
 from modelyard.serve.ray.control import CONTROL_ROUTES, control_app, start_control_server
 from modelyard.serve.ray.middleware import BearerToken, BearerTokenMiddleware, BodyLimitMiddleware
 from modelyard.serve.ray.router import TrafficRouter, validate_weights
 from modelyard.serve.ray.stats import ShadowLog, VersionStats
+from modelyard.signature import Signature, TensorSig
 
 __all__ = ["IngressSettings", "KServeIngress", "predicted_classes"]
 
@@ -77,7 +86,9 @@ class IngressSettings:
     Args:
         model: served model name.
         stable_label, canary_label: version labels of the stable and canary deployments (no canary: None).
-        inputs, outputs: the model signature every request is validated against.
+        signature: the model signature every request is validated against.
+        tokenizers: version label -> the text of its tokenizer file (``tokenizer.json``), for the
+            versions that have one: those versions also take raw ``text``.
         canary_weight, shadow_weight: initial traffic weights.
         sticky_header: request header whose value pins a caller to one version.
         max_body_bytes: largest request body (:class:`~modelyard.serve.ray.middleware.BodyLimitMiddleware`).
@@ -93,8 +104,8 @@ class IngressSettings:
     model: str
     stable_label: str
     canary_label: str | None
-    inputs: list[TensorSpec]
-    outputs: list[TensorSpec]
+    signature: Signature
+    tokenizers: dict[str, str] = field(default_factory=dict)
     canary_weight: float = 0.0
     shadow_weight: float = 0.0
     sticky_header: str = "x-routing-key"
@@ -161,7 +172,25 @@ def predicted_classes(outputs: dict[str, np.ndarray]) -> list[int] | None:
     return None
 
 
-def _feature_rows(inputs: dict[str, np.ndarray], specs: list[TensorSpec], rows: int) -> np.ndarray:
+# Raw text in place of token ids and mask, for a version that carries its tokenizer.
+TEXT_INPUT = TensorSig("text", "BYTES", ("batch",))
+TOKEN_INPUTS = ("input_ids", "attention_mask")  # what modelyard.workloads.text.encode_texts returns
+
+
+def text_length(signature: Signature) -> int | None:
+    """Tokens a text is truncated to: the bound of the token ids' sequence axis; None when the
+    signature is not token ids and a mask, or that axis has no bound (then raw text is not taken)."""
+    if sorted(t.name for t in signature.inputs) != sorted(TOKEN_INPUTS):
+        return None
+    shape = signature.input(TOKEN_INPUTS[0]).shape
+    return signature.bounds.get(shape[1]) if len(shape) == 2 and isinstance(shape[1], str) else None
+
+
+def _short_text(text: str, limit: int = 40) -> str:
+    return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
+def _feature_rows(inputs: dict[str, np.ndarray], specs: tuple[TensorSig, ...], rows: int) -> np.ndarray:
     """The request's inputs as one ``(rows, ...)`` array for the log: the input itself when there is one."""
     if len(specs) == 1:
         return inputs[specs[0].name]
@@ -196,7 +225,16 @@ class KServeIngress:
     async def __init__(self, settings: IngressSettings, stable: Any, canary: Any | None = None) -> None:
         """``stable``, ``canary``: handles of the model deployments (``canary`` None: no canary)."""
         self.settings = settings
-        self.model, self.inputs, self.outputs = settings.model, settings.inputs, settings.outputs
+        self.model, self.signature = settings.model, settings.signature
+        self.inputs, self.outputs = settings.signature.inputs, settings.signature.outputs
+        self.text_length = text_length(settings.signature) if settings.tokenizers else None
+        self.alternatives = (TEXT_INPUT,) if self.text_length is not None else ()
+        self._tokenizers: dict[str, Any] = {}  # label -> loaded tokenizer, on first use
+        self._encode_texts: Callable[..., dict[str, np.ndarray]] | None = None
+        if self.alternatives:  # imported here, not on the first text request (it loads torch)
+            from modelyard.workloads.text import encode_texts
+
+            self._encode_texts = encode_texts
         self.handles: dict[str, Any] = {"stable": stable}
         self.labels: dict[str, str] = {"stable": settings.stable_label}
         if canary is not None:
@@ -257,9 +295,13 @@ class KServeIngress:
     async def model_metadata(self, name: str) -> JSONResponse:
         if name != self.model:
             return _error(404, f"unknown model {name!r}; this server serves {self.model!r}")
-        return JSONResponse({"name": self.model, "versions": list(self.labels.values()), "platform": "onnxruntime_onnx",
-                             "inputs": [s.as_json() for s in self.inputs],
-                             "outputs": [s.as_json() for s in self.outputs]})
+        body = {"name": self.model, "versions": list(self.labels.values()), "platform": "onnxruntime_onnx",
+                "inputs": [tensor_metadata(t) for t in self.inputs],
+                "outputs": [tensor_metadata(t) for t in self.outputs]}
+        if self.alternatives:  # raw text, tokenised here, in place of the token ids and mask
+            body["parameters"] = {"alternative_inputs": [
+                {**tensor_metadata(t), "replaces": [i.name for i in self.inputs]} for t in self.alternatives]}
+        return JSONResponse(body)
 
     @app.get("/v2/models/{name}/ready")
     async def model_ready(self, name: str) -> JSONResponse:
@@ -288,7 +330,7 @@ class KServeIngress:
             try:
                 body = await request.body()  # over max_body_bytes: BodyTooLarge (413), from the middleware
                 header = request.headers.get("inference-header-content-length")
-                decoded = decode_request(body, self.inputs, self.outputs, int_header(header))
+                decoded = decode_request(body, self.signature, int_header(header), self.alternatives)
             except KServeError as err:
                 return self._reject(err.status, str(err))
             return await self._run(decoded, version, request.headers.get(self.sticky_header),
@@ -309,9 +351,13 @@ class KServeIngress:
             role, shadow = route.target, route.shadow
         # Local references: a promote/rollback during the await does not change this request's target.
         handle, label = self.handles[role], self.labels[role]
+        try:
+            inputs = self._model_inputs(req, label)
+        except KServeError as err:
+            return self._reject(err.status, str(err))
         request_id = req.id or header_id or uuid.uuid4().hex
         tags = {"model": self.model, "version": label, "role": role}
-        payload = {"inputs": req.inputs, "role": role}
+        payload = {"inputs": inputs, "role": role}
         started = time.perf_counter()
         attempt = 0
         while True:
@@ -352,7 +398,7 @@ class KServeIngress:
             self._background.add(task)
             task.add_done_callback(self._background.discard)
         if self.log is not None and self.log.sampled():  # a buffer append; the writer thread does the I/O
-            self.log.record(request_id, label, role, _feature_rows(req.inputs, self.inputs, req.rows),
+            self.log.record(request_id, label, role, _feature_rows(inputs, self.inputs, req.rows),
                             _first_2d(result["outputs"]))
         body = encode_response(self.model, label, request_id, result["outputs"], self.outputs, req.outputs)
         return JSONResponse(body, headers={"x-model-version": label})
@@ -365,7 +411,8 @@ class KServeIngress:
         tags = {"model": self.model, "version": label, "role": "shadow"}
         started = time.perf_counter()
         try:
-            result = await asyncio.wait_for(handle.remote({"inputs": req.inputs, "role": "shadow"}), SHADOW_TIMEOUT_S)
+            inputs = self._model_inputs(req, label)
+            result = await asyncio.wait_for(handle.remote({"inputs": inputs, "role": "shadow"}), SHADOW_TIMEOUT_S)
             canary_classes = predicted_classes(result["outputs"]) or []
             self.shadow.record(stable_classes, canary_classes, stable_label, label)
             self.m_requests.inc(tags=tags)
@@ -374,6 +421,42 @@ class KServeIngress:
             self.shadow.record_failure()
             self.m_errors.inc(tags=tags)
             logger.warning("shadow request to %s v%s failed: %s", self.model, label, err)
+
+    def _model_inputs(self, req: InferRequest, label: str) -> dict[str, np.ndarray]:
+        """The model's inputs for version ``label``: the request's own, or its ``text`` tokenised with
+        that version's tokenizer and checked against the signature (:class:`KServeError`: 400)."""
+        if TEXT_INPUT.name not in req.inputs:
+            return req.inputs
+        if len(req.inputs) > 1:
+            raise KServeError(f"input {TEXT_INPUT.name!r} replaces the inputs {[t.name for t in self.inputs]}; "
+                              f"expected either {TEXT_INPUT.name!r} alone or those inputs, got {sorted(req.inputs)}")
+        tokenizer = self._tokenizer(label)
+        if tokenizer is None or self.text_length is None or self._encode_texts is None:
+            raise KServeError(f"input {TEXT_INPUT.name!r}: version {label} of {self.model} has no tokenizer; "
+                              f"expected the inputs {[t.name for t in self.inputs]}")
+        texts = req.inputs[TEXT_INPUT.name].tolist()
+        largest = self.signature.max_batch
+        if largest is not None and len(texts) > largest:  # refused before any tokenising work
+            raise KServeError(f"input {TEXT_INPUT.name!r} axis 0 (batch) has size {len(texts)}; expected at most "
+                              f"{largest}")
+        inputs = self._encode_texts(tokenizer, texts, self.text_length)
+        empty = np.flatnonzero(inputs["attention_mask"].sum(axis=1) == 0)
+        if empty.size:  # no token to look at: the model would answer a row of padding
+            raise KServeError(f"input {TEXT_INPUT.name!r}: element {int(empty[0])} has no tokens "
+                              f"({_short_text(texts[int(empty[0])])}); expected non-empty text")
+        check_request(inputs, self.signature)
+        return inputs
+
+    def _tokenizer(self, label: str) -> Any:
+        """Version ``label``'s tokenizer (Hugging Face ``tokenizers``), None when it has none."""
+        if label not in self._tokenizers:
+            text = self.settings.tokenizers.get(label)
+            if text is None:
+                return None
+            from tokenizers import Tokenizer
+
+            self._tokenizers[label] = Tokenizer.from_str(text)
+        return self._tokenizers[label]
 
     def _unavailable(self, label: str, tags: dict[str, str], started: float, attempts: int,
                      reason: str) -> JSONResponse:

@@ -1,6 +1,12 @@
 """The per-version model deployment of ``modelyard serve ray``: ONNX Runtime behind Ray Serve batching.
 
-Which ONNX file a model reference names is decided in :mod:`modelyard.registry.reference`.
+Which ONNX file a model reference names is decided in :mod:`modelyard.registry.reference`; what it
+takes and returns is its :class:`~modelyard.signature.Signature` (:func:`read_signature`).
+
+Dynamic batching with variable sizes: requests whose dynamic non-batch axes differ (token ids of
+different lengths) are padded with 0 to the batch's largest size -- for a text model the attention
+mask's 0 marks the padding -- run together, and each request's outputs are cut back: an output axis
+that carries a padded axis name is sliced to the request's own size, and rows are split per request.
 """
 
 from __future__ import annotations
@@ -16,9 +22,9 @@ import numpy as np
 from ray import serve
 from ray.serve.metrics import Histogram
 
-from modelyard.serve.ray.codec import DATATYPES, TensorSpec, spec_from_ort
+from modelyard.signature import Signature, load_signature
 
-__all__ = ["ModelVersion", "read_specs"]
+__all__ = ["ModelVersion", "pad_batch", "read_signature", "split_outputs"]
 
 logger = logging.getLogger(__name__)
 
@@ -33,20 +39,59 @@ def _session(path: str) -> Any:
     return ort.InferenceSession(path, sess_options=options, providers=["CPUExecutionProvider"])
 
 
-def read_specs(path: str) -> tuple[list[TensorSpec], list[TensorSpec]]:
-    """Input and output specs of an ONNX file (read in the driver, so the ingress validates up front).
+def read_signature(path: str, folder: str | None = None) -> Signature:
+    """The signature of an ONNX file (read in the driver, so the ingress validates up front): the stored
+    ``signature.json`` (beside it, or in ``folder``), else the graph's own.
 
     Raises:
         ValueError: ONNX Runtime cannot load the file (corrupt, truncated, an unknown operator), so a
-            bad model is a configuration error named before anything is deployed.
+            bad model is a configuration error named before anything is deployed; or the stored
+            signature is not valid.
     """
     try:
-        session = _session(path)
+        _session(path)
     except Exception as err:  # noqa: BLE001 - ONNX Runtime raises its own exception types (Fail, InvalidGraph...)
         raise ValueError(f"ONNX Runtime cannot load model file {path}: {type(err).__name__}: "
                          f"{str(err).strip()[:500]}; expected a valid ONNX model as modelyard export writes it"
                          ) from None
-    return spec_from_ort(session.get_inputs()), spec_from_ort(session.get_outputs())
+    return load_signature(path, folder)
+
+
+def pad_batch(signature: Signature, requests: list[dict[str, np.ndarray]]) -> tuple[dict[str, np.ndarray],
+                                                                                     list[dict[str, int]]]:
+    """The requests' inputs as one feed, each dynamic non-batch axis padded with 0 to the largest size
+    in the batch; and per request the size of each such axis (by axis name), to cut outputs back."""
+    sizes = [{name: int(r[t.name].shape[axis]) for t in signature.inputs
+              for axis, name in t.dynamic_axes.items() if axis > 0} for r in requests]
+    largest = {name: max(s[name] for s in sizes) for name in sizes[0]}
+    feed = {}
+    for t in signature.inputs:
+        parts = []
+        for r in requests:
+            array = r[t.name]
+            widths = [(0, largest[n] - array.shape[a] if a > 0 and isinstance(n, str) else 0)
+                      for a, n in enumerate(t.shape)]
+            parts.append(np.pad(array, widths) if any(w for _, w in widths) else array)
+        feed[t.name] = np.concatenate(parts)
+    return feed, sizes
+
+
+def split_outputs(signature: Signature, results: dict[str, np.ndarray], counts: list[int],
+                  sizes: list[dict[str, int]]) -> list[dict[str, np.ndarray]]:
+    """Each request's rows of ``results``, every output axis named like a padded input axis cut back
+    to the request's own size."""
+    shapes = {t.name: t.shape for t in signature.outputs}
+    bounds = np.cumsum([0, *counts])
+    out = []
+    for i, own in enumerate(sizes):
+        request = {}
+        for name, array in results.items():
+            index = [slice(bounds[i], bounds[i + 1])]
+            index += [slice(0, own[a]) if isinstance(a, str) and a in own else slice(None)
+                      for a in shapes.get(name, ())[1:]]
+            request[name] = array[tuple(index[:array.ndim])]
+        out.append(request)
+    return out
 
 
 def _replica_id() -> str:
@@ -68,7 +113,8 @@ class ModelVersion:
     replica replaced, not only a dead or frozen one (Serve's own health-check timeout covers those).
     """
 
-    def __init__(self, model: str, label: str, path: str, max_batch_size: int, batch_wait_timeout_s: float,
+    def __init__(self, model: str, label: str, path: str, signature: Signature, max_batch_size: int,
+                 batch_wait_timeout_s: float,
                  fault_error_rate: float = 0.0, fault_delay_ms: float = 0.0, max_batch_run_s: float = 30.0) -> None:
         self.model, self.label = model, label
         self.replica = _replica_id()
@@ -81,7 +127,7 @@ class ModelVersion:
             logger.warning("%s v%s injects faults: %.0f%% errors, +%.0f ms latency (drill configuration)",
                            model, label, fault_error_rate * 100, fault_delay_ms)
         self.session = _session(path)
-        self.inputs = spec_from_ort(self.session.get_inputs())
+        self.signature = signature
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.predict.set_max_batch_size(max_batch_size)
         self.predict.set_batch_wait_timeout_s(batch_wait_timeout_s)
@@ -91,19 +137,20 @@ class ModelVersion:
         # Warm up before reporting ready: the first run allocates and plans, and would otherwise land on
         # the first real request's latency.
         started = time.perf_counter()
-        dummy = {s.name: np.zeros([1 if d < 0 else d for d in s.shape], dtype=_np_dtype(s.datatype))
-                 for s in self.inputs}
+        dummy = {t.name: np.ones([1 if d < 0 else d for d in t.kserve_shape()], dtype=t.numpy_dtype)
+                 for t in signature.inputs}
         self.session.run(self.output_names, dummy)
         logger.info("%s v%s ready (%s), warm-up %.1f ms", model, label, path, (time.perf_counter() - started) * 1e3)
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
     async def predict(self, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Run a batch: concatenate each input along the batch dimension, split the outputs back.
+        """Run a batch: pad dynamic axes to the batch's largest size, concatenate each input along the
+        batch dimension, cut the outputs back per request (:func:`pad_batch`, :func:`split_outputs`).
 
         Each request is ``{"inputs": {name: array}, "role": str}`` already validated by the ingress.
         """
         counts = [next(iter(r["inputs"].values())).shape[0] for r in requests]
-        feed = {s.name: np.concatenate([r["inputs"][s.name] for r in requests]) for s in self.inputs}
+        feed, sizes = pad_batch(self.signature, [r["inputs"] for r in requests])
         self._batch_started = time.monotonic()
         try:
             results = await asyncio.get_running_loop().run_in_executor(
@@ -112,9 +159,8 @@ class ModelVersion:
             self._batch_started = None
         rows = sum(counts)
         self.batch_hist.observe(rows, tags={"model": self.model, "version": self.label, "role": requests[0]["role"]})
-        bounds = np.cumsum([0, *counts])
-        return [{"outputs": {n: r[bounds[i]:bounds[i + 1]] for n, r in zip(self.output_names, results)},
-                 "version": self.label, "batch_size": rows, "replica": self.replica} for i in range(len(requests))]
+        outputs = split_outputs(self.signature, dict(zip(self.output_names, results)), counts, sizes)
+        return [{"outputs": o, "version": self.label, "batch_size": rows, "replica": self.replica} for o in outputs]
 
     def check_health(self) -> None:
         """Called by Serve every ``health_check_period_s``; raising marks the replica unhealthy (replaced).
@@ -135,6 +181,3 @@ class ModelVersion:
             raise RuntimeError(f"injected fault in {self.model} v{self.label} (canary_fault_error_rate)")
         return await self.predict(request)
 
-
-def _np_dtype(datatype: str) -> np.dtype:
-    return DATATYPES.get(datatype, np.dtype(np.float32))

@@ -1,0 +1,126 @@
+"""`modelyard serve ray` serves the images workload (UINT8 ``[B, 3, H, W]`` pixels) and a user's own
+model (two inputs of two dtypes, two outputs), each trained and exported by the CLI (small sizes, one
+process), side by side on one Ray Serve instance (127.0.0.1, free port), called with
+``tritonclient.http`` and compared with ONNX Runtime run directly on the same inputs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+import yaml
+
+from integration_helpers import run_cli
+from netutil import free_port
+
+pytest.importorskip("ray.serve")
+httpclient = pytest.importorskip("tritonclient.http")
+pytestmark = pytest.mark.slow
+
+TRAINER = {"accelerator": "cpu", "devices": 1, "max_epochs": 1, "enable_progress_bar": False,
+           "enable_model_summary": False, "log_every_n_steps": 5}
+SIZE = 16
+ATOL = 1e-4
+
+
+def _train_and_export(tmp: Path, name: str, config: dict) -> Path:
+    (tmp / f"{name}.yaml").write_text(yaml.safe_dump(config))
+    trained = run_cli("train", "--config", f"{name}.yaml", "--mlflow.experiment", name, cwd=tmp, timeout=600)
+    assert trained.returncode == 0
+    assert run_cli("export", "--experiment", name, cwd=tmp, timeout=600).returncode == 0
+    return tmp / "triton_models" / name / "1" / "model.onnx"
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, Path]:
+    tmp = tmp_path_factory.mktemp("models")
+    return {
+        "images": _train_and_export(tmp, "images", {
+            "seed_everything": 3, "trainer": TRAINER,
+            "data": {"class_path": "modelyard.workloads.ImagesDataModule",
+                     "init_args": {"n_rows": 200, "size": SIZE, "batch_size": 32, "eval_batch_size": 32}},
+            "model": {"class_path": "modelyard.models.ImageClassifier", "init_args": {"channels": [4, 8]}},
+            "checkpoint": {"monitor": "val_acc", "mode": "max"}}),
+        "sensors": _train_and_export(tmp, "sensors", {
+            "seed_everything": 1, "trainer": TRAINER,
+            "data": {"class_path": "user_models.SensorsDataModule", "init_args": {"rows": 200}},
+            "model": {"class_path": "user_models.SensorsModel"},
+            "checkpoint": {"monitor": "val_loss", "mode": "min"}}),
+    }
+
+
+@pytest.fixture(scope="module")
+def server(models):
+    from modelyard.serve.ray.app import RayServeConfig, deploy, serving_ray
+
+    mp = pytest.MonkeyPatch()
+    mp.delenv("RAY_ADDRESS", raising=False)  # a local Ray of its own
+    images = RayServeConfig(model="images", stable=f"path:{models['images']}", port=free_port(), log_dir=None,
+                            batch_wait_timeout_s=0.002)
+    try:
+        with serving_ray(images) as url:
+            sensors = RayServeConfig(model="sensors", stable=f"path:{models['sensors']}", port=images.port,
+                                     log_dir=None, batch_wait_timeout_s=0.002)
+            deploy(sensors, app_name="sensors", route_prefix="/sensors")
+            host = url.removeprefix("http://")
+            yield {"url": url, "images": httpclient.InferenceServerClient(host),
+                   "sensors": httpclient.InferenceServerClient(f"{host}/sensors")}
+    finally:
+        mp.undo()
+
+
+def _ort(path: Path, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return dict(zip([o.name for o in session.get_outputs()], session.run(None, inputs)))
+
+
+def _infer(client, model: str, inputs: dict[str, tuple[np.ndarray, str]], binary: bool) -> object:
+    tensors = []
+    for name, (array, datatype) in inputs.items():
+        tensor = httpclient.InferInput(name, list(array.shape), datatype)
+        tensor.set_data_from_numpy(array, binary_data=binary)
+        tensors.append(tensor)
+    return client.infer(model, tensors)
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_uint8_images_answer_as_onnx_runtime(server, models, binary):
+    pixels = np.random.default_rng(0).integers(0, 256, (3, 3, SIZE, SIZE), dtype=np.uint8)
+    answer = _infer(server["images"], "images", {"pixels": (pixels, "UINT8")}, binary)
+    expected = _ort(models["images"], {"pixels": pixels})
+    for name in ("logits", "embedding"):
+        np.testing.assert_allclose(answer.as_numpy(name), expected[name], atol=ATOL, rtol=0)
+    meta = server["images"].get_model_metadata("images")
+    assert meta["inputs"] == [{"name": "pixels", "datatype": "UINT8", "shape": [-1, 3, SIZE, SIZE]}]
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_a_users_two_inputs_of_two_dtypes_answer_as_onnx_runtime(server, models, binary):
+    rng = np.random.default_rng(1)
+    inputs = {"codes": rng.integers(0, 5, (4, 6)).astype(np.int64), "readings": rng.standard_normal((4, 3)).astype(
+        np.float32)}
+    answer = _infer(server["sensors"], "sensors", {"codes": (inputs["codes"], "INT64"),
+                                                   "readings": (inputs["readings"], "FP32")}, binary)
+    expected = _ort(models["sensors"], inputs)
+    for name in ("logits", "risk"):
+        np.testing.assert_allclose(answer.as_numpy(name), expected[name], atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize(("path", "inputs", "words"), [
+    ("/v2/models/images/infer", [{"name": "pixels", "datatype": "UINT8", "shape": [1, 3, SIZE, SIZE + 1],
+                                  "data": [0] * (3 * SIZE * (SIZE + 1))}], ["'pixels'", f"[-1, 3, {SIZE}, {SIZE}]"]),
+    ("/v2/models/images/infer", [{"name": "pixels", "datatype": "FP32", "shape": [1, 3, SIZE, SIZE],
+                                  "data": [0.0] * (3 * SIZE * SIZE)}], ["'pixels'", "'FP32'", "'UINT8'"]),
+    ("/v2/models/images/infer", [{"name": "pixels", "datatype": "UINT8", "shape": [1, 3, SIZE, SIZE],
+                                  "data": [256] * (3 * SIZE * SIZE)}], ["'pixels'", "outside the UINT8 range"]),
+    ("/sensors/v2/models/sensors/infer", [{"name": "codes", "datatype": "INT64", "shape": [1, 6], "data": [0] * 6}],
+     ["missing", "'readings'"]),
+])
+def test_bad_input_is_a_400_naming_the_input(server, path, inputs, words):
+    response = requests.post(f"{server['url']}{path}", json={"inputs": inputs}, timeout=30)
+    assert response.status_code == 400, response.text
+    assert all(w in response.json()["error"] for w in words), response.json()
