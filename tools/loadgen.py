@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from modelyard.signature import dtype_of
+
 if TYPE_CHECKING:
     from typing_extensions import Self
 
@@ -53,7 +55,8 @@ class LoadGenerator(_SenderThreads):
     Args:
         base_url: the ingress, e.g. ``http://127.0.0.1:8000``.
         model: the served model name.
-        rows: ``(B, F)`` float32 features sent in every request.
+        rows: ``(B, F)`` float32 features sent in every request, or ``{input name: array}`` for a
+            model with named inputs (each sent with its array's KServe datatype).
         threads: concurrent senders.
         max_seconds: hard stop, whatever happens.
         pause_s: pause between two requests of one thread (ignored with ``rate_per_s``).
@@ -67,9 +70,9 @@ class LoadGenerator(_SenderThreads):
     client side, in completion order).
     """
 
-    def __init__(self, base_url: str, model: str, rows: np.ndarray, threads: int = 4, max_seconds: float = 120,
-                 pause_s: float = 0.005, routing_keys: list[str] | None = None, rate_per_s: float | None = None,
-                 timeout_s: float = 10.0) -> None:
+    def __init__(self, base_url: str, model: str, rows: np.ndarray | dict[str, np.ndarray], threads: int = 4,
+                 max_seconds: float = 120, pause_s: float = 0.005, routing_keys: list[str] | None = None,
+                 rate_per_s: float | None = None, timeout_s: float = 10.0) -> None:
         if rate_per_s is not None and rate_per_s <= 0:
             raise ValueError(f"rate_per_s must be > 0 (requests per second) or None, got {rate_per_s}")
         self.url = f"{base_url.rstrip('/')}/v2/models/{model}/infer"
@@ -77,8 +80,10 @@ class LoadGenerator(_SenderThreads):
         self.pause_s, self.timeout_s = pause_s, timeout_s
         self.interval_s = None if rate_per_s is None else threads / rate_per_s  # per thread
         self.keys = routing_keys
-        self.body = json.dumps({"inputs": [{"name": "features", "shape": list(rows.shape), "datatype": "FP32",
-                                            "data": rows.astype(np.float32).ravel().tolist()}]}).encode()
+        inputs = dict(rows) if isinstance(rows, dict) else {"features": np.asarray(rows, np.float32)}
+        self.body = json.dumps({"inputs": [{"name": name, "shape": list(array.shape), "datatype": dtype_of(array),
+                                            "data": array.ravel().tolist()} for name, array in inputs.items()]
+                                }).encode()
         self.stop_event = threading.Event()
         self.lock = threading.Lock()
         self.ok = 0

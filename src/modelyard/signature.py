@@ -159,7 +159,8 @@ class Signature:
 
     @classmethod
     def infer(cls, input_samples: Sequence[Mapping[str, Any]], output_samples: Sequence[Mapping[str, Any]] = (),
-              *, bounds: Mapping[str, int] | None = None, axis_names: Mapping[str, str] | None = None) -> Signature:
+              *, bounds: Mapping[str, int] | None = None, axis_names: Mapping[str, str] | None = None,
+              dynamic_axes: Mapping[str, Mapping[int, str]] | None = None) -> Signature:
         """The signature seen in sample batches (dicts of name -> array or tensor, batch axis first).
 
         Axis 0 is ``batch``; another axis is dynamic when its size differs across the samples (the
@@ -168,6 +169,13 @@ class Signature:
         appearance, renamed by ``axis_names`` (``{"dim1": "seq"}``). The bound of a named axis defaults
         to the largest size seen, of ``batch`` to :data:`DEFAULT_MAX_BATCH`; ``bounds`` overrides
         them: give the serving limits there (``{"batch": 64, "seq": 512}``).
+        ``dynamic_axes`` (``{"input_ids": {1: "seq"}}``) makes an axis dynamic, under that name,
+        whatever the samples show: a datamodule that pads or truncates every batch to one length
+        hides that its sequences vary.
+
+        Raises:
+            SignatureError: samples that disagree; ``axis_names`` or ``dynamic_axes`` naming axes or
+                tensors the samples do not have.
         """
         if not input_samples:
             raise SignatureError("no sample batches to infer a signature from; the datamodule's "
@@ -202,12 +210,21 @@ class Signature:
             described["output"] = describe(output_samples, "output")
         names: dict[tuple[int, ...], str] = {}
         renames = dict(axis_names or {})
+        forced = {str(t): {int(a): str(n) for a, n in axes.items()} for t, axes in (dynamic_axes or {}).items()}
+        known = {name for items in described.values() for name, _, _ in items}
+        problems = [f"dynamic_axes names {t!r}, which is not a tensor of the samples ({sorted(known)})"
+                    for t in forced if t not in known]
         tensors: dict[str, list[TensorSig]] = {"input": [], "output": []}
         for kind, items in described.items():
             for name, dtype, rank in items:
                 shape: list[int | str] = [BATCH]
+                problems += [f"dynamic_axes: {name!r} has no axis {a} (rank {rank})" for a in forced.get(name, {})
+                             if not 0 < a < rank]
                 for axis in range(1, rank):
                     seen = tuple(sizes[(kind, name, axis)])
+                    if axis in forced.get(name, {}):
+                        shape.append(forced[name][axis])
+                        continue
                     if len(set(seen)) == 1:
                         shape.append(seen[0])
                         continue
@@ -215,6 +232,12 @@ class Signature:
                         names[seen] = f"dim{len(names) + 1}"
                     shape.append(renames.get(names[seen], names[seen]))
                 tensors[kind].append(TensorSig(name, dtype, tuple(shape)))
+        inferred = set(names.values())
+        problems += [f"axis_names renames {a!r}, which the samples do not show as dynamic (dynamic: "
+                     f"{sorted(inferred) or 'none'}); make an axis dynamic with dynamic_axes"
+                     for a in renames if a not in inferred]
+        if problems:
+            raise SignatureError("; ".join(problems))
         observed: dict[str, int] = {BATCH: DEFAULT_MAX_BATCH}
         for kind in described:
             for tensor in tensors[kind]:

@@ -150,3 +150,23 @@ def test_signature_of_an_onnx_graph_keeps_symbolic_names(tmp_path):
 
     assert sig.inputs == (TensorSig("ids", "INT64", ("batch", "seq")),)
     assert sig.outputs == (TensorSig("out", "FP32", ("batch", "seq")),)
+
+
+def test_dynamic_axes_make_an_axis_dynamic_that_every_sample_had_at_one_length():
+    """A datamodule that truncates every batch to max_length shows a fixed axis; serving must still
+    take shorter texts."""
+    samples = [text_batch(8, 32), text_batch(4, 32)]
+    inferred = Signature.infer(samples)
+    assert inferred.inputs[0].shape == ("batch", 32)
+
+    forced = Signature.infer(samples, dynamic_axes={"input_ids": {1: "seq"}, "attention_mask": {"1": "seq"}})
+    assert [t.shape for t in forced.inputs] == [("batch", "seq"), ("batch", "seq")]
+    assert forced.bounds["seq"] == 32
+    forced.check_inputs({"input_ids": np.ones((2, 5), np.int64), "attention_mask": np.ones((2, 5), np.int64)})
+
+    with pytest.raises(SignatureError, match="axis_names renames 'dim1', which the samples do not show as dynamic"):
+        Signature.infer(samples, axis_names={"dim1": "seq"})
+    with pytest.raises(SignatureError, match="dynamic_axes names 'ids', which is not a tensor"):
+        Signature.infer(samples, dynamic_axes={"ids": {1: "seq"}})
+    with pytest.raises(SignatureError, match="'input_ids' has no axis 2 \\(rank 2\\)"):
+        Signature.infer(samples, dynamic_axes={"input_ids": {2: "seq"}})

@@ -37,6 +37,8 @@ class SignatureConfig:
 
     Args:
         axis_names: new names of inferred dynamic axes, e.g. ``{dim1: seq}``.
+        dynamic_axes: axes that are dynamic whatever the validation batches show, by input, e.g.
+            ``{input_ids: {1: seq}, attention_mask: {1: seq}}`` (batches padded to one length hide it).
         bounds: the largest size of a named axis that serving accepts, e.g. ``{batch: 64, seq: 512}``
             (default: ``batch`` 64, the Triton profiles' max_batch_size; another axis, the largest size
             in the validation batches).
@@ -44,6 +46,7 @@ class SignatureConfig:
 
     axis_names: dict[str, str] = field(default_factory=dict)
     bounds: dict[str, PositiveInt] = field(default_factory=dict)
+    dynamic_axes: dict[str, dict[int, str]] = field(default_factory=dict)
 
 
 @dataclass

@@ -170,7 +170,8 @@ def _export_and_gate_named(cfg: ExportConfig, source: Any, staging: Path) -> tup
     reference = torch_named_outputs(source.model, inputs, getattr(source.model, "output_names", None))
     names = list(reference[0])
     arrays = [{k: v.numpy() for k, v in b.items()} for b in inputs]
-    signature = Signature.infer(arrays, reference, axis_names=cfg.signature.axis_names, bounds=cfg.signature.bounds)
+    signature = Signature.infer(arrays, reference, axis_names=cfg.signature.axis_names, bounds=cfg.signature.bounds,
+                                dynamic_axes=cfg.signature.dynamic_axes)
     logger.info("signature of %s:\n%s", source.train_config.model.class_path, signature.describe())
     # the example the exporter traces must lie within the bounds it is told (rows of one validation
     # batch may exceed the batch bound)
