@@ -36,6 +36,7 @@ LOAD_THREADS = 4
 # Bounds the tests assert: behaviour the issue states, generous for a loaded 2-core machine.
 REPLACEMENT_BOUND_S = 60.0
 FROZEN_BEFORE_KILL_S = 1.0  # the killed replica is frozen this long first, with calls queued on it
+KILL_ROUNDS = 3  # freeze-and-kill rounds at most, until one meets a call in flight
 CONTROLLER_BOUND_S = 60.0
 DETECTION_BOUND_S = 30.0
 
@@ -83,10 +84,9 @@ def _record_load(figures, load, retries_before: dict, retries_after: dict) -> No
     figures.record("slowest request (with client retry)", round(r.max_latency_s, 2), "s")
 
 
-def test_model_replica_killed_under_load(server, figures):
-    """A model replica SIGKILLed under steady load: the ingress retries the calls that met the dead
-    replica on the other one, callers see no failure after one client retry, and Serve starts a
-    replacement that serves within a minute."""
+def _kill_a_replica_under_load(server) -> dict:
+    """One round: a model replica frozen, then SIGKILLed, under steady load, until its replacement
+    answers; what happened."""
     before = _steady(server)
     victim = before[0]
     answered = answered_by(server["status"])
@@ -114,14 +114,36 @@ def test_model_replica_killed_under_load(server, figures):
         recovery = time.monotonic() - killed_at
     result = load.join()
     retries_after = _retries(server)
-    _record_load(figures, load, retries_before, retries_after)
-    figures.record("replacement serving after the kill", round(recovery, 1), "s", bound=f"<= {REPLACEMENT_BOUND_S:g} s",
-                   note="serve status back to 2 RUNNING and a request answered by the new replica")
-    assert victim.name not in {a.name for a in replicas(APP, DEPLOYMENT)}
     died = sum(v - retries_before.get(k, 0) for k, v in retries_after.items() if k != "timeout")
-    assert died >= 1, f"no call met the dead replica and was retried (retries {retries_after}): the kill missed"
-    assert result.requests >= 50, f"only {result.requests} requests in 20 s: the load did not run"
-    assert result.failed_final == 0, f"callers saw failures after one retry: {dict(result.final_failures)}"
+    return {"load": load, "result": result, "victim": victim, "recovery": recovery, "died": died,
+            "retries_before": retries_before, "retries_after": retries_after}
+
+
+def test_model_replica_killed_under_load(server, figures):
+    """A model replica SIGKILLed under steady load: the ingress retries the calls that met the dead
+    replica on the other one, callers see no failure after one client retry, and Serve starts a
+    replacement that serves within a minute.
+
+    On a machine busy enough that the router sends the frozen replica no call in its second, the
+    kill meets none and proves nothing: the round is repeated on the new replicas, at most
+    ``KILL_ROUNDS`` times, and the test fails when no round saw a call retried."""
+    rounds = 0
+    while True:
+        rounds += 1
+        outcome = _kill_a_replica_under_load(server)
+        assert outcome["result"].failed_final == 0, \
+            f"callers saw failures after one retry: {dict(outcome['result'].final_failures)}"
+        if outcome["died"] >= 1 or rounds == KILL_ROUNDS:
+            break
+    _record_load(figures, outcome["load"], outcome["retries_before"], outcome["retries_after"])
+    figures.record("replacement serving after the kill", round(outcome["recovery"], 1), "s",
+                   bound=f"<= {REPLACEMENT_BOUND_S:g} s",
+                   note="serve status back to 2 RUNNING and a request answered by the new replica")
+    figures.record("kill rounds until a call met the dead replica", rounds, bound=f"<= {KILL_ROUNDS}")
+    assert outcome["victim"].name not in {a.name for a in replicas(APP, DEPLOYMENT)}
+    assert outcome["died"] >= 1, (f"no call met the dead replica and was retried in {rounds} rounds "
+                                  f"(retries {outcome['retries_after']}): the kill missed")
+    assert outcome["result"].requests >= 50, f"only {outcome['result'].requests} requests in 20 s: the load did not run"
 
 
 def test_serve_controller_killed_under_load(server, figures):
