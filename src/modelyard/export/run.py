@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -136,21 +137,9 @@ def _export_and_gate(cfg: ExportConfig, source: Any, staging: Path) -> tuple[dic
                         opset=cfg.opset)
     reference = torch_outputs(source.model, features)
     x, y = features.numpy(), labels.numpy()
-    reports = {"fp32": evaluate("fp32", graph.path, graph, reference, x, y, _tolerance(cfg, "fp32"))}
-    if not reports["fp32"].passed:
-        raise ParityError(reports["fp32"])
-    refused: dict[str, str] = {}
-    for precision in cfg.variants:
-        path = make_variant(graph.path, precision)
-        report = apply_accuracy_budget(evaluate(precision, path, graph, reference, x, y, _tolerance(cfg, precision)),
-                                       cfg.accuracy_budget)
-        reports[precision] = report
-        if not report.passed:
-            refused[precision] = report.reason or report.failure_message()
-            logger.warning("%s variant refused: %s", precision, refused[precision])
-            path.unlink(missing_ok=True)
-    if not reports[cfg.deploy].passed:
-        raise ParityError(reports[cfg.deploy])
+    reports, refused = _gate_precisions(
+        cfg, graph.path, lambda precision, path: evaluate(precision, path, graph, reference, x, y,
+                                                         _tolerance(cfg, precision)))
     return reports, graph, x, reference, refused
 
 
@@ -188,12 +177,21 @@ def _export_and_gate_named(cfg: ExportConfig, source: Any, staging: Path) -> tup
             else {n: _tolerance(cfg, precision) for n in names}
         return evaluate_named(precision, path, graph, reference, arrays, labels, per_output)
 
-    reports = {"fp32": gate("fp32", graph.path)}
+    reports, refused = _gate_precisions(cfg, graph.path, gate)
+    return reports, graph, arrays[0], reference[:1], refused, signature
+
+
+def _gate_precisions(cfg: ExportConfig, fp32_path: Path,
+                     gate: Callable[[str, Path], ParityReport]) -> tuple[dict[str, ParityReport], dict[str, str]]:
+    """fp32 through ``gate`` (a failure raises :class:`ParityError`), then each variant, refused (and
+    its file removed) when it fails or costs more than the accuracy budget; the deployed precision
+    must pass. The reports and the refused variants with their reasons."""
+    reports = {"fp32": gate("fp32", fp32_path)}
     if not reports["fp32"].passed:
         raise ParityError(reports["fp32"])
     refused: dict[str, str] = {}
     for precision in cfg.variants:
-        path = make_variant(graph.path, precision)
+        path = make_variant(fp32_path, precision)
         report = apply_accuracy_budget(gate(precision, path), cfg.accuracy_budget)
         reports[precision] = report
         if not report.passed:
@@ -202,7 +200,7 @@ def _export_and_gate_named(cfg: ExportConfig, source: Any, staging: Path) -> tup
             path.unlink(missing_ok=True)
     if not reports[cfg.deploy].passed:
         raise ParityError(reports[cfg.deploy])
-    return reports, graph, arrays[0], reference[:1], refused, signature
+    return reports, refused
 
 
 def apply_accuracy_budget(report: ParityReport, budget: float) -> ParityReport:
