@@ -172,6 +172,8 @@ def build_parser() -> ArgumentParser:
         {name: (cmd.summary, None) for name, cmd in COMMANDS.items()},
         "`modelyard <command> --help` lists every option of a command.\n"
         "MLflow: $MLFLOW_TRACKING_URI, else an embedded store (./mlflow.db, ./mlartifacts).\n"
+        "Environments: `modelyard --env prod <command>` (or $MODELYARD_ENV) uses that environment's registry\n"
+        "  from configs/environments.yaml for every stage; `registry environments` lists them.\n"
         "Ray: $RAY_ADDRESS, else a local instance.")
 
 
@@ -185,8 +187,31 @@ def _setup_logging() -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def _select_environment(args: list[str]) -> list[str]:
+    """Strip a leading ``--env NAME`` (or ``--env=NAME``) and select it for this process and the
+    processes it starts (training workers, the monitor's retraining jobs) through ``$MODELYARD_ENV``."""
+    if args and args[0].startswith("--env="):
+        name, args = args[0].removeprefix("--env="), args[1:]
+    elif args and args[0] == "--env":
+        if len(args) < 2:
+            raise ConfigError(["--env needs an environment name (dev, staging, prod...)"], "command line")
+        name, args = args[1], args[2:]
+    else:
+        return args
+    from modelyard.environments import ENV_VAR, selected_environment
+
+    os.environ[ENV_VAR] = name
+    selected_environment()  # an unknown name or a missing environments file fails here, before any work
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = _select_environment(args)
+    except (ConfigError, ModelyardError) as err:
+        print(f"modelyard: {err}", file=sys.stderr)
+        return 2
     if not args or args[0] in ("-h", "--help"):
         build_parser().print_help()
         return 0 if args else 2

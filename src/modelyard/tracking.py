@@ -2,7 +2,8 @@
 
 With nothing configured, runs go to an embedded store in the working directory: ``mlflow.db``
 (SQLite) and ``mlartifacts/``. ``MLFLOW_TRACKING_URI`` (or ``mlflow.tracking_uri`` in a config)
-switches to a tracking server with the same code.
+switches to a tracking server with the same code; a named environment (``--env prod``,
+:mod:`modelyard.environments`) fixes the store for every stage.
 """
 
 from __future__ import annotations
@@ -29,8 +30,24 @@ def default_tracking_uri() -> str:
 
 
 def resolve_tracking_uri(configured: str | None = None) -> str:
-    """``configured``, else ``$MLFLOW_TRACKING_URI``, else the embedded SQLite store."""
-    return configured or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
+    """The selected environment's registry (:mod:`modelyard.environments`), else ``configured``,
+    else ``$MLFLOW_TRACKING_URI``, else the embedded SQLite store.
+
+    Raises:
+        EnvironmentConfigError: an environment is selected and ``configured`` names another store: a
+            stage of one environment never reads or writes another's registry.
+    """
+    from modelyard.environments import EnvironmentConfigError, selected_environment
+
+    env = selected_environment()
+    if env is None:
+        return configured or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
+    if configured and configured != env.tracking_uri:
+        raise EnvironmentConfigError(
+            f"the configuration names tracking_uri {configured} but environment {env.name!r} uses "
+            f"{env.tracking_uri}; remove tracking_uri from the configuration, or select the environment that "
+            "owns that store")
+    return env.tracking_uri
 
 
 def _artifact_location(uri: str) -> str | None:

@@ -10,13 +10,17 @@ import mlflow
 import numpy as np
 import onnxruntime as ort
 import pytest
+import yaml
 from mlflow import MlflowClient
 
-from integration_helpers import run_cli, run_perturbed_export, train_args
+from integration_helpers import cli_env, run_cli, run_perturbed_export, train_args
+from modelyard.environments import EnvironmentConfigError, load_environments
 from modelyard.registry import PromotionRefused, history, set_alias
+from modelyard.registry.promote import promote_version
+from modelyard.registry.reference import resolve_reference
 from modelyard.serve.triton.config import read_config
 from modelyard.serve.triton.validate import validate_repository
-from modelyard.tracking import tracking_uri_scope
+from modelyard.tracking import resolve_tracking_uri, tracking_uri_scope
 
 pytestmark = pytest.mark.slow
 
@@ -144,3 +148,90 @@ def test_a_parity_failure_registers_nothing_and_names_the_worst_element(trained,
     assert not (tmp_path / "repo").exists()
     assert not list((trained / "exports").glob("strict/*")) and not list((trained / "exports").glob("strict/.*"))
     assert not _client(trained).search_registered_models(filter_string="name='strict'")
+
+
+# --- environments: a version promoted from staging's registry into prod's ---------------------------
+
+def _environments(tmp_path: Path, staging: Path) -> tuple[Path, str, str]:
+    """An environments file: staging is the exported fixture's store and takes versions from dev; prod
+    is a fresh SQLite store that takes versions from staging only."""
+    (tmp_path / "prod").mkdir()
+    uris = f"sqlite:///{staging / 'mlflow.db'}", f"sqlite:///{tmp_path / 'prod' / 'mlflow.db'}"
+    file = tmp_path / "environments.yaml"
+    file.write_text(yaml.safe_dump({"environments": {
+        "dev": {"tracking_uri": f"sqlite:///{tmp_path / 'dev.db'}"},
+        "staging": {"tracking_uri": uris[0], "promote_from": ["dev"]},
+        "prod": {"tracking_uri": uris[1], "promote_from": ["staging"]}}}, sort_keys=False))
+    return file, *uris
+
+
+def test_a_version_promoted_to_prod_arrives_whole_and_is_audited_in_both_registries(exported, tmp_path, monkeypatch):
+    envs, staging_uri, prod_uri = _environments(tmp_path, exported)
+    env = cli_env(MODELYARD_ENVIRONMENTS=str(envs))
+    promote = ["registry", "promote", "--model", "fraud", "--version", "1", "--reason", "a week in staging"]
+    wrong = run_cli(*promote, "--from", "staging", "--to", "qa", cwd=tmp_path, env=env)
+    assert wrong.returncode == 1 and "no environment 'qa'" in wrong.stderr and "dev, staging, prod" in wrong.stderr
+    proc = run_cli(*promote, "--from", "staging", "--to", "prod", "--alias", "champion", cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "fraud: staging v1 -> prod v1" in proc.stdout
+
+    staging, prod = MlflowClient(staging_uri), MlflowClient(prod_uri)
+    src, dst = staging.get_model_version("fraud", "1"), prod.get_model_version_by_alias("fraud", "champion")
+    assert str(dst.version) == "1"
+    for tag in ("modelyard.parity", "modelyard.sha256", "modelyard.data_digest", "modelyard.git_commit",
+                "modelyard.precision", "modelyard.parity.max_abs_error"):
+        assert dst.tags[tag] == src.tags[tag], tag
+    assert dst.tags["modelyard.promoted_from"] == "staging/fraud/1"
+    assert dst.tags["modelyard.source_run_id"] == src.run_id
+    assert "modelyard.triton_repo" not in dst.tags  # staging's local repository means nothing in prod
+    assert dst.description == src.description and "## Export parity" in dst.description  # the model card
+    # lineage: prod holds a copy of the training run, its params, metric histories and files
+    src_run, dst_run = staging.get_run(src.run_id), prod.get_run(dst.run_id)
+    assert dst_run.data.params == src_run.data.params
+    key = next(iter(src_run.data.metrics))
+    assert [m.value for m in prod.get_metric_history(dst.run_id, key)] == \
+        [m.value for m in staging.get_metric_history(src.run_id, key)]
+    copied = {a.path for a in prod.list_artifacts(dst.run_id, "export/fraud")}
+    assert copied == {a.path for a in staging.list_artifacts(src.run_id, "export/fraud")}
+    # audited in both registries
+    assert [(m.alias, m.from_version, m.to_version) for m in history("fraud", staging_uri)][-1] == \
+        ("promoted", "1", "prod v1")
+    assert [(m.alias, m.from_version, m.to_version) for m in history("fraud", prod_uri)] == \
+        [("promoted", "staging v1", "1"), ("champion", None, "1")]
+
+    # prod's commands read prod's registry: `--env prod` lists the promoted version ...
+    shown = run_cli("--env", "prod", "registry", "show", "fraud", cwd=tmp_path, env=env)
+    assert shown.returncode == 0 and shown.stdout.count("\nv") + shown.stdout.startswith("v") == 1
+    assert "aliases champion" in shown.stdout
+    # ... and serving in prod resolves @champion there, to a graph that answers as staging's export
+    monkeypatch.setenv("MODELYARD_ENVIRONMENTS", str(envs))
+    monkeypatch.setenv("MODELYARD_ENV", "prod")
+    served = resolve_reference("@champion", "fraud")
+    assert served.label == "1"
+    exported_file = next((exported / "exports" / "fraud").glob("*/model.onnx"))
+    ours, theirs = (ort.InferenceSession(str(p)) for p in (served.path, exported_file))
+    width = theirs.get_inputs()[0].shape[1]
+    feed = {"features": np.random.default_rng(0).normal(size=(8, width)).astype(np.float32)}
+    ours, theirs = ours.run(None, feed)[0], theirs.run(None, feed)[0]
+    np.testing.assert_array_equal(ours, theirs)
+    # a stage configured with staging's store is refused while prod is selected
+    with pytest.raises(EnvironmentConfigError, match="environment 'prod' uses"):
+        resolve_tracking_uri(staging_uri)
+
+
+def test_a_version_without_parity_card_or_lineage_is_not_promoted_and_nothing_is_written(exported, tmp_path):
+    envs, staging_uri, prod_uri = _environments(tmp_path, exported)
+    staging = MlflowClient(staging_uri)
+    good = staging.get_model_version("fraud", "1")
+    # a version registered by hand, outside `modelyard export`: no verdict, checksum, card or digest
+    with tracking_uri_scope(staging_uri):
+        bare = staging.create_model_version("fraud", source=good.source, run_id=good.run_id)
+    environments = load_environments(envs)
+    with pytest.raises(PromotionRefused) as refused:
+        promote_version("fraud", bare.version, environments.get("staging"), environments.get("prod"),
+                        reason="skip the checks")
+    for words in ("parity report is missing", "no checksum", "no model card", "no data digest"):
+        assert words in str(refused.value)
+    with pytest.raises(PromotionRefused, match="staging takes versions from dev only, not from prod"):
+        promote_version("fraud", "1", environments.get("prod"), environments.get("staging"), reason="backwards")
+    assert MlflowClient(prod_uri).search_registered_models() == []

@@ -14,6 +14,7 @@ CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
 def test_config_loads_with_the_command_it_names(path):
     from modelyard.config import parse_config
     from modelyard.data import DataConfig, Schema
+    from modelyard.environments import load_environments
     from modelyard.export.config import ExportConfig
     from modelyard.monitor.config import MonitorConfig
     from modelyard.rollout.config import RolloutConfig, expand_spellings
@@ -32,7 +33,9 @@ def test_config_loads_with_the_command_it_names(path):
              # `rollout start --config ...`, `monitor check --config ...`, `serve ray --config ...`
              "rollout": lambda args: parse_config(RolloutConfig, expand_spellings(args[1:])),
              "monitor": lambda args: parse_config(MonitorConfig, args[1:]),
-             "serve": lambda args: parse_config(RayServeConfig, args[1:])}[command]
+             "serve": lambda args: parse_config(RayServeConfig, args[1:]),
+             # `registry environments`: the environments file every command reads
+             "registry": lambda args: load_environments(path)}[command]
     argv = [str(ROOT / a) if a.endswith(".yaml") else a for a in argv]
     parse(argv)
 

@@ -24,6 +24,7 @@ import numpy as np
 
 from modelyard import safety
 from modelyard._io import atomic_copy, atomic_folder, atomic_write_text, file_sha256
+from modelyard.environments import EnvironmentConfigError, selected_environment
 from modelyard.export.config import ExportConfig
 from modelyard.export.onnx_export import (
     evaluate,
@@ -85,6 +86,12 @@ def run(cfg: ExportConfig, *, write_model_version: ModelRepositoryWriter) -> Exp
         ParityError: the deployed precision failed the gate (the message names output, worst element
             and tolerance); nothing was written to the Triton repository or the registry.
     """
+    env = selected_environment()
+    if cfg.register and env is not None and env.promote_only:
+        raise EnvironmentConfigError(
+            f"environment {env.name!r} takes versions by promotion only (promote_only); register in "
+            f"{' or '.join(env.promote_from) or 'another environment'} and run `modelyard registry promote --from "
+            f"... --to {env.name}`, or export with --register false")
     source = load_source(cfg.run if not cfg.checkpoint else None, cfg.checkpoint, cfg.experiment, cfg.tracking_uri)
     name = safety.check_name(cfg.name or source.experiment or (source.spec.label if source.spec else "model"),
                              "model name")

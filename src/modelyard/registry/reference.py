@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from modelyard.safety import check_name, check_version, contained, resolves_inside
-from modelyard.tracking import client_for, resolve_tracking_uri
+from modelyard.tracking import client_for, resolve_tracking_uri, tracking_uri_scope
 
 __all__ = ["ModelSource", "resolve_reference"]
 
@@ -91,7 +91,10 @@ def _from_registry(reference: str, model: str, tracking_uri: str | None) -> Mode
         logger.warning("%s v%s: Triton copy %s is missing; using the version's artifacts", model, version, candidate)
     import mlflow.artifacts
 
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=mv.source, tracking_uri=client.tracking_uri))
+    # ``models:/m-...`` (a logged model) resolves through MLflow's global tracking URI whatever
+    # ``tracking_uri`` says: pointed at this registry for the call.
+    with tracking_uri_scope(client.tracking_uri):
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=mv.source, tracking_uri=client.tracking_uri))
     files = [local] if local.is_file() else sorted(f for f in local.rglob("*.onnx") if resolves_inside(local, f))
     if not files:
         raise ValueError(f"model reference {reference!r}: {model} v{version} has no Triton copy "

@@ -19,7 +19,8 @@ from modelyard.errors import ModelyardError
 from modelyard.safety import check_name, check_version
 from modelyard.tracking import client_for, resolve_tracking_uri
 
-__all__ = ["ALIASES", "AliasMove", "PromotionRefused", "history", "model_version_info", "set_alias"]
+__all__ = ["ALIASES", "AliasMove", "PromotionRefused", "history", "model_version_info", "move_alias", "record_move",
+           "set_alias"]
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +74,13 @@ def set_alias(name: str, alias: Literal["champion", "challenger"], version: str 
         raise PromotionRefused(f"alias {alias!r:.140} is not managed by modelyard; use one of {', '.join(ALIASES)}")
     if not reason.strip():
         raise PromotionRefused("every alias move needs a reason (--reason '...'): it is the audit trail")
-    client = client_for(resolve_tracking_uri(tracking_uri))
+    return move_alias(client_for(resolve_tracking_uri(tracking_uri)), name, alias, version, reason=reason, who=who)
+
+
+def move_alias(client: Any, name: str, alias: str, version: str | int | None, *, reason: str,
+               who: str | None = None) -> AliasMove:
+    """:func:`set_alias` on the registry of ``client`` (names already checked): a promotion between
+    environments moves the alias of the target store, whichever environment is selected."""
     _registered(client, name)
     if version is not None:
         info = _version(client, name, str(version))
@@ -88,12 +95,19 @@ def set_alias(name: str, alias: Literal["champion", "challenger"], version: str 
         client.delete_registered_model_alias(name, alias)
     else:
         client.set_registered_model_alias(name, alias, str(version))
-    move = AliasMove(seq=_next_seq(client, name), alias=alias, from_version=previous,
-                     to_version=None if version is None else str(version), who=who or _who(),
-                     when=time.strftime("%Y-%m-%dT%H:%M:%S%z"), reason=reason.strip())
+    move = record_move(client, name, alias, previous, None if version is None else str(version), reason=reason,
+                       who=who)
+    logger.info("%s: %s %s -> %s (%s)", name, alias, previous or "-", move.to_version or "-", move.reason)
+    return move
+
+
+def record_move(client: Any, name: str, alias: str, from_version: str | None, to_version: str | None, *,
+                reason: str, who: str | None = None) -> AliasMove:
+    """Append one entry to the audit trail of ``name`` in ``client``'s registry."""
+    move = AliasMove(seq=_next_seq(client, name), alias=alias, from_version=from_version, to_version=to_version,
+                     who=who or _who(), when=time.strftime("%Y-%m-%dT%H:%M:%S%z"), reason=reason.strip())
     client.set_registered_model_tag(name, f"{AUDIT_PREFIX}{move.seq:06d}",
                                     json.dumps({k: v for k, v in vars(move).items() if k != "seq"}))
-    logger.info("%s: %s %s -> %s (%s)", name, alias, previous or "-", move.to_version or "-", move.reason)
     return move
 
 
