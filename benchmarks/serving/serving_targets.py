@@ -94,12 +94,9 @@ def start_group(group: str, names: list[str], model_dir: Path, work: Path) -> An
 # --- in process ---------------------------------------------------------------------------------------
 
 def _ort_session(path: Path) -> Any:
-    import onnxruntime as ort
+    from modelyard.onnx_runtime import session
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = INTRA_OP_THREADS
-    options.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    return session(path, intra_threads=INTRA_OP_THREADS, inter_threads=1)
 
 
 def _ort_factory(session: Any) -> Callable[[np.ndarray], CallFactory]:

@@ -91,6 +91,9 @@ def _export(argv: Sequence[str]) -> int:
                            for o in report.outputs[1:])  # a model with several outputs
         accuracy = (f", accuracy {report.accuracy_torch:.4f} -> {report.accuracy_onnx:.4f}"
                     if report.accuracy_torch is not None else "")
+        accuracy += "".join(f"; {output} {metric} {fig['torch']:.4g} -> {fig['onnx']:.4g}"  # the other task metrics
+                            for output, metrics in report.metrics.items() for metric, fig in metrics.items()
+                            if (output, metric) != (report.main_output, "accuracy"))
         print(f"{precision:<5} {report.status:<8} {report.file}: {figures}{accuracy}"
               + (f" ({report.reason})" if report.reason else ""))
     print(f"exported {result.name}: {result.export_dir}\n"

@@ -24,8 +24,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-__all__ = ["BATCH", "DTYPES", "SIGNATURE_FILE", "Dtype", "Signature", "SignatureError", "TensorSig", "load_signature",
-           "signature_of_onnx"]
+__all__ = ["BATCH", "DTYPES", "GRAPH_DTYPES", "SIGNATURE_FILE", "Dtype", "Signature", "SignatureError", "TensorSig",
+           "graph_tensors", "load_signature", "signature_of_onnx"]
 
 BATCH = "batch"
 SIGNATURE_FILE = "signature.json"  # beside an exported model, in its Triton version folder and its model version
@@ -33,15 +33,16 @@ DEFAULT_MAX_BATCH = 64  # rows per request without a bound: the max_batch_size o
 
 
 class Dtype(NamedTuple):
-    """One datatype under its names in NumPy, ONNX (``TensorProto`` element type) and Triton."""
+    """One datatype under its names in NumPy, ONNX (``TensorProto`` element type) and Triton; ``numpy``
+    is None only for the graph-only types of :data:`GRAPH_DTYPES`."""
 
-    numpy: np.dtype
+    numpy: np.dtype | None
     onnx: int
     triton: str
 
 
 # KServe v2 datatype -> the same type elsewhere. BYTES is a variable-length string: NumPy object
-# arrays, ONNX STRING, Triton TYPE_STRING. BF16 has no NumPy type; it is listed for graphs only.
+# arrays, ONNX STRING, Triton TYPE_STRING. These are the types a request can carry.
 DTYPES: dict[str, Dtype] = {
     "BOOL": Dtype(np.dtype(bool), 9, "TYPE_BOOL"),
     "UINT8": Dtype(np.dtype(np.uint8), 2, "TYPE_UINT8"),
@@ -57,8 +58,11 @@ DTYPES: dict[str, Dtype] = {
     "FP64": Dtype(np.dtype(np.float64), 11, "TYPE_FP64"),
     "BYTES": Dtype(np.dtype(object), 8, "TYPE_STRING"),
 }
+# DTYPES and the types a graph may declare that NumPy cannot hold: BF16, which Triton's onnxruntime
+# backend serves. A TensorSig may carry it (the Triton repository writer reads such graphs); whatever
+# needs a NumPy type (requests, MLflow specs, signature_of_onnx, serving here) refuses it.
+GRAPH_DTYPES: dict[str, Dtype] = {**DTYPES, "BF16": Dtype(None, 16, "TYPE_BF16")}
 _BY_NUMPY = {d.numpy: name for name, d in DTYPES.items()}
-_BY_ONNX = {d.onnx: name for name, d in DTYPES.items()}
 _BY_TRITON = {d.triton: name for name, d in DTYPES.items()}
 
 
@@ -95,9 +99,9 @@ class TensorSig:
     shape: tuple[int | str, ...]
 
     def __post_init__(self) -> None:
-        if self.dtype not in DTYPES:
+        if self.dtype not in GRAPH_DTYPES:
             raise SignatureError(f"tensor {self.name!r}: dtype {self.dtype!r} is not a KServe datatype; "
-                                 f"expected one of {sorted(DTYPES)}")
+                                 f"expected one of {sorted(GRAPH_DTYPES)}")
         for axis, size in enumerate(self.shape):
             if not (isinstance(size, str) and size) and not (isinstance(size, int) and size > 0):
                 raise SignatureError(f"tensor {self.name!r}: axis {axis} is {size!r}; expected a positive "
@@ -110,7 +114,22 @@ class TensorSig:
 
     @property
     def numpy_dtype(self) -> np.dtype:
-        return DTYPES[self.dtype].numpy
+        """The NumPy dtype of this tensor's arrays; :class:`SignatureError` for a graph-only type (BF16)."""
+        numpy = GRAPH_DTYPES[self.dtype].numpy
+        if numpy is None:
+            raise SignatureError(f"tensor {self.name!r}: {self.dtype} has no NumPy type; expected one of "
+                                 f"{sorted(DTYPES)} (re-export the model with another dtype)")
+        return numpy
+
+    @property
+    def triton_type(self) -> str:
+        """Triton's name of the dtype (``TYPE_FP32``)."""
+        return GRAPH_DTYPES[self.dtype].triton
+
+    @property
+    def onnx_type(self) -> int:
+        """ONNX's ``TensorProto`` element type of the dtype (``1`` for FP32)."""
+        return GRAPH_DTYPES[self.dtype].onnx
 
     def kserve_shape(self) -> list[int]:
         """The shape as KServe metadata and MLflow write it: ``-1`` for a dynamic axis."""
@@ -300,7 +319,7 @@ class Signature:
         skip = 1 if batching else 0
 
         def entry(t: TensorSig) -> dict[str, Any]:
-            return {"name": t.name, "data_type": DTYPES[t.dtype].triton, "dims": t.kserve_shape()[skip:]}
+            return {"name": t.name, "data_type": t.triton_type, "dims": t.kserve_shape()[skip:]}
 
         return {"input": [entry(t) for t in self.inputs], "output": [entry(t) for t in self.outputs]}
 
@@ -362,21 +381,32 @@ class Signature:
         return "\n".join([line("input", t) for t in self.inputs] + [line("output", t) for t in self.outputs])
 
 
-def signature_of_onnx(path: str) -> Signature:
-    """The signature an ONNX graph declares (symbolic dimensions keep their names, unnamed dynamic
-    ones become ``dim<i>``); bounds are not in a graph and stay empty."""
+def graph_tensors(model: Any, source: str, dtypes: Mapping[str, Dtype] = DTYPES) -> tuple[list[TensorSig],
+                                                                                     list[TensorSig]]:
+    """``(inputs, outputs)`` an ONNX graph (an ``onnx.ModelProto``) declares; initializers listed as
+    inputs (IR < 4) are left out. Symbolic dimensions keep their names, axis 0 is ``batch`` when
+    dynamic, other unnamed dynamic ones become ``dim<i>``. ``dtypes``: the datatypes allowed
+    (:data:`GRAPH_DTYPES` to read graphs that carry BF16).
+
+    Raises:
+        SignatureError: a value that is not a tensor, has no shape (unknown rank), or whose element
+            type is not one of ``dtypes``; ``source`` names the graph in the message.
+    """
     import onnx
 
-    model = onnx.load(path, load_external_data=False)
-    initializers = {i.name for i in model.graph.initializer}
+    by_onnx = {d.onnx: name for name, d in dtypes.items()}
     unnamed = 0
 
     def sig(value: Any) -> TensorSig:
         nonlocal unnamed
-        elem = value.type.tensor_type.elem_type
-        if elem not in _BY_ONNX:
-            raise SignatureError(f"{path}: {value.name!r} has ONNX element type {elem}, which no KServe "
-                                 f"datatype matches; expected one of {sorted(DTYPES)}")
+        kind, elem = value.type.WhichOneof("value"), value.type.tensor_type.elem_type
+        if kind != "tensor_type" or elem not in by_onnx:
+            found = kind if kind != "tensor_type" else f"ONNX element type {onnx.TensorProto.DataType.Name(elem)}"
+            raise SignatureError(f"{source}: {value.name!r} is {found}, which no datatype served here matches; "
+                                 f"expected tensors of {sorted(dtypes)} (change the export)")
+        if not value.type.tensor_type.HasField("shape"):
+            raise SignatureError(f"{source}: {value.name!r} has no shape (unknown rank); expected dims: re-export "
+                                 "with static ranks or run onnx.shape_inference")
         shape: list[int | str] = []
         for axis, dim in enumerate(value.type.tensor_type.shape.dim):
             if dim.HasField("dim_value") and dim.dim_value > 0:
@@ -388,10 +418,23 @@ def signature_of_onnx(path: str) -> Signature:
             else:
                 unnamed += 1
                 shape.append(f"dim{unnamed}")
-        return TensorSig(value.name, _BY_ONNX[elem], tuple(shape))
+        return TensorSig(value.name, by_onnx[elem], tuple(shape))
 
-    return Signature(tuple(sig(v) for v in model.graph.input if v.name not in initializers),
-                     tuple(sig(v) for v in model.graph.output))
+    initializers = {i.name for i in model.graph.initializer}
+    return [sig(v) for v in model.graph.input if v.name not in initializers], [sig(v) for v in model.graph.output]
+
+
+def signature_of_onnx(path: str) -> Signature:
+    """The signature an ONNX graph declares (:func:`graph_tensors`); bounds are not in a graph and stay
+    empty.
+
+    Raises:
+        SignatureError: a tensor of a type NumPy cannot hold (BF16), or not a tensor.
+    """
+    import onnx
+
+    inputs, outputs = graph_tensors(onnx.load(path, load_external_data=False), path)
+    return Signature(tuple(inputs), tuple(outputs))
 
 
 def load_signature(path: str, folder: str | None = None) -> Signature:

@@ -66,6 +66,9 @@ def test_text_workload_trains_on_two_processes_and_exports_token_ids_with_a_dyna
     assert run.data.tags["modelyard.data_digest"] == TextDataModule(**data_args).dataset_digest()
     parity = json.loads((out["version"] / "parity.json").read_text())["fp32"]
     assert [o["name"] for o in parity["outputs"]] == ["logits", "embedding"] and parity["accuracy_onnx"] is not None
+    # task metrics by default: accuracy and AUROC for the class scores, none for the embedding
+    assert {k: sorted(v) for k, v in parity["metrics"].items()} == {"logits": ["accuracy", "auroc"]}
+    assert parity["metrics"]["logits"]["accuracy"]["onnx"] == parity["accuracy_onnx"]
     model = client.get_model_version("text", "1")
     files = {a.path for a in client.list_artifacts(run.info.run_id, "export/text")}
     assert "export/text/signature.json" in files and "export/text/tokenizer.json" in files
@@ -91,7 +94,7 @@ def test_a_users_own_datamodule_and_module_with_two_inputs_and_two_outputs(tmp_p
         "data": {"class_path": "user_models.SensorsDataModule", "init_args": {"rows": 400}},
         "model": {"class_path": "user_models.SensorsModel"},
         "checkpoint": {"monitor": "val_loss", "mode": "min"},
-    }, devices=1)
+    }, "--task_metrics", '{"risk": "mae"}', devices=1)
     signature = out["signature"]
     assert signature["inputs"] == [{"name": "codes", "dtype": "INT64", "shape": ["batch", 6]},
                                    {"name": "readings", "dtype": "FP32", "shape": ["batch", 3]}]
@@ -100,3 +103,9 @@ def test_a_users_own_datamodule_and_module_with_two_inputs_and_two_outputs(tmp_p
     client = out["client"]
     stored = client.get_model_version("sensors", "1")
     assert stored.tags["modelyard.parity"] == "passed"
+    # the configured metric for the sigmoid score, the defaults for the class scores
+    metrics = json.loads((out["version"] / "parity.json").read_text())["fp32"]["metrics"]
+    assert {k: sorted(v) for k, v in metrics.items()} == {"logits": ["accuracy", "auroc"], "risk": ["mae"]}
+    assert 0.0 < metrics["risk"]["mae"]["torch"] < 1.0 and abs(metrics["risk"]["mae"]["change"]) < 1e-4
+    [card] = (tmp_path / "exports" / "sensors").glob("*/model_card.md")
+    assert "| model.onnx | risk | mae |" in card.read_text()

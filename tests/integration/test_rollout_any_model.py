@@ -77,5 +77,9 @@ def test_a_text_model_is_rolled_out_on_live_token_traffic(tmp_path, text_version
     lines = (tmp_path / "rollouts" / "text.decisions.jsonl").read_text().splitlines()
     decisions = [json.loads(line) for line in lines]
     assert decisions[-1]["action"] == "promote"
+    # the preflight compared the candidate's stored signature (named, bounded axes) with the champion's
+    preflight = decisions[0]["extra"]["preflight"]
+    assert preflight["reference"] == "champion version 1", preflight
+    assert preflight["inputs"][0] == "input_ids INT64 ['batch', 'seq']", preflight
     judged = [d for d in decisions if d["action"] == "advance"]
     assert judged and all(d["window"]["requests"] for d in judged)

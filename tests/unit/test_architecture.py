@@ -26,8 +26,8 @@ PACKAGE = "modelyard"
 # Lowest layer first. A name is the first component after ``modelyard.``: a sub-package or a module.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     # layer       what it holds
-    ("base", ("__init__", "_io", "_wait", "config", "environments", "errors", "inference", "metrics", "safety",
-              "signature", "tracking")),
+    ("base", ("__init__", "_io", "_wait", "config", "environments", "errors", "inference", "metrics", "onnx_runtime",
+              "safety", "signature", "tracking")),
     ("data", ("data",)),
     ("models", ("models", "workloads")),
     ("train", ("train",)),

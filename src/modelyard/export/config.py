@@ -10,6 +10,7 @@ from typing import Literal
 from jsonargparse.typing import ClosedUnitInterval, NonNegativeFloat, PositiveInt
 
 from modelyard.config import ConfigError, declared_problems
+from modelyard.export.task_metrics import TaskMetric
 from modelyard.safety import NAME_RULE, name_problem
 
 __all__ = ["ExportConfig", "SignatureConfig", "ToleranceConfig", "name_problems"]
@@ -63,10 +64,20 @@ class ExportConfig:
         output_dir: export files go to ``OUTPUT_DIR/<name>/<run id>/``.
         variants: extra precisions to produce and check: ``int8`` (CPU), ``fp16`` (GPU).
         deploy: the precision written to the Triton repository and registered.
-        accuracy_budget: largest validation-accuracy drop a variant may cost (0.01 = 1 point).
+        accuracy_budget: what an int8/fp16 variant may cost in each task metric before it is refused:
+            accuracy and AUROC may drop by at most this much (0.01 = 1 point), MAE may rise by at most
+            this fraction of PyTorch's MAE (0.01 = 1%).
         tolerances: per precision (fp32, fp16, int8) overrides of the parity tolerances.
         output_tolerances: per output name (e.g. ``embedding``), the fp32 parity tolerances of that
             output; models with named inputs and several outputs.
+        task_metrics: per output name, the task metric(s) the parity report measures against the
+            validation labels for PyTorch and ONNX Runtime: ``accuracy``, ``auroc``, ``mae`` or ``none``,
+            one or a list (``{logits: [accuracy, auroc], risk: mae}``). An output not named here gets
+            the defaults: ``none`` for an output named like an embedding or without labels that fit it;
+            ``accuracy`` plus ``auroc`` (macro one-vs-rest; binary for one column) for a float ``(N, C)``
+            or ``(N, 1)`` output with integer class labels (AUROC only when every class occurs); ``mae``
+            for an ``(N,)``/``(N, 1)`` float output with float labels (or integer ones beyond 0/1).
+            The accuracy budget applies to each of them.
         signature: overrides of the inferred signature (models with named inputs).
         triton_repo: the Triton model repository.
         target: Triton profile: ``cpu``, ``gpu`` or ``gpu-tensorrt``.
@@ -88,6 +99,7 @@ class ExportConfig:
     accuracy_budget: ClosedUnitInterval = 0.01
     tolerances: dict[str, ToleranceConfig] = field(default_factory=dict)
     output_tolerances: dict[str, ToleranceConfig] = field(default_factory=dict)
+    task_metrics: dict[str, TaskMetric | list[TaskMetric]] = field(default_factory=dict)
     signature: SignatureConfig = field(default_factory=SignatureConfig)
     triton_repo: str = "triton_models"
     target: Literal["cpu", "gpu", "gpu-tensorrt"] = "cpu"

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from modelyard.export.parity import DEFAULT_TOLERANCES, ParityReport, Tolerance, compare_outputs
+from modelyard.export.task_metrics import measure, resolve_metrics
+from modelyard.onnx_runtime import CPU, Providers, resolve_providers, session
 
 if TYPE_CHECKING:
     import onnx
@@ -86,14 +88,10 @@ def _forward_arg(model: torch.nn.Module) -> str:
 
 def _check_and_optimise(path: Path) -> None:
     import onnx
-    import onnxruntime as ort
 
     onnx.checker.check_model(str(path), full_check=True)
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     optimised = path.with_suffix(".opt.onnx")
-    options.optimized_model_filepath = str(optimised)
-    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session(path, optimized_model=optimised)
     optimised.replace(path)
     strip_stack_traces(path)
     onnx.checker.check_model(str(path), full_check=True)
@@ -199,36 +197,43 @@ def torch_outputs(model: torch.nn.Module, features: torch.Tensor, chunk: int = 4
 
 
 def onnx_outputs(path: Path, input_name: str, features: np.ndarray, chunk: int = 4096,
-                 providers: list[str] | None = None) -> list[np.ndarray]:
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(path), providers=providers or ["CPUExecutionProvider"])
-    parts = [session.run(None, {input_name: features[i:i + chunk]}) for i in range(0, len(features), chunk)]
+                 providers: Providers = CPU) -> list[np.ndarray]:
+    """ONNX Runtime outputs (float32) for ``features`` ``(N, F)``, one array per output."""
+    opened = session(path, providers=providers)
+    parts = [opened.run(None, {input_name: features[i:i + chunk]}) for i in range(0, len(features), chunk)]
     return [np.concatenate([p[i] for p in parts]).astype(np.float32) for i in range(len(parts[0]))]
 
 
 def evaluate(precision: str, path: Path, graph: ExportedGraph, reference: list[np.ndarray],
-             features: np.ndarray, labels: np.ndarray, tolerance: Tolerance | None = None) -> ParityReport:
-    """Parity of the file at ``path`` against the PyTorch ``reference`` outputs, plus accuracy."""
-    import onnxruntime as ort
-
+             features: np.ndarray, labels: np.ndarray, tolerance: Tolerance | None = None,
+             task_metrics: Mapping[str, Sequence[str]] | None = None) -> ParityReport:
+    """Parity of the file at ``path`` against the PyTorch ``reference`` outputs, plus the task metrics
+    of each output (``task_metrics``: ``{output: [metric]}``, default
+    :func:`~modelyard.export.task_metrics.default_metrics`)."""
     tol = tolerance or DEFAULT_TOLERANCES[precision]
-    # fp16 is meant for GPUs: measure it where it will run when this machine has one
-    providers = (["CUDAExecutionProvider", "CPUExecutionProvider"]
-                 if precision == "fp16" and "CUDAExecutionProvider" in ort.get_available_providers()
-                 else ["CPUExecutionProvider"])
+    providers = _providers(precision)
     got = onnx_outputs(path, graph.input_names[0], features, providers=providers)
     report = ParityReport(precision=precision, file=path.name, rows=len(features), tolerance=tol,
                           provider=providers[0])
     for name, ref, out in zip(graph.output_names, reference, got):
         report.outputs.append(compare_outputs(name, ref, out, tol))
-    first_ref, first_out = reference[0], got[0]
-    if first_ref.ndim == 2 and first_ref.shape[1] > 1 and len(labels):
-        report.accuracy_torch = float((first_ref.argmax(1) == labels).mean())
-        report.accuracy_onnx = float((first_out.argmax(1) == labels).mean())
+    _task_metrics(report, dict(zip(graph.output_names, reference)), dict(zip(graph.output_names, got)), labels,
+                  task_metrics)
     if not all(o.passed for o in report.outputs):
         report.status = "failed"
     return report
+
+
+def _providers(precision: str) -> list[str]:
+    # fp16 is meant for GPUs: measure it where it will run when this machine has one
+    return resolve_providers("auto" if precision == "fp16" else CPU)
+
+
+def _task_metrics(report: ParityReport, reference: Mapping[str, np.ndarray], got: Mapping[str, np.ndarray],
+                  labels: np.ndarray, task_metrics: Mapping[str, Sequence[str]] | None) -> None:
+    labels = np.asarray(labels).reshape(-1)
+    metrics = task_metrics if task_metrics is not None else resolve_metrics(reference, labels)
+    report.set_metrics(measure(metrics, reference, got, labels))
 
 
 # --- models with named inputs and outputs (any datamodule) ---------------------------------------
@@ -334,13 +339,11 @@ def torch_named_outputs(model: torch.nn.Module, batches: Sequence[Mapping[str, t
 
 
 def onnx_named_outputs(path: Path, batches: Sequence[Mapping[str, np.ndarray]],
-                       providers: list[str] | None = None) -> list[dict[str, np.ndarray]]:
+                       providers: Providers = CPU) -> list[dict[str, np.ndarray]]:
     """ONNX Runtime outputs (float32, by name) of every input batch."""
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(path), providers=providers or ["CPUExecutionProvider"])
-    names = [o.name for o in session.get_outputs()]
-    return [{n: v.astype(np.float32) for n, v in zip(names, session.run(None, dict(batch)))} for batch in batches]
+    opened = session(path, providers=providers)
+    names = [o.name for o in opened.get_outputs()]
+    return [{n: v.astype(np.float32) for n, v in zip(names, opened.run(None, dict(batch)))} for batch in batches]
 
 
 def stack_batches(parts: Sequence[np.ndarray]) -> np.ndarray:
@@ -353,27 +356,23 @@ def stack_batches(parts: Sequence[np.ndarray]) -> np.ndarray:
 
 def evaluate_named(precision: str, path: Path, graph: ExportedGraph, reference: Sequence[Mapping[str, np.ndarray]],
                    batches: Sequence[Mapping[str, np.ndarray]], labels: np.ndarray,
-                   tolerances: Mapping[str, Tolerance]) -> ParityReport:
+                   tolerances: Mapping[str, Tolerance],
+                   task_metrics: Mapping[str, Sequence[str]] | None = None) -> ParityReport:
     """Parity of every output over every validation batch, each output against its own tolerance
-    (``tolerances[output]``, else the precision's default), plus accuracy of ``logits``."""
-    import onnxruntime as ort
-
+    (``tolerances[output]``, else the precision's default), plus the task metrics of each output
+    (``task_metrics``: ``{output: [metric]}``, default :func:`~modelyard.export.task_metrics.default_metrics`)."""
     default = DEFAULT_TOLERANCES[precision]
-    providers = (["CUDAExecutionProvider", "CPUExecutionProvider"]
-                 if precision == "fp16" and "CUDAExecutionProvider" in ort.get_available_providers()
-                 else ["CPUExecutionProvider"])
+    providers = _providers(precision)
     got = onnx_named_outputs(path, batches, providers)
     rows = sum(len(next(iter(b.values()))) for b in batches)
     report = ParityReport(precision=precision, file=path.name, rows=rows, tolerance=default, provider=providers[0])
+    stacked_ref, stacked_got = {}, {}
     for name in graph.output_names:
-        ref = stack_batches([r[name] for r in reference])
-        out = stack_batches([g[name] for g in got])
-        report.outputs.append(compare_outputs(name, ref, out, tolerances.get(name, default)))
-    if "logits" in graph.output_names and len(labels):
-        ref, out = np.concatenate([r["logits"] for r in reference]), np.concatenate([g["logits"] for g in got])
-        if ref.ndim == 2 and ref.shape[1] > 1:
-            report.accuracy_torch = float((ref.argmax(1) == labels).mean())
-            report.accuracy_onnx = float((out.argmax(1) == labels).mean())
+        stacked_ref[name] = stack_batches([r[name] for r in reference])
+        stacked_got[name] = stack_batches([g[name] for g in got])
+        report.outputs.append(compare_outputs(name, stacked_ref[name], stacked_got[name],
+                                              tolerances.get(name, default)))
+    _task_metrics(report, stacked_ref, stacked_got, labels, task_metrics)
     if not all(o.passed for o in report.outputs):
         report.status = "failed"
     return report

@@ -2,8 +2,9 @@
 
 An exported model is only as good as its agreement with the checkpoint it came from, measured on
 the run's real validation data: per output the largest absolute and relative error, the element
-where the tolerance is exceeded the most, and top-1 agreement; plus accuracy against the labels, so
-that a quantised variant's cost is a figure, not a guess.
+where the tolerance is exceeded the most, and top-1 agreement; plus each output's task metrics
+against the labels (accuracy, AUROC, MAE: :mod:`~modelyard.export.task_metrics`), so that a quantised
+variant's cost is a figure, not a guess.
 """
 
 from __future__ import annotations
@@ -56,7 +57,12 @@ class OutputParity:
 
 @dataclass
 class ParityReport:
-    """Parity of one exported file against PyTorch; ``to_dict`` is what ``parity.json`` holds."""
+    """Parity of one exported file against PyTorch; ``to_dict`` is what ``parity.json`` holds.
+
+    ``metrics`` holds the task metrics of each output, ``{output: {metric: {"torch": x, "onnx": y,
+    "change": y - x}}}``; ``accuracy_torch``/``accuracy_onnx`` repeat the accuracy of the main output
+    (``logits``, else the first output that has one) for the readers of earlier reports.
+    """
 
     precision: str
     file: str
@@ -66,12 +72,27 @@ class ParityReport:
     outputs: list[OutputParity] = field(default_factory=list)
     accuracy_torch: float | None = None
     accuracy_onnx: float | None = None
+    metrics: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
     status: Literal["passed", "failed", "refused"] = "passed"
     reason: str = ""
 
     @property
     def passed(self) -> bool:
         return self.status == "passed"
+
+    @property
+    def main_output(self) -> str | None:
+        """The output whose accuracy ``accuracy_torch``/``accuracy_onnx`` repeat: ``logits`` when it has
+        an accuracy, else the first output that has one; None when none has."""
+        with_accuracy = [name for name, metrics in self.metrics.items() if "accuracy" in metrics]
+        return "logits" if "logits" in with_accuracy else next(iter(with_accuracy), None)
+
+    def set_metrics(self, figures: dict[str, dict[str, dict[str, float]]]) -> None:
+        """Record the task metrics, and the main output's accuracy in ``accuracy_torch``/``accuracy_onnx``."""
+        self.metrics = figures
+        if (main := self.main_output) is not None:
+            accuracy = figures[main]["accuracy"]
+            self.accuracy_torch, self.accuracy_onnx = accuracy["torch"], accuracy["onnx"]
 
     @property
     def accuracy_change(self) -> float | None:

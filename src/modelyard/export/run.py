@@ -32,11 +32,13 @@ from modelyard.export.onnx_export import (
     export_named,
     export_onnx,
     make_variant,
+    stack_batches,
     torch_named_outputs,
     torch_outputs,
 )
 from modelyard.export.parity import DEFAULT_TOLERANCES, ParityError, ParityReport, Tolerance
 from modelyard.export.source import load_source
+from modelyard.export.task_metrics import budget_problems, resolve_metrics
 from modelyard.registry import model_card, register_onnx, set_alias, version_tags
 from modelyard.signature import SIGNATURE_FILE, Signature
 from modelyard.train.run import MODEL_FILES
@@ -144,9 +146,10 @@ def _export_and_gate(cfg: ExportConfig, source: Any, staging: Path) -> tuple[dic
                         opset=cfg.opset)
     reference = torch_outputs(source.model, features)
     x, y = features.numpy(), labels.numpy()
+    metrics = resolve_metrics(dict(zip(graph.output_names, reference)), y.reshape(-1), cfg.task_metrics)
     reports, refused = _gate_precisions(
         cfg, graph.path, lambda precision, path: evaluate(precision, path, graph, reference, x, y,
-                                                         _tolerance(cfg, precision)))
+                                                         _tolerance(cfg, precision), metrics))
     return reports, graph, x, reference, refused
 
 
@@ -178,11 +181,13 @@ def _export_and_gate_named(cfg: ExportConfig, source: Any, staging: Path) -> tup
     unknown = sorted(set(tolerances) - set(names))
     if unknown:
         raise ValueError(f"output_tolerances name outputs {unknown} the model does not have; its outputs: {names}")
+    metrics = resolve_metrics({n: stack_batches([r[n] for r in reference]) for n in names}, labels, cfg.task_metrics)
+    logger.info("task metrics: %s", ", ".join(f"{n} {'+'.join(m) or 'none'}" for n, m in metrics.items()))
 
     def gate(precision: str, path: Path) -> ParityReport:
         per_output = {n: tolerances.get(n, _tolerance(cfg, precision)) for n in names} if precision == "fp32" \
             else {n: _tolerance(cfg, precision) for n in names}
-        return evaluate_named(precision, path, graph, reference, arrays, labels, per_output)
+        return evaluate_named(precision, path, graph, reference, arrays, labels, per_output, metrics)
 
     reports, refused = _gate_precisions(cfg, graph.path, gate)
     return reports, graph, arrays[0], reference[:1], refused, signature
@@ -211,12 +216,20 @@ def _gate_precisions(cfg: ExportConfig, fp32_path: Path,
 
 
 def apply_accuracy_budget(report: ParityReport, budget: float) -> ParityReport:
-    """Refuse a variant whose validation accuracy drops by more than ``budget`` (e.g. 0.01)."""
+    """Refuse a variant that costs more than ``budget`` in any task metric of any output
+    (:func:`~modelyard.export.task_metrics.budget_problems`): accuracy or AUROC lower by more than
+    ``budget`` (0.01 = 1 point), MAE higher by more than ``budget`` times PyTorch's MAE (0.01 = 1%).
+    A report without task metrics is judged on ``accuracy_torch``/``accuracy_onnx``."""
+    if not report.passed:
+        return report
+    problems = budget_problems(report.metrics, budget)
     change = report.accuracy_change
-    if report.passed and change is not None and -change > budget:
+    if not report.metrics and change is not None and -change > budget:
+        problems.append(f"accuracy drops by {-change:.4f} ({report.accuracy_torch:.4f} -> "
+                        f"{report.accuracy_onnx:.4f}), more than the budget {budget:.4f}")
+    if problems:
         report.status = "refused"
-        report.reason = (f"accuracy drops by {-change:.4f} ({report.accuracy_torch:.4f} -> "
-                         f"{report.accuracy_onnx:.4f}), more than the budget {budget:.4f}")
+        report.reason = "; ".join(problems)
     return report
 
 

@@ -38,6 +38,13 @@ def model_card(*, name: str, version: str | None, intended_use: str, limitations
                if rep.get("accuracy_torch") is not None else "n/a")
         lines.append(f"| {rep['file']} | {rep['precision']} | {rep['status']} | {_fmt(out.get('max_abs_error'))} | "
                      f"{_fmt(out.get('top1_agreement'))} | {acc} |")
+    measured = [(rep["file"], output, metric, fig) for rep in parity
+                for output, metrics in (rep.get("metrics") or {}).items() for metric, fig in metrics.items()]
+    if measured:
+        lines += ["", "Task metrics against the validation labels:", "",
+                  "| file | output | metric | torch | onnx | change |", "|---|---|---|---|---|---|"]
+        lines += [f"| {file} | {output} | {metric} | {_fmt(fig.get('torch'))} | {_fmt(fig.get('onnx'))} | "
+                  f"{_fmt(fig.get('change'))} |" for file, output, metric, fig in measured]
     lines += ["", "## Known limitations", ""] + [f"- {item}" for item in limitations]
     lines += ["", "## Lineage", "",
               f"- training run: `{run_id or 'n/a'}` (experiment `{experiment or 'n/a'}`)",

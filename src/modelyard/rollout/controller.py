@@ -94,7 +94,8 @@ class MlflowRegistry:
         sha256 recorded at export in the version's ``modelyard.sha256`` tag, if any."""
         source = resolve_reference(str(version), model, self.tracking_uri)
         tags = client_for(resolve_tracking_uri(self.tracking_uri)).get_model_version(model, str(version)).tags or {}
-        return ModelFile(version=str(version), path=source.path, sha256=tags.get(SHA256_TAG) or None)
+        return ModelFile(version=str(version), path=source.path, sha256=tags.get(SHA256_TAG) or None,
+                         files=source.files)
 
 
 def _login() -> str:
@@ -186,14 +187,16 @@ class RolloutController:
         if champion is not None and champion != version:
             # The ingress validates requests against the stable version's inputs: the candidate must take them.
             try:
-                reference = signature_of(locate(self.model, champion).path)
+                stable = locate(self.model, champion)
+                reference = signature_of(stable.path, stable.files)
                 evidence["reference"] = f"champion version {champion}"
             except Exception as err:  # noqa: BLE001 - the champion's file is not the candidate's fault
                 logger.warning("%s: champion v%s's signature unreadable (%s); checking v%s against its own",
                                self.model, champion, err, version)
                 evidence["reference"] = f"candidate's own signature (champion v{champion} unreadable: {err})"
         try:
-            evidence.update(check_model_file(candidate.path, candidate.sha256, reference))
+            evidence.update(check_model_file(candidate.path, candidate.sha256, reference,
+                                             candidate.files))
         except PreflightError as err:
             return self._refuse(state, str(err), {"path": candidate.path, "sha256_recorded": candidate.sha256})
         if candidate.sha256 is None:

@@ -283,3 +283,30 @@ def test_temp_folders_of_exports_killed_over_an_hour_ago_are_removed(tmp_path, o
     assert sorted(p.name for p in model_dir.iterdir() if not p.name.startswith(".")) == ["1", "2", "config.pbtxt"]
     assert triton_repo.remove_stale_temp_dirs(model_dir) == []  # nothing old is left to remove
     assert triton_repo.remove_stale_temp_dirs(model_dir, max_age_s=0) == [recent]
+
+
+def test_a_bf16_graph_is_written_for_triton_though_no_request_here_can_carry_it(tmp_path):
+    """BF16 is a graph-only datatype: Triton's onnxruntime backend serves it, NumPy has no type for it."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from modelyard.signature import SignatureError, signature_of_onnx
+
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "bf16",
+                              [helper.make_tensor_value_info("x", TensorProto.BFLOAT16, ["batch", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.BFLOAT16, ["batch", 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 10
+    path = tmp_path / "bf16.onnx"
+    onnx.save(model, str(path))
+    write_model_version(tmp_path / "repo", "half", path)
+    config = _written(tmp_path / "repo", "half")
+    assert [(t.name, t.data_type, list(t.dims)) for t in (*config.input, *config.output)] == [
+        ("x", 14, [4]), ("y", 14, [4])]  # TYPE_BF16
+    assert config.model_warmup[0].inputs["x"].zero_data
+    assert validate_repository(tmp_path / "repo") == []
+    with pytest.raises(SignatureError, match=r"'x' is ONNX element type BFLOAT16, which no datatype served here "
+                                             r"matches"):
+        signature_of_onnx(str(path))  # serving with Ray Serve (NumPy requests) refuses it by name
+    with pytest.raises(ValueError, match="warmup sample 'x' has dtype float32; input is TYPE_BF16, pass a numeric"):
+        write_model_version(tmp_path / "repo", "half", path, warmup_sample=np.zeros((1, 4), np.float32))

@@ -22,6 +22,7 @@ import numpy as np
 from ray import serve
 from ray.serve.metrics import Histogram
 
+from modelyard.onnx_runtime import session
 from modelyard.signature import Signature, load_signature
 
 __all__ = ["ModelVersion", "pad_batch", "read_signature", "split_outputs"]
@@ -30,13 +31,8 @@ logger = logging.getLogger(__name__)
 
 
 def _session(path: str) -> Any:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
     # Replicas share few cores; one intra-op thread each avoids oversubscription under batching.
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
-    return ort.InferenceSession(path, sess_options=options, providers=["CPUExecutionProvider"])
+    return session(path, intra_threads=1, inter_threads=1)
 
 
 def read_signature(path: str, folder: str | None = None) -> Signature:

@@ -1,7 +1,8 @@
 """Triton Inference Server: the model repository and ``modelyard serve triton``.
 
 * :mod:`~modelyard.serve.triton.config`: ``config.pbtxt`` read and written with Triton's own schema.
-* :mod:`~modelyard.serve.triton.onnx_io`: the inputs and outputs of an ONNX graph in Triton's terms.
+* :mod:`~modelyard.serve.triton.onnx_io`: the inputs and outputs of an ONNX graph as tensor signatures,
+  and the byte layout of Triton's warmup files.
 * :mod:`~modelyard.serve.triton.repository`: writing ``triton_models/<name>/<version>/`` (export calls it).
 * :mod:`~modelyard.serve.triton.profiles`: TensorRT optimisation profiles from a model's signature,
   written for the ``gpu-tensorrt`` target and checked offline.

@@ -17,39 +17,23 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from modelyard.onnx_runtime import ort_type, session
 from modelyard.serve.triton.config import TritonConfigError, read_config
+from modelyard.signature import BATCH, SignatureError, TensorSig, from_triton_type
 
 if TYPE_CHECKING:
     from tritonclient.grpc import model_config_pb2
 
-__all__ = ["ServedModel", "TensorSpec", "TritonRepoError", "make_infer_funcs", "resolve_model"]
+__all__ = ["ServedModel", "TritonRepoError", "make_infer_funcs", "resolve_model", "served_dtype"]
 
 logger = logging.getLogger(__name__)
 
-# Triton's TYPE_* -> numpy type names. BF16 has no numpy type, so such models cannot be served here.
-_NUMPY_TYPES: dict[str, str] = {
-    "TYPE_BOOL": "bool_", "TYPE_UINT8": "uint8", "TYPE_UINT16": "uint16", "TYPE_UINT32": "uint32",
-    "TYPE_UINT64": "uint64", "TYPE_INT8": "int8", "TYPE_INT16": "int16", "TYPE_INT32": "int32",
-    "TYPE_INT64": "int64", "TYPE_FP16": "float16", "TYPE_FP32": "float32", "TYPE_FP64": "float64",
-    "TYPE_STRING": "bytes_",
-}
 _ONNX_BACKENDS = ("onnxruntime", "onnxruntime_onnx")
 
 
 class TritonRepoError(ValueError):
     """The repository, model, version or ``config.pbtxt`` cannot be served; the message says what
     exists and how to fix it."""
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """An input or output as declared in ``config.pbtxt`` (dims without the batch dimension when
-    the model batches)."""
-
-    name: str
-    triton_type: str
-    dtype: type[np.generic]
-    dims: tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -60,13 +44,23 @@ class ServedModel:
     version: int
     onnx_path: Path
     config: model_config_pb2.ModelConfig
-    inputs: tuple[TensorSpec, ...]
-    outputs: tuple[TensorSpec, ...]
+    inputs: tuple[TensorSig, ...]  # as config.pbtxt declares them, the batch axis first when the model batches
+    outputs: tuple[TensorSig, ...]
     instances: int
 
     @property
     def max_batch_size(self) -> int:
         return self.config.max_batch_size
+
+    def served_dims(self, tensor: TensorSig) -> tuple[int, ...]:
+        """``tensor``'s dims as ``config.pbtxt`` writes them: -1 for dynamic axes, without the batch
+        axis when the model batches."""
+        return tuple(tensor.kserve_shape()[1 if self.max_batch_size > 0 else 0:])
+
+
+def served_dtype(tensor: TensorSig) -> type[np.generic]:
+    """The NumPy type pytriton declares ``tensor`` with: ``bytes_`` for BYTES (Triton's TYPE_STRING)."""
+    return np.bytes_ if tensor.dtype == "BYTES" else tensor.numpy_dtype.type
 
 
 def _listing(items: list[str]) -> str:
@@ -102,16 +96,21 @@ def _pick_version(model_dir: Path, version: int | None) -> int:
     return version
 
 
-def _tensor_specs(tensors: Any, kind: str, source: Path) -> tuple[TensorSpec, ...]:
+def _tensor_sigs(tensors: Any, kind: str, source: Path, batching: bool) -> tuple[TensorSig, ...]:
+    """The ``input``/``output`` entries of ``config.pbtxt`` as tensor signatures: the batch axis added
+    when the model batches, a -1 dim named after its position (``dim2``)."""
     from tritonclient.grpc import model_config_pb2
 
     specs = []
     for t in tensors:
         triton_type = model_config_pb2.DataType.Name(t.data_type)
-        if triton_type not in _NUMPY_TYPES:
-            raise TritonRepoError(f"{source}: {kind} {t.name!r} has data_type {triton_type}; supported here: "
-                                  f"{', '.join(_NUMPY_TYPES)}")
-        specs.append(TensorSpec(t.name, triton_type, getattr(np, _NUMPY_TYPES[triton_type]), tuple(t.dims)))
+        try:  # BF16 has no NumPy type: such models cannot be served here
+            dtype = from_triton_type(triton_type)
+        except SignatureError as err:
+            raise TritonRepoError(f"{source}: {kind} {t.name!r} has data_type {triton_type}; {err}") from None
+        first = 1 if batching else 0  # config.pbtxt leaves the batch axis out of dims
+        dims = [d if d > 0 else f"dim{axis}" for axis, d in enumerate(t.dims, start=first)]
+        specs.append(TensorSig(t.name, dtype, (BATCH, *dims) if batching else tuple(dims)))
     if not specs:
         raise TritonRepoError(f"{source}: no {kind} declared; Triton's onnxruntime backend needs them listed "
                               "for strict model config")
@@ -160,26 +159,16 @@ def resolve_model(repo: str | Path, model: str | None = None, version: int | Non
     if instances < 1:
         raise TritonRepoError(f"instances must be >= 1, got {instances}")
     return ServedModel(name=model_dir.name, version=number, onnx_path=onnx_path, config=config,
-                       inputs=_tensor_specs(config.input, "input", source),
-                       outputs=_tensor_specs(config.output, "output", source), instances=instances)
+                       inputs=_tensor_sigs(config.input, "input", source, config.max_batch_size > 0),
+                       outputs=_tensor_sigs(config.output, "output", source, config.max_batch_size > 0),
+                       instances=instances)
 
 
 def _session(model: ServedModel, threads: int):  # -> onnxruntime.InferenceSession
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
     # Instances run concurrently; each gets its share of the cores instead of a full spinning pool.
-    options.intra_op_num_threads = threads
-    wanted = ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    providers = [p for p in wanted if p in ort.get_available_providers()]
-    session = ort.InferenceSession(str(model.onnx_path), options, providers=providers)
-    _check_graph_io(model, session)
-    return session
-
-
-def _ort_type(dtype: type[np.generic]) -> str:
-    name = np.dtype(dtype).name
-    return "tensor(" + {"float32": "float", "float64": "double", "bytes": "string"}.get(name, name) + ")"
+    opened = session(model.onnx_path, intra_threads=threads, providers="auto")
+    _check_graph_io(model, opened)
+    return opened
 
 
 def _check_graph_io(model: ServedModel, session: Any) -> None:
@@ -193,7 +182,7 @@ def _check_graph_io(model: ServedModel, session: Any) -> None:
                               f"{sorted(o.name for o in model.outputs)} but the ONNX graph has inputs "
                               f"{sorted(graph_in)} and outputs {sorted(graph_out)}; fix config.pbtxt or re-export")
     for spec, graph in [(t, graph_in) for t in model.inputs] + [(t, graph_out) for t in model.outputs]:
-        if graph[spec.name] != _ort_type(spec.dtype):
+        if graph[spec.name] != ort_type(spec.onnx_type):
             raise TritonRepoError(f"{model.onnx_path}: {spec.name!r} is {spec.triton_type} in config.pbtxt but "
                                   f"{graph[spec.name]} in the ONNX graph; make config.pbtxt's data_type match")
 

@@ -24,8 +24,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from modelyard.serve.triton.onnx_io import TensorSpec
-from modelyard.signature import BATCH
+from modelyard.signature import BATCH, TensorSig
 
 if TYPE_CHECKING:
     from tritonclient.grpc import model_config_pb2
@@ -60,14 +59,14 @@ def parse_shapes(text: str) -> Shapes:
     return out
 
 
-def tensorrt_profiles(inputs: Sequence[TensorSpec], signature: Signature | None, max_batch_size: int, *,
+def tensorrt_profiles(inputs: Sequence[TensorSig], signature: Signature | None, max_batch_size: int, *,
                       preferred_batch_sizes: Sequence[int] = (),
                       sample_dims: Mapping[str, Sequence[int]] | None = None) -> dict[str, Shapes] | None:
     """``{parameter key: {input: full shape}}`` for :data:`PROFILE_KEYS`; None when some dynamic
     axis other than the batch has no bound (no signature, or none given for that axis).
 
     Args:
-        inputs: the graph's inputs (``dims`` with -1 for dynamic axes, batch axis first).
+        inputs: the graph's inputs (batch axis first).
         signature: names the dynamic axes and bounds them.
         max_batch_size: the batch axis maximum (Triton's ``max_batch_size``).
         preferred_batch_sizes: the dynamic batcher's; the largest one within the maximum is the optimum.
@@ -90,12 +89,13 @@ def tensorrt_profiles(inputs: Sequence[TensorSpec], signature: Signature | None,
             raise ValueError(f"input {spec.name!r}: a TensorRT profile names inputs as 'name:dims,...'; "
                              "rename the input without ',' or ':' to build profiles")
         sig = sigs.get(spec.name)
-        if sig is not None and len(sig.shape) != len(spec.dims):
+        dims = spec.kserve_shape()
+        if sig is not None and len(sig.shape) != len(dims):
             raise ValueError(f"input {spec.name!r}: signature shape {list(sig.shape)} has rank {len(sig.shape)}, "
-                             f"the graph's {list(spec.dims)} rank {len(spec.dims)}")
+                             f"the graph's {dims} rank {len(dims)}")
         sample = list((sample_dims or {}).get(spec.name, []))
         axes: list[tuple[int, int, int]] = []  # (min, opt, max) per axis
-        for axis, size in enumerate(spec.dims):
+        for axis, size in enumerate(dims):
             if size >= 0:
                 axes.append((size, size, size))
                 continue
@@ -108,8 +108,8 @@ def tensorrt_profiles(inputs: Sequence[TensorSpec], signature: Signature | None,
                 return None
             seen = sample[axis - 1] if axis - 1 < len(sample) and sample[axis - 1] > 0 else math.ceil(bound / 2)
             axes.append((1, min(seen, bound), bound))
-        for key, dims in zip(PROFILE_KEYS, zip(*axes, strict=True), strict=True):
-            shapes[key][spec.name] = list(dims)
+        for key, shape in zip(PROFILE_KEYS, zip(*axes, strict=True), strict=True):
+            shapes[key][spec.name] = list(shape)
     return shapes
 
 
@@ -122,7 +122,7 @@ def tensorrt_accelerator(config: model_config_pb2.ModelConfig):  # -> its Accele
 Report = Callable[[str, object, object], None]
 
 
-def check_profiles(config: model_config_pb2.ModelConfig, inputs: Sequence[TensorSpec], signature: Signature | None,
+def check_profiles(config: model_config_pb2.ModelConfig, inputs: Sequence[TensorSig], signature: Signature | None,
                    where: str, report: Report) -> None:
     """Report every rule the TensorRT profiles of ``config`` break against the graph inputs of ``where``
     (and the signature's bounds when given); nothing when there is no ``tensorrt`` accelerator or profile.
@@ -161,7 +161,7 @@ def check_profiles(config: model_config_pb2.ModelConfig, inputs: Sequence[Tensor
             report(f"{field} {key} {name}", f"a shape for every input of {where}", "missing")
     for name in sorted(graph.keys() & parsed[PROFILE_KEYS[0]].keys() & parsed[PROFILE_KEYS[1]].keys()
                        & parsed[PROFILE_KEYS[2]].keys()):
-        dims = list(graph[name].dims)
+        dims = graph[name].kserve_shape()
         shapes = {key: parsed[key][name] for key in PROFILE_KEYS}
         if bad := {k: v for k, v in shapes.items() if len(v) != len(dims)}:
             for key, value in bad.items():

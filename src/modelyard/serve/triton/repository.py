@@ -29,9 +29,9 @@ import numpy as np
 from modelyard import safety
 from modelyard._io import atomic_copy, atomic_folder, atomic_write_bytes, atomic_write_text
 from modelyard.serve.triton.config import write_config
-from modelyard.serve.triton.onnx_io import NUMPY_DTYPES, TensorSpec, external_tensors, graph_io, read_model
+from modelyard.serve.triton.onnx_io import external_tensors, graph_io, raw_dtype, read_model
 from modelyard.serve.triton.profiles import format_shapes, tensorrt_profiles
-from modelyard.signature import SIGNATURE_FILE, Signature
+from modelyard.signature import SIGNATURE_FILE, Signature, TensorSig
 
 if TYPE_CHECKING:
     from tritonclient.grpc import model_config_pb2
@@ -125,8 +125,8 @@ def build_config(name: str, onnx_path: str | Path, target: TritonTarget | str, *
     tgt = TARGETS[target] if isinstance(target, str) else target
     inputs, outputs = graph_io(read_model(onnx_path), str(onnx_path))
     for spec in (*inputs, *outputs):
-        if not spec.dims or spec.dims[0] >= 0:
-            raise ValueError(f"{onnx_path}: {spec.name!r} has shape {list(spec.dims)} but Triton batching "
+        if not spec.shape or isinstance(spec.shape[0], int):
+            raise ValueError(f"{onnx_path}: {spec.name!r} has shape {spec.kserve_shape()} but Triton batching "
                              "(max_batch_size > 0) needs a dynamic first (batch) dim; export the model with a "
                              "dynamic batch dimension, e.g. dynamic_shapes={'x': {0: torch.export.Dim('batch')}}")
 
@@ -139,7 +139,7 @@ def build_config(name: str, onnx_path: str | Path, target: TritonTarget | str, *
                             default_model_filename=MODEL_FILENAME)
     for specs, fields in ((inputs, config.input), (outputs, config.output)):
         for spec in specs:
-            fields.add(name=spec.name, data_type=pb.DataType.Value(spec.data_type), dims=spec.dims[1:])
+            fields.add(name=spec.name, data_type=pb.DataType.Value(spec.triton_type), dims=spec.kserve_shape()[1:])
 
     preferred = [s for s in tgt.preferred_batch_sizes if s <= max_batch]
     if len(preferred) < len(tgt.preferred_batch_sizes):
@@ -156,7 +156,7 @@ def build_config(name: str, onnx_path: str | Path, target: TritonTarget | str, *
         raise ValueError(f"{name}: warmup_file={warmup_file!r} is one file but the model has {len(inputs)} "
                          "inputs; pass {input name: file}")
     files = {inputs[0].name: warmup_file} if isinstance(warmup_file, str) else dict(warmup_file or {})
-    dims = {spec.name: list((warmup_dims or {}).get(spec.name, spec.dims[1:])) for spec in inputs}
+    dims = {spec.name: list((warmup_dims or {}).get(spec.name, spec.kserve_shape()[1:])) for spec in inputs}
     if dynamic := [n for n, d in dims.items() if any(x < 0 for x in d)]:
         logger.warning("%s: inputs %s have dynamic non-batch dims; no model_warmup written "
                        "(pass a warmup sample to warm the model up)", name, dynamic)
@@ -165,7 +165,7 @@ def build_config(name: str, onnx_path: str | Path, target: TritonTarget | str, *
         for spec in inputs:  # Triton reads an input_data_file from <model>/warmup/
             source = {"input_data_file": files[spec.name]} if spec.name in files else {"zero_data": True}
             warmup.inputs[spec.name].CopyFrom(pb.ModelWarmup.Input(
-                data_type=pb.DataType.Value(spec.data_type), dims=dims[spec.name], **source))
+                data_type=pb.DataType.Value(spec.triton_type), dims=dims[spec.name], **source))
 
     if tgt.kind == "gpu-tensorrt":
         # Keys documented in triton-inference-server/onnxruntime_backend README.md, section
@@ -221,7 +221,7 @@ def _relative(name: str, what: str) -> Path:
                                      "e.g. 'manifest.json'") from None
 
 
-def _warmup_payloads(inputs: list[TensorSpec], sample: Any, name: str) -> dict[str, tuple[str, bytes, list[int]]]:
+def _warmup_payloads(inputs: list[TensorSig], sample: Any, name: str) -> dict[str, tuple[str, bytes, list[int]]]:
     """``{input: (file name, raw little-endian bytes, dims without batch)}`` for a batch-1 sample."""
     one = inputs[0].name if len(inputs) == 1 else "<one array>"
     samples = dict(sample) if isinstance(sample, Mapping) else {one: sample}
@@ -231,15 +231,16 @@ def _warmup_payloads(inputs: list[TensorSpec], sample: Any, name: str) -> dict[s
     out = {}
     for index, spec in enumerate(inputs):
         arr = np.asarray(samples[spec.name])
-        arr = arr[None] if arr.ndim == len(spec.dims) - 1 else arr  # add the batch dim
-        dtype = NUMPY_DTYPES.get(spec.data_type)
+        dims = spec.kserve_shape()
+        arr = arr[None] if arr.ndim == len(dims) - 1 else arr  # add the batch dim
+        dtype = raw_dtype(spec)
         if dtype is None or not np.can_cast(arr.dtype, dtype, "same_kind"):
             raise ValueError(f"{name}: warmup sample {spec.name!r} has dtype {arr.dtype}; input is "
-                             f"{spec.data_type}, pass a {dtype or 'numeric'} array or no warmup_sample")
-        if arr.ndim != len(spec.dims) or arr.shape[0] != 1 or any(
-                d >= 0 and d != a for d, a in zip(spec.dims[1:], arr.shape[1:])):
+                             f"{spec.triton_type}, pass a {dtype or 'numeric'} array or no warmup_sample")
+        if arr.ndim != len(dims) or arr.shape[0] != 1 or any(
+                d >= 0 and d != a for d, a in zip(dims[1:], arr.shape[1:])):
             raise ValueError(f"{name}: warmup sample {spec.name!r} has shape {arr.shape}; expected one "
-                             f"row of graph shape {list(spec.dims)} (-1 = any), e.g. sample[:1]")
+                             f"row of graph shape {dims} (-1 = any), e.g. sample[:1]")
         safe = safety.name_problem(spec.name) is None
         out[spec.name] = (spec.name if safe else f"input_{index}", arr.astype(dtype).tobytes(), list(arr.shape[1:]))
     return out

@@ -37,7 +37,7 @@ from pathlib import Path
 
 from modelyard._wait import wait_until
 from modelyard.config import config_parser, parse_config
-from modelyard.serve.triton.model import ServedModel, TritonRepoError, make_infer_funcs, resolve_model
+from modelyard.serve.triton.model import ServedModel, TritonRepoError, make_infer_funcs, resolve_model, served_dtype
 from modelyard.serve.triton.process import (
     TritonStartError,
     check_ports_free,
@@ -178,8 +178,8 @@ def _bind(triton, model: ServedModel, infer_funcs: list) -> None:  # triton: pyt
         model_name=model.name,
         model_version=model.version,
         infer_func=infer_funcs,
-        inputs=[Tensor(name=t.name, dtype=t.dtype, shape=t.dims) for t in model.inputs],
-        outputs=[Tensor(name=t.name, dtype=t.dtype, shape=t.dims) for t in model.outputs],
+        inputs=[Tensor(name=t.name, dtype=served_dtype(t), shape=model.served_dims(t)) for t in model.inputs],
+        outputs=[Tensor(name=t.name, dtype=served_dtype(t), shape=model.served_dims(t)) for t in model.outputs],
         config=ModelConfig(batching=batching, max_batch_size=max(config.max_batch_size, 1), batcher=batcher),
         strict=True,  # outputs are checked against the declared names, dtypes and shapes
     )

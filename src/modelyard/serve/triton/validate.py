@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING
 
 from modelyard import safety
 from modelyard.serve.triton.config import TritonConfigError, read_config
-from modelyard.serve.triton.onnx_io import ITEMSIZE, TensorSpec, external_tensors, graph_io, read_model
+from modelyard.serve.triton.onnx_io import ITEMSIZE, external_tensors, graph_io, read_model
 from modelyard.serve.triton.profiles import check_profiles
 from modelyard.serve.triton.repository import MODEL_FILENAME, NAME_RULE, existing_versions, name_problem
-from modelyard.signature import SIGNATURE_FILE, Signature, SignatureError
+from modelyard.signature import SIGNATURE_FILE, Signature, SignatureError, TensorSig
 
 if TYPE_CHECKING:
     import onnx
@@ -124,7 +124,7 @@ def _check_external(model: onnx.ModelProto, version_dir: Path, where: str, repor
     return ok
 
 
-def _check_io(config: model_config_pb2.ModelConfig, graph: tuple[list[TensorSpec], list[TensorSpec]],
+def _check_io(config: model_config_pb2.ModelConfig, graph: tuple[list[TensorSig], list[TensorSig]],
               where: str, report: Report) -> None:
     from tritonclient.grpc import model_config_pb2 as pb
 
@@ -136,10 +136,10 @@ def _check_io(config: model_config_pb2.ModelConfig, graph: tuple[list[TensorSpec
             report(f"{kind} {name}", f"one of the {kind}s of {where}: {sorted(ours)}", "not in the graph")
         for name in sorted(ours.keys() & declared.keys()):
             spec, entry = ours[name], declared[name]
-            if pb.DataType.Name(entry.data_type) != spec.data_type:
-                report(f"{kind} {name}.data_type", f"{spec.data_type} (from {where})",
+            if pb.DataType.Name(entry.data_type) != spec.triton_type:
+                report(f"{kind} {name}.data_type", f"{spec.triton_type} (from {where})",
                        pb.DataType.Name(entry.data_type))
-            dims = list(spec.dims)
+            dims = spec.kserve_shape()
             if config.max_batch_size > 0:
                 if not dims or dims[0] >= 0:
                     report(f"{kind} {name}.batch dim", f"a dynamic first dim in {where} since max_batch_size="
