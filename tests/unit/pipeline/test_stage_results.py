@@ -114,3 +114,26 @@ def test_outputs_refuses_what_is_not_a_result(tmp_path, capsys):
         outputs.main([str(tmp_path / "list.json"), "no-equals-sign"])
     assert exit_info.value.code == 2
     assert not (tmp_path / "a").exists()
+
+
+def test_canary_deploys_the_version_and_writes_the_control_url(workdir, monkeypatch, capsys):
+    from modelyard.monitor.loop import RayServeDeployer
+    from modelyard.pipeline import cli as pipeline_cli
+
+    deployed = []
+
+    def fake_deploy(self, version):
+        deployed.append((self.serve_config.model, self.serve_config.tracking_uri, version))
+        return "http://127.0.0.1:8001"
+
+    monkeypatch.setattr(RayServeDeployer, "deploy_canary", fake_deploy)
+    result = workdir / "result.json"
+    assert pipeline_cli.main(["canary", "--serve_config", str(ROOT / "configs/serve/fraud.yaml"), "--version", "7",
+                              "--tracking_uri", "sqlite:///x.db", "--output_json", str(result)]) == 0
+    assert deployed == [("fraud", "sqlite:///x.db", "7")]
+    assert json.loads(result.read_text()) == {"stage": "canary", "model": "fraud", "version": "7",
+                                              "serve_url": "http://127.0.0.1:8001"}
+    assert "control routes: http://127.0.0.1:8001" in capsys.readouterr().out
+    with pytest.raises(ConfigError, match="version is required"):
+        pipeline_cli.main(["canary", "--serve_config", str(ROOT / "configs/serve/fraud.yaml")])
+    assert len(deployed) == 1
