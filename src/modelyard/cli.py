@@ -12,14 +12,17 @@ Lightning, serving Ray).
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from jsonargparse import ArgumentParser
 
+from modelyard._io import atomic_write_text, file_sha256
 from modelyard.config import ConfigError, group_parser, parse_config
 from modelyard.errors import ModelyardError
 
@@ -37,20 +40,52 @@ class Command:
 DATA_DESCRIPTION = (
     "Generate or read a dataset, validate it against its schema, and store it as a content-addressed snapshot "
     "with recorded train/val/test splits. Rejected rows go to a quarantine file (policy quarantine) or stop "
-    "the command with a report (policy fail).")
+    "the command with a report (policy fail). --output_json PATH also writes the result (name, digest, "
+    "counts) as JSON, for an orchestrator.")
 
 EXPORT_DESCRIPTION = (
     "Export the best checkpoint of a training run to ONNX behind a parity gate against PyTorch on the run's "
-    "validation data, write it into the Triton model repository and register it in MLflow with a model card.")
+    "validation data, write it into the Triton model repository and register it in MLflow with a model card. "
+    "--output_json PATH also writes the result (model version, sha256 of the deployed file, parity verdicts) "
+    "as JSON, for an orchestrator.")
+
+# `modelyard data|train|export --output_json PATH`: the stage's result as JSON, the identifiers the next
+# stage takes (snapshot digest, run id, model version) read by a machine rather than from the summary
+# lines (the Kubeflow components of modelyard.pipeline read it). The stage configs do not hold it.
+RESULT_OPTION = "--output_json"
+
+
+def _take_result_path(argv: Sequence[str], stage: str) -> tuple[list[str], str | None]:
+    """``argv`` without ``--output_json PATH`` (or ``--output_json=PATH``), and that path."""
+    rest, path = list(argv), None
+    for i, arg in enumerate(rest):
+        if arg == RESULT_OPTION or arg.startswith(RESULT_OPTION + "="):
+            value = arg.partition("=")[2] if "=" in arg else (rest[i + 1] if i + 1 < len(rest) else "")
+            if not value or value.startswith("--"):
+                raise ConfigError([f"{RESULT_OPTION} needs a PATH (the JSON file to write)"],
+                                  f"{stage} configuration")
+            del rest[i: i + (1 if "=" in arg else 2)]
+            path = value
+            break
+    return rest, path
+
+
+def _write_result(path: str | None, result: dict[str, Any]) -> None:
+    if path:
+        atomic_write_text(path, json.dumps(result, indent=2, default=str) + "\n")
 
 
 def _data(argv: Sequence[str]) -> int:
     from modelyard.data.config import DataConfig
     from modelyard.data.run import run
 
+    argv, result_path = _take_result_path(argv, "data")
     result = run(parse_config(DataConfig, argv, prog="modelyard data", description=DATA_DESCRIPTION))
     print(f"snapshot {result.short_digest} ({result.name}): {result.n_rows} rows accepted, "
           f"{result.n_quarantined} quarantined -> {result.path}")
+    _write_result(result_path, {"stage": "data", "name": result.name, "digest": result.digest,
+                                "short_digest": result.short_digest, "path": result.path, "rows": result.n_rows,
+                                "quarantined": result.n_quarantined, "splits": result.splits})
     return 0
 
 
@@ -60,9 +95,15 @@ def _train(argv: Sequence[str]) -> int:
     from modelyard.train.config import parse_train_config
     from modelyard.train.run import run
 
+    argv, result_path = _take_result_path(argv, "training")
     result = run(parse_train_config(argv))
     if rank_zero_only.rank != 0 or os.environ.get("MODELYARD_JOB_DIR"):
         return 0
+    _write_result(result_path, {"stage": "train", "run_id": result.run_id, "status": result.status,
+                                "experiment": result.experiment, "job_dir": result.job_dir,
+                                "best_checkpoint": result.best_checkpoint, "monitor": result.monitor,
+                                "best_score": result.best_score, "data_digest": result.data_digest,
+                                "undelivered_metrics": result.undelivered_metrics})
     if result.status == "preempted":
         print(f"preempted: checkpoint saved in {result.job_dir}; continue with the same command plus --resume")
         return 0
@@ -82,8 +123,15 @@ def _export(argv: Sequence[str]) -> int:
     from modelyard.export.run import run
     from modelyard.serve.triton.repository import write_model_version
 
+    argv, result_path = _take_result_path(argv, "export")
     result = run(parse_config(ExportConfig, argv, prog="modelyard export", description=EXPORT_DESCRIPTION),
                  write_model_version=write_model_version)
+    _write_result(result_path, {"stage": "export", "name": result.name, "model_version": result.model_version,
+                                "alias": result.alias, "triton_version": result.triton_version,
+                                "export_dir": result.export_dir, "onnx_path": result.onnx_path,
+                                "sha256": file_sha256(result.onnx_path),
+                                "parity": {p: r.status for p, r in result.reports.items()},
+                                "refused": result.refused})
     for precision, report in result.reports.items():
         out = report.outputs[0] if report.outputs else None
         figures = f"max abs error {out.max_abs_error:.3g}, top-1 agreement {out.top1_agreement}" if out else ""
@@ -136,6 +184,12 @@ def _serve(argv: Sequence[str]) -> int:
     }, argv)
 
 
+def _pipeline(argv: Sequence[str]) -> int:
+    from modelyard.pipeline.cli import main as pipeline_main
+
+    return pipeline_main(argv)
+
+
 def _tracking(argv: Sequence[str]) -> int:
     from modelyard.tracking_server import main as tracking_main
 
@@ -163,6 +217,8 @@ COMMANDS: dict[str, Command] = {
     "rollout": Command("progressive canary rollout: start, status, abort, promote", _rollout),
     "registry": Command("model versions, audited champion/challenger moves, their history", _registry),
     "monitor": Command("drift and live-accuracy checks; the retrain -> export -> canary -> promote loop", _monitor),
+    "pipeline": Command("`pipeline compile`: the stages as a Kubeflow pipeline (train, or the retrain an incident "
+                        "triggers)", _pipeline),
     "tracking": Command("`tracking server`: the MLflow tracking server with authentication, on 127.0.0.1", _tracking),
 }
 

@@ -36,6 +36,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("serve", ("serve",)),
     ("rollout", ("rollout",)),
     ("monitor", ("monitor",)),
+    ("pipeline", ("pipeline",)),
     ("cli", ("cli", "__main__", "tracking_server")),
 ]
 RANK = {name: rank for rank, (_, names) in enumerate(LAYERS) for name in names}

@@ -155,7 +155,8 @@ def build_parser() -> ArgumentParser:
             "Train a LightningModule on a dataset snapshot or any LightningDataModule (data.class_path), "
             "tracked as one MLflow run. Options come "
             "from --config YAML files and can be overridden by their key path, e.g. "
-            "--trainer.devices 2 --trainer.strategy ddp."
+            "--trainer.devices 2 --trainer.strategy ddp. --output_json PATH also writes the result (run id, "
+            "status, best checkpoint) as JSON, for an orchestrator."
         ),
         exit_on_error=False,
     )
