@@ -6,6 +6,9 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -13,6 +16,29 @@ TRAIN_CONFIG = ROOT / "configs" / "train" / "transactions.yaml"
 
 # Small and quick, but every code path of a real job: DDP or not, checkpoints, MLflow, profile.
 QUICK = ["--trainer.max_epochs", "2", "--trainer.enable_progress_bar", "false", "--data.batch_size", "128"]
+
+
+# The text workload by class_path (a datamodule with a dataset digest and a tokenizer among its
+# artifacts) and a tiny TextClassifier: the "any model" path of the jobs that tests/integration
+# otherwise runs on the fraud snapshot. One epoch takes about a second on 2 cores.
+TEXT_DATA = {"n_rows": 2000, "seed": 0, "batch_size": 32, "eval_batch_size": 256, "max_length": 32}
+TEXT_MODEL = {"class_path": "modelyard.models.TextClassifier",
+              "init_args": {"max_length": 32, "d_model": 16, "n_layers": 1, "n_heads": 2, "dropout": 0.1}}
+
+
+def text_config(folder: Path, **data: Any) -> Path:
+    """``folder/text.yaml``: modelyard.workloads.TextDataModule (``TEXT_DATA`` updated by ``data``) by
+    class_path, ``TEXT_MODEL``, one CPU process, deterministic, best checkpoint by ``val_acc``."""
+    path = folder / "text.yaml"
+    path.write_text(yaml.safe_dump({
+        "seed_everything": 3,
+        "data": {"class_path": "modelyard.workloads.TextDataModule", "init_args": TEXT_DATA | data},
+        "model": TEXT_MODEL,
+        "trainer": {"accelerator": "cpu", "devices": 1, "strategy": "auto", "max_epochs": 2, "deterministic": True,
+                    "enable_progress_bar": False, "enable_model_summary": False, "log_every_n_steps": 5},
+        "checkpoint": {"monitor": "val_acc", "mode": "max"},
+    }, sort_keys=False))
+    return path
 
 
 def cli_env(**extra: str) -> dict[str, str]:

@@ -1,4 +1,5 @@
-"""Cluster-shaped runs: Ray Train with 2 workers on a local Ray; a real `mlflow server` over HTTP."""
+"""Cluster-shaped runs: Ray Train with 2 workers on a local Ray (the fraud snapshot, and a datamodule
+named by class_path); a real `mlflow server` over HTTP."""
 
 from __future__ import annotations
 
@@ -14,25 +15,50 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from integration_helpers import cli_env, run_cli, train_args
+from integration_helpers import TEXT_DATA, cli_env, run_cli, text_config, train_args
 from netutil import free_port
 
 pytestmark = pytest.mark.slow
 
 
-def test_ray_train_with_two_workers_makes_one_run(store, tmp_path):
-    proc = run_cli(*train_args(store, "--launcher", "ray", "--num-workers", "2", "--mlflow.experiment", "ray"),
-                   cwd=tmp_path, timeout=400)
+# the text workload at a size where each of the 2 workers gets a few batches per epoch
+RAY_TEXT_DATA = TEXT_DATA | {"n_rows": 400}
+
+
+@pytest.mark.parametrize("data", ["snapshot", "class_path"])
+def test_ray_train_with_two_workers_makes_one_run(data, store, tmp_path):
+    ray = ["--launcher", "ray", "--num-workers", "2", "--mlflow.experiment", "ray"]
+    if data == "snapshot":
+        args, best = train_args(store, *ray), "best_val_auroc"
+    else:  # the config written with the data as YAML has it; the workers get it through Ray
+        args, best = ["train", "--config", str(text_config(tmp_path, **RAY_TEXT_DATA)), *ray], "best_val_acc"
+    proc = run_cli(*args, cwd=tmp_path, timeout=400)
     assert proc.returncode == 0
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     [run] = client.search_runs([client.get_experiment_by_name("ray").experiment_id])
     assert run.info.status == "FINISHED"
     assert run.data.tags["modelyard.launcher"] == "ray"
     assert run.data.tags["modelyard.world_size"] == "2"
-    assert {"val_auroc", "train_loss_epoch", "best_val_auroc"} <= set(run.data.metrics)
-    assert "checkpoints" in {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"val_auroc", "train_loss_epoch", best} <= set(run.data.metrics)
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"checkpoints", "datamodule.json", "reference_profile.json"} <= artifacts
     [job] = (tmp_path / "runs" / "ray").iterdir()
     assert json.loads((job / "job.json").read_text())["status"] == "finished"
+    if data == "class_path":
+        from modelyard.workloads import TextDataModule
+
+        digest = TextDataModule(**RAY_TEXT_DATA).dataset_digest()
+        assert run.data.tags["modelyard.datamodule"] == "modelyard.workloads.TextDataModule"
+        assert run.data.tags["modelyard.data_digest"] == digest
+        assert {f"data.init_args.{k}": str(v) for k, v in RAY_TEXT_DATA.items()}.items() <= run.data.params.items()
+        recorded = json.loads(Path(client.download_artifacts(run.info.run_id, "datamodule.json",
+                                                             str(tmp_path / "dl"))).read_text())
+        assert recorded == {"class_path": "modelyard.workloads.TextDataModule", "init_args": RAY_TEXT_DATA,
+                            "digest": digest, "name": "text"}
+        # rank 0's validation pass over the whole split, on the worker: the profile names the same data
+        profile = json.loads((job / "reference_profile.json").read_text())
+        assert profile["data_digest"] == digest and profile["predictions"]["count"] == int(0.15 * 400)
+        assert "model_files" in artifacts and (job / "model_files" / "tokenizer.json").is_file()
 
 
 @pytest.fixture

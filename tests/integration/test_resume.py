@@ -1,4 +1,8 @@
-"""Crash and preemption: SIGKILL + --resume equals an uninterrupted job; SIGTERM checkpoints cleanly."""
+"""Crash and preemption: SIGKILL + --resume equals an uninterrupted job; SIGTERM checkpoints cleanly.
+
+Each on the fraud snapshot and on a datamodule named by class_path (the text workload: generated
+data, a tokenizer, batches of named inputs padded per batch).
+"""
 
 from __future__ import annotations
 
@@ -7,13 +11,14 @@ import os
 import signal
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
 from mlflow import MlflowClient
 
-from integration_helpers import TRAIN_CONFIG, cli_env, modelyard_cmd, run_cli
+from integration_helpers import TEXT_DATA, TRAIN_CONFIG, cli_env, modelyard_cmd, run_cli, text_config
 from modelyard.data import DataConfig
 from modelyard.data import run as make_snapshot
 
@@ -31,6 +36,30 @@ def big_store(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("resume") / "store"
     make_snapshot(DataConfig(dataset="transactions", rows=12000, seed=3, store=str(root)))
     return root
+
+
+@dataclass
+class Workload:
+    args: list[str]  # the job's arguments, but the experiment
+    datamodule: str  # what the run records as its datamodule class
+    digest: str  # and as its data digest
+    model_files: tuple[str, ...] = ()  # the datamodule's artifacts() in the job folder
+
+
+@pytest.fixture(params=["snapshot", "class_path"])
+def workload(request, tmp_path_factory) -> Workload:
+    """The fraud snapshot, or the text datamodule by class_path (dropout on in both, so a resume that
+    lost the random state would show in the weights)."""
+    if request.param == "snapshot":
+        store = request.getfixturevalue("big_store")
+        digest = json.loads(next(store.glob("snapshots/*/manifest.json")).read_text())["digest"]
+        return Workload([*ARGS, "--data.store", str(store)], "modelyard.train.datamodule.SnapshotDataModule", digest)
+    from modelyard.workloads import TextDataModule
+
+    config = text_config(tmp_path_factory.mktemp("text-config"))
+    return Workload(["--config", str(config), "--trainer.max_epochs", str(EPOCHS)],
+                    "modelyard.workloads.TextDataModule", TextDataModule(**TEXT_DATA).dataset_digest(),
+                    ("tokenizer.json",))
 
 
 def _start(args: list[str], cwd: Path) -> subprocess.Popen:
@@ -56,8 +85,8 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
 
 
-def test_sigkill_then_resume_equals_an_uninterrupted_run(big_store, tmp_path):
-    args = [*ARGS, "--data.store", str(big_store)]
+def test_sigkill_then_resume_equals_an_uninterrupted_run(workload, tmp_path):
+    args = workload.args
     assert run_cli("train", *args, "--mlflow.experiment", "straight", cwd=tmp_path).returncode == 0
 
     proc = _start([*args, "--mlflow.experiment", "killed"], tmp_path)
@@ -86,10 +115,15 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(big_store, tmp_path):
     assert run.info.run_id == json.loads((job_dir / "job.json").read_text())["run_id"]
     epochs_logged = {m.step for m in client.get_metric_history(run.info.run_id, "val_auroc")}
     assert len(epochs_logged) == EPOCHS  # both halves of the job in the same run
+    assert run.data.tags["modelyard.datamodule"] == workload.datamodule
+    assert run.data.tags["modelyard.data_digest"] == workload.digest
+    assert json.loads((job_dir / "reference_profile.json").read_text())["data_digest"] == workload.digest
+    for name in workload.model_files:
+        assert (job_dir / "model_files" / name).is_file()
 
 
-def test_sigterm_writes_a_checkpoint_and_exits_cleanly(big_store, tmp_path):
-    args = [*ARGS, "--data.store", str(big_store), "--trainer.max_epochs", "100", "--mlflow.experiment", "term"]
+def test_sigterm_writes_a_checkpoint_and_exits_cleanly(workload, tmp_path):
+    args = [*workload.args, "--trainer.max_epochs", "100", "--mlflow.experiment", "term"]
     proc = _start(args, tmp_path)
     last = _wait_for("runs/term/*/checkpoints/last.ckpt", tmp_path, proc)
     epoch_end_step = torch.load(last, map_location="cpu", weights_only=True)["global_step"]

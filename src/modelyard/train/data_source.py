@@ -17,12 +17,19 @@ Hooks a datamodule may define (all optional, looked up by name):
 
 Batches follow the convention of :mod:`modelyard.models.batch`; ``data.batch_adapter`` names a
 function (``package.module.function``) that turns any other layout into ``(inputs, target)``.
+
+``init_args`` hold plain values (what YAML, the logged ``config.yaml`` and the copy of the config
+each Ray worker receives can carry): an argument annotated with a dataclass (``drift: TextDrift |
+None``) is given as a mapping of its fields and built into that dataclass before the datamodule is
+instantiated; the run records the plain form.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import inspect
+import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,6 +70,42 @@ def _init_problems(cls: type, init_args: Mapping[str, Any], what: str) -> list[s
             for k in init_args if k not in valid]
 
 
+def _dataclass_of(hint: Any) -> type | None:
+    """The one dataclass an annotation names (``D``, ``D | None``, ``Optional[D]``), else None."""
+    if inspect.isclass(hint) and dataclasses.is_dataclass(hint):
+        return hint
+    found = [a for a in typing.get_args(hint) if inspect.isclass(a) and dataclasses.is_dataclass(a)]
+    return found[0] if len(found) == 1 else None
+
+
+def _typed_init_args(cls: type, init_args: Mapping[str, Any], what: str) -> dict[str, Any]:
+    """``init_args`` with every mapping given for a dataclass-annotated parameter of ``cls.__init__``
+    built into that dataclass; ``ValueError`` names the argument when its fields do not fit."""
+    try:
+        hints = typing.get_type_hints(cls.__init__)
+    except Exception:  # noqa: BLE001 - annotations that do not resolve: the arguments go as given
+        return dict(init_args)
+    args = dict(init_args)
+    for name, value in init_args.items():
+        target = _dataclass_of(hints.get(name))
+        if target is None or not isinstance(value, Mapping):
+            continue
+        try:
+            args[name] = target(**value)
+        except (TypeError, ValueError) as err:
+            fields = ", ".join(f.name for f in dataclasses.fields(target))
+            raise ValueError(f"{what} {cls.__name__}: init_args.{name} is not a {target.__name__} ({err}); "
+                             f"its fields: {fields}") from None
+    return args
+
+
+def _plain(value: Any) -> Any:
+    """A dataclass argument as the mapping of its fields (what the run records and workers receive)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    return value
+
+
 @dataclass
 class DataSource:
     """A datamodule plus what the job records about it (see the module docstring)."""
@@ -78,16 +121,18 @@ class DataSource:
     @classmethod
     def from_class_path(cls, class_path: str, init_args: Mapping[str, Any] | None = None,
                         batch_adapter: str | None = None) -> DataSource:
-        """Instantiate ``class_path(**init_args)``; ``ValueError`` names a wrong path or argument."""
+        """Instantiate ``class_path(**init_args)`` (mappings for dataclass-annotated arguments built into
+        their dataclass); ``ValueError`` names a wrong path or argument."""
         from lightning import LightningDataModule
 
         datamodule_cls = import_class(class_path, LightningDataModule, "data.class_path")
-        args = dict(init_args or {})
+        args = {k: _plain(v) for k, v in dict(init_args or {}).items()}
         problems = _init_problems(datamodule_cls, args, "data.class_path")
         if problems:
             raise ValueError("; ".join(problems))
         adapter = import_callable(batch_adapter, "data.batch_adapter") if batch_adapter else None
-        return cls(datamodule_cls(**args), class_path, args, adapter)
+        datamodule = datamodule_cls(**_typed_init_args(datamodule_cls, args, "data.class_path"))
+        return cls(datamodule, class_path, args, adapter)
 
     @property
     def is_snapshot(self) -> bool:

@@ -55,3 +55,31 @@ def test_wrong_class_paths_and_arguments_say_what_is_expected():
         DataSource.from_class_path("torch.nn.Linear")
     with pytest.raises(ValueError, match="TextDataModule has no argument 'rows'; its arguments: n_rows, seed"):
         DataSource.from_class_path("modelyard.workloads.TextDataModule", {"rows": 5})
+
+
+def test_a_dataclass_argument_given_as_a_mapping_is_built_and_survives_the_config_round_trip():
+    """YAML, the logged config.yaml and the config each Ray worker receives carry ``drift`` as a
+    mapping of its fields; the datamodule gets a TextDrift either way, and the run records the mapping."""
+    from modelyard.train.config import DataModuleConfig, ModelConfig, TrainConfig
+    from modelyard.train.data_source import open_data_source
+    from modelyard.workloads import TextDrift
+
+    from_yaml = DataSource.from_class_path("modelyard.workloads.TextDataModule",
+                                           {"n_rows": 40, "drift": {"length_scale": 2.0}})
+    assert from_yaml.datamodule.drift == TextDrift(length_scale=2.0)
+    assert from_yaml.describe()["init_args"] == {"n_rows": 40, "drift": {"length_scale": 2.0}}
+
+    given = TrainConfig(model=ModelConfig("modelyard.models.TextClassifier"),
+                        data=DataModuleConfig(class_path="modelyard.workloads.TextDataModule",
+                                              init_args={"n_rows": 40, "drift": TextDrift(new_vocabulary=0.5)}))
+    shipped = TrainConfig.from_dict(given.to_dict())  # what --launcher ray sends to every worker
+    source = open_data_source(shipped.data, seed=0)
+    assert source.datamodule.drift == TextDrift(new_vocabulary=0.5)
+    assert source.digest() == open_data_source(given.data, seed=0).digest()
+    assert source.describe()["init_args"]["drift"]["new_vocabulary"] == 0.5
+
+    with pytest.raises(ValueError, match="init_args.drift is not a TextDrift .*its fields: topic_weights, "
+                                         "new_vocabulary, length_scale"):
+        DataSource.from_class_path("modelyard.workloads.TextDataModule", {"drift": {"scale": 2.0}})
+    with pytest.raises(ValueError, match="init_args.drift is not a TextDrift .*new_vocabulary is 3"):
+        DataSource.from_class_path("modelyard.workloads.TextDataModule", {"drift": {"new_vocabulary": 3}})
