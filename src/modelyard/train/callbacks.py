@@ -8,6 +8,7 @@ import random
 import signal
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from modelyard._io import atomic_open
 
-__all__ = ["AtomicCheckpointIO", "EpochSeedCallback", "PreemptionCheckpoint", "ThroughputCallback"]
+__all__ = ["AtomicCheckpointIO", "EpochSeedCallback", "PreemptionCheckpoint", "ThroughputCallback", "batch_rows"]
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +61,19 @@ class EpochSeedCallback(Callback):
         random.seed(epoch_seed)
 
 
+def batch_rows(batch: Any) -> int:
+    """Rows in a batch: the leading size of its first tensor, depth first through tuples, lists and
+    dicts (``(features, target)``, ``({"input_ids", "attention_mask"}, target)``, ``((a, b), target)``)."""
+    if isinstance(batch, torch.Tensor):
+        return len(batch) if batch.ndim else 1
+    items = batch.values() if isinstance(batch, Mapping) else batch if isinstance(batch, tuple | list) else ()
+    for item in items:
+        rows = batch_rows(item)
+        if rows:
+            return rows
+    return 0
+
+
 class ThroughputCallback(Callback):
     """Samples per second on the progress bar and in the tracked metrics (rank 0's view)."""
 
@@ -73,7 +87,7 @@ class ThroughputCallback(Callback):
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        self._samples += len(batch[0]) * trainer.world_size
+        self._samples += batch_rows(batch) * trainer.world_size  # len(batch[0]) is 2 for named inputs
         elapsed = time.perf_counter() - self._t0
         if (batch_idx + 1) % self.every == 0 and elapsed > 0:
             pl_module.log("samples_per_sec", self._samples / elapsed, on_step=True, on_epoch=False,
