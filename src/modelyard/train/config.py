@@ -10,11 +10,14 @@ value to its declared type when it is built.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any, Literal, get_type_hints
 
 import docstring_parser
+import yaml
 from jsonargparse import ActionConfigFile, ArgumentParser
 from jsonargparse.typing import NonNegativeInt, PositiveInt
 
@@ -201,5 +204,57 @@ def _add_data_arguments(parser: ArgumentParser) -> None:
 
 def parse_train_config(argv: Sequence[str]) -> TrainConfig:
     """Parse ``modelyard train`` arguments (:func:`modelyard.config.parse_config` on
-    :func:`build_parser`); raises :class:`modelyard.config.ConfigError`."""
-    return parse_config(TrainConfig, argv, parser=build_parser(), source="training configuration")
+    :func:`build_parser`, ``data.init_args`` layered by :func:`layer_data_init_args`); raises
+    :class:`modelyard.config.ConfigError`."""
+    return parse_config(TrainConfig, layer_data_init_args(argv), parser=build_parser(),
+                        source="training configuration")
+
+
+def layer_data_init_args(argv: Sequence[str]) -> list[str]:
+    """``argv`` where a ``--config`` file's ``data.init_args`` update those set before it, as
+    ``model.init_args`` do (LightningCLI's layering), instead of replacing them.
+
+    ``data.init_args`` is a plain mapping option (see :func:`_add_data_arguments`), which a later
+    file would replace whole: ``text-large.yaml`` layered on ``text-topics.yaml`` would lose every
+    argument it does not repeat. After such a file the merged arguments are set again
+    (``--data.init_args JSON``). A file or option that names another ``data.class_path`` starts
+    from no arguments but its own. ``--data.init_args.KEY VALUE`` options are merged by the parser;
+    they are followed here so that a file after them keeps them.
+    """
+    out: list[str] = []
+    class_path: str | None = None
+    merged: dict[str, Any] = {}
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        name, eq, inline = arg[2:].partition("=") if arg.startswith("--") else ("", "", "")
+        has_next = not eq and i + 1 < len(argv) and not argv[i + 1].startswith("--")
+        value = inline if eq else (argv[i + 1] if has_next else None)
+        out += argv[i:i + (2 if has_next else 1)]
+        i += 2 if has_next else 1
+        if name == "config" and value and Path(value).is_file():
+            loaded = yaml.safe_load(Path(value).read_text())
+            data = loaded.get("data") if isinstance(loaded, dict) else None
+            if not isinstance(data, dict):
+                continue
+            given = data.get("init_args") if isinstance(data.get("init_args"), dict) else None
+            if data.get("class_path") and data["class_path"] != class_path:
+                if class_path is not None and merged and given is None:
+                    out += ["--data.init_args", "{}"]  # the previous class's arguments are not this one's
+                class_path, merged = data["class_path"], dict(given or {})
+            elif given is not None:
+                if set(merged) - set(given):
+                    out += ["--data.init_args", json.dumps(merged | given)]
+                merged |= given
+        elif name == "data.class_path" and value is not None and value != class_path:
+            if class_path is not None and merged:
+                out += ["--data.init_args", "{}"]
+            class_path, merged = value, {}
+        elif name == "data.init_args" and value is not None:
+            parsed = yaml.safe_load(value)
+            merged = dict(parsed) if isinstance(parsed, dict) else {}
+        elif name.startswith("data.init_args.") and value is not None:
+            # as the parser reads it: one level of nesting, ``KEY.SUB VALUE`` sets ``KEY`` to ``{SUB: VALUE}``
+            key, _, sub = name.removeprefix("data.init_args.").partition(".")
+            merged[key] = {sub: yaml.safe_load(value)} if sub else yaml.safe_load(value)
+    return out

@@ -194,15 +194,22 @@ class TextDataModule(LightningDataModule):
         vocab_size: vocabulary size (special tokens included).
         drift: a :class:`TextDrift` applied to all splits (to make drifted traffic, not to train).
         num_workers: DataLoader workers.
+        min_words: shortest text in words (one word is one token).
+        max_words: longest text in words; with ``min_words >= max_length`` every text is truncated to
+            ``max_length`` tokens, so every batch is ``max_length`` wide (fixed-size work for a benchmark).
     """
 
     def __init__(self, n_rows: int = 6000, seed: int = 0, batch_size: int = 64, eval_batch_size: int = 256,
                  max_length: int = 128, vocab_size: int = 2000, drift: TextDrift | None = None,
-                 num_workers: int = 0) -> None:
+                 num_workers: int = 0, min_words: int = 6, max_words: int = 48) -> None:
         super().__init__()
         if n_rows < 20:
             raise ValueError(f"TextDataModule: n_rows is {n_rows}; expected at least 20 to fill three splits")
+        if not 1 <= min_words <= max_words:
+            raise ValueError(f"TextDataModule: min_words {min_words}, max_words {max_words}; expected "
+                             "1 <= min_words <= max_words")
         self.n_rows, self.seed, self.max_length, self.vocab_size = n_rows, seed, max_length, vocab_size
+        self.min_words, self.max_words = min_words, max_words
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
         self.drift = drift or TextDrift()
         self.classes = list(TOPICS)
@@ -218,7 +225,7 @@ class TextDataModule(LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self._encoded:
             return
-        texts, labels = make_texts(self.n_rows, self.seed, self.drift)
+        texts, labels = make_texts(self.n_rows, self.seed, self.drift, self.min_words, self.max_words)
         order = np.random.default_rng(self.seed + 1).permutation(self.n_rows)
         n_val = n_test = max(1, int(0.15 * self.n_rows))
         parts = {"val": order[:n_val], "test": order[n_val:n_val + n_test], "train": order[n_val + n_test:]}

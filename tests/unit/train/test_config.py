@@ -28,13 +28,32 @@ def test_every_train_config_parses(path):
     assert cfg.trainer["max_epochs"] >= 1
 
 
-def test_text_large_layer_widens_the_text_transformer():
-    cfg = parse_train_config(["--config", str(ROOT / "configs/train/text.yaml"),
-                            "--config", str(ROOT / "configs/train/gpu.yaml"),
-                            "--config", str(ROOT / "configs/train/text-large.yaml")])
-    assert cfg.model.class_path == "modelyard.models.TextTransformer"
-    assert cfg.model.init_args["d_model"] == 2048 and cfg.model.init_args["vocab_size"] == 1024
+def test_text_large_layer_updates_the_text_workloads_data_and_model_arguments():
+    """A later config file's data.init_args update the earlier ones, as model.init_args do."""
+    cfg = parse_train_config(["--config", str(ROOT / "configs/train/text-topics.yaml"),
+                              "--config", str(ROOT / "configs/train/gpu.yaml"),
+                              "--config", str(ROOT / "configs/train/text-large.yaml")])
+    assert cfg.data.class_path == "modelyard.workloads.TextDataModule"
+    assert cfg.data.init_args == {"n_rows": 19000, "seed": 0, "batch_size": 128, "eval_batch_size": 256,
+                                  "max_length": 128, "vocab_size": 2000, "min_words": 128, "max_words": 160}
+    assert cfg.model.class_path == "modelyard.models.TextClassifier"
+    assert cfg.model.init_args["d_model"] == 2048 and cfg.model.init_args["vocab_size"] == 2000
+    assert cfg.model.init_args["max_length"] == cfg.data.init_args["max_length"] == 128
     assert cfg.trainer["precision"] == "bf16-mixed" and cfg.trainer["limit_train_batches"] == 100
+
+
+def test_data_init_args_layer_in_command_line_order_and_restart_with_another_class(tmp_path):
+    layer = tmp_path / "layer.yaml"
+    layer.write_text(yaml.safe_dump({"data": {"init_args": {"batch_size": 8}}}))
+    text = str(ROOT / "configs/train/text-topics.yaml")
+    cfg = parse_train_config(["--config", text, "--data.init_args.n_rows", "100", "--config", str(layer),
+                              "--data.init_args.seed", "5"])
+    assert cfg.data.init_args == {"n_rows": 100, "seed": 5, "batch_size": 8, "eval_batch_size": 128,
+                                  "max_length": 64, "vocab_size": 2000}
+    images = parse_train_config(["--config", text, "--config", str(ROOT / "configs/train/images.yaml")])
+    assert images.data.init_args == {"n_rows": 4000, "seed": 0, "size": 32, "batch_size": 64, "eval_batch_size": 256}
+    other = parse_train_config(["--config", text, "--data.class_path", "modelyard.workloads.ImagesDataModule"])
+    assert other.data.init_args == {}
 
 
 def test_layered_gpu_config_overrides_trainer_keys():

@@ -39,6 +39,18 @@ def test_drift_knobs_refuse_values_outside_their_range():
         TextDrift(new_vocabulary=1.5)
 
 
+def test_texts_longer_than_max_length_make_every_batch_max_length_wide():
+    """min_words >= max_length: every text is truncated, so every batch is (B, max_length) (the GPU
+    benchmark's fixed-size steps); the default lengths pad each batch to its longest text instead."""
+    fixed = TextDataModule(n_rows=60, seed=0, batch_size=8, max_length=16, min_words=16, max_words=20)
+    widths = {split_batch(b)[0]["input_ids"].shape[1] for b in fixed.train_dataloader()}
+    assert widths == {16}
+    assert all(16 <= len(t.split()) <= 20 for t in fixed.texts("train")[0])
+    assert fixed.dataset_digest() != TextDataModule(n_rows=60, seed=0).dataset_digest()
+    with pytest.raises(ValueError, match="min_words 9, max_words 8"):
+        TextDataModule(min_words=9, max_words=8)
+
+
 def test_batches_follow_the_convention_with_a_length_that_varies_and_a_tokenizer_file(tmp_path):
     dm = TextDataModule(n_rows=300, seed=0, batch_size=16, max_length=24)
     dm.setup()
