@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU tier on one GPU (about 7 minutes on an H200): what this environment can run of the tests marked
-# `requires_gpu(n)`, then the text-transformer benchmark (benchmarks/gpu/transformer.py: bf16
-# training through `modelyard train`, MFU, Lightning over a plain loop, export parity, GPU latency)
+# `requires_gpu(n)`, then the text workload's transformer benchmark (benchmarks/gpu/transformer.py:
+# bf16 training of modelyard.models.TextClassifier on modelyard.workloads.TextDataModule through
+# `modelyard train`, MFU, Lightning over a plain loop, export parity, GPU latency)
 # and, where ONNX Runtime has its CUDA provider, the ONNX Runtime engine benchmark (benchmarks/gpu/run.py).
 #
 #   scripts/gpu_tier.sh                          # .venv/bin/python if present, else python3
@@ -11,8 +12,9 @@
 #
 # A bare CUDA image (torch, lightning, onnx, onnxruntime, pyarrow, pandas, numpy, no network) lacks
 # what `modelyard train` and `modelyard export` import: mlflow (the skinny client with SQLite through
-# SQLAlchemy), jsonargparse and tritonclient (Triton's config schema). `--fetch-wheels` downloads
-# those, pinned to this environment's versions, for CPython 3.12 on x86-64 (about 25 MB); the tier
+# SQLAlchemy), jsonargparse, tritonclient (Triton's config schema) and tokenizers (the text
+# workload's tokenizer). `--fetch-wheels` downloads those, pinned to this environment's versions, for
+# CPython 3.12 on x86-64 (about 28 MB); the tier
 # installs every wheel in GPU_TIER_WHEELS (default .whl) into a temporary folder first, then
 # modelyard itself with --no-deps. What cannot travel that way (Ray, onnxruntime-gpu, TensorRT:
 # hundreds of MB each) is reported as "not runnable on this image", with the reason, never skipped
@@ -37,7 +39,7 @@ CARRIED="mlflow-skinny mlflow-tracing jsonargparse docstring_parser typeshed_cli
   databricks-sdk google-auth gitpython gitdb smmap sqlparse python-dotenv cachetools pydantic pydantic_core
   annotated-types typing-inspection opentelemetry-api opentelemetry-sdk opentelemetry-proto
   opentelemetry-semantic-conventions sqlalchemy alembic mako greenlet protobuf importlib_metadata fastapi
-  starlette uvicorn cryptography cffi pycparser"
+  starlette uvicorn cryptography cffi pycparser tokenizers"
 
 if [[ "${1:-}" == "--fetch-wheels" ]]; then
   dest=${2:-.whl}
@@ -109,6 +111,7 @@ if "TensorrtExecutionProvider" not in providers:
                                     "libraries (over 1 GB), which the image does not have")
 for module, why in {"ray": "Ray (the --launcher ray path, Ray Serve): a wheel of about 70 MB plus its dependencies",
                     "tritonclient": "tritonclient (export's Triton config schema)", "mlflow": "mlflow (tracking)",
+                    "tokenizers": "tokenizers (the text workload's tokenizer)",
                     "jsonargparse": "jsonargparse (every stage's configuration)"}.items():
     if importlib.util.find_spec(module) is None:
         probe["missing"][module] = f"{why} is not installed"
@@ -137,7 +140,7 @@ timeout --kill-after=20 "$TESTS_S" "$PYTHON" -m pytest $TEST_PATHS -m "$MARK" -p
 TESTS_RC=$?
 
 # -- 4. benchmarks -----------------------------------------------------------------------------------
-stamp "text transformer benchmark (timeout ${BENCH_S}s)"
+stamp "text workload transformer benchmark (timeout ${BENCH_S}s)"
 # straight into OUT: the report is rewritten after every step, so a run stopped by its timeout keeps what it measured
 timeout --kill-after=20 "$BENCH_S" "$PYTHON" benchmarks/gpu/transformer.py --out "$OUT" --work "$WORK/transformer" \
   --budget_s "$(( BENCH_S - 30 ))"

@@ -5,8 +5,9 @@ Training: bf16-mixed on one GPU, `configs/train/gpu.yaml` as written (every visi
 DDP with nccl on two. Inference: ONNX Runtime's CUDA and TensorRT execution providers against eager
 PyTorch on the run's validation split with the project's per-precision tolerances, and GPU serving
 latency (recorded, never asserted: a test is not a timer); those need onnxruntime-gpu
-(``requires_onnxruntime_gpu``). The text transformer: bf16-mixed training on one GPU, its reference
-profile computed on the GPU, and the GPU-trained checkpoint through the export's parity gate.
+(``requires_onnxruntime_gpu``). The text workload's transformer (a datamodule by class_path):
+bf16-mixed training on one GPU, its reference profile computed on the GPU, and the GPU-trained
+checkpoint through the export's parity gate.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ pytestmark = pytest.mark.slow
 
 GPU_TRAIN_CONFIG = ROOT / "configs" / "train" / "gpu.yaml"
 EXPORT_CONFIGS = [ROOT / "configs" / "export" / "fraud.yaml", ROOT / "configs" / "export" / "gpu-tensorrt.yaml"]
+TEXT_EXPORT_CONFIG = ROOT / "configs" / "export" / "text-topics.yaml"
+TEXT_ROWS = 2000  # texts of the text workload in the GPU test (300 validate)
 ORT_GPU_FIX = ("pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu "
                "(both wheels install the same `onnxruntime` module; the CPU one must not be the one left)")
 LATENCY_CALLS = 200  # timed calls per (engine, batch) in the serving-latency test
@@ -59,27 +62,30 @@ def test_ddp_with_nccl_on_two_gpus(store, tmp_path):
 
 @pytest.mark.requires_gpu(1)
 def test_text_transformer_trains_in_bf16_on_a_gpu_and_passes_the_parity_gate(tmp_path):
-    """The transformer workload through train and export: bf16-mixed on one GPU, one MLflow run, and
-    the GPU-trained checkpoint exported with fp32 parity on ONNX Runtime over the validation split."""
-    text = [str(ROOT / "configs" / c) for c in ("data/text.yaml", "train/text.yaml", "train/gpu.yaml")]
-    assert run_cli("data", "--config", text[0], "--rows", "4000", cwd=tmp_path).returncode == 0
-    proc = run_cli("train", "--config", text[1], "--config", text[2], "--trainer.devices", "1",
-                   "--trainer.strategy", "auto", "--trainer.max_epochs", "2", "--trainer.enable_progress_bar",
-                   "false", cwd=tmp_path)
+    """The text workload through train and export: modelyard.workloads.TextDataModule by class_path
+    and modelyard.models.TextClassifier, bf16-mixed on one GPU, one MLflow run with the datamodule's
+    digest, the reference profile computed on the GPU, and the GPU-trained checkpoint exported with
+    fp32 parity on ONNX Runtime over the validation split (both outputs), the fp16 variant too."""
+    train = [ROOT / "configs" / "train" / c for c in ("text-topics.yaml", "gpu.yaml")]
+    proc = run_cli("train", *[a for c in train for a in ("--config", str(c))],
+                   "--data.init_args.n_rows", str(TEXT_ROWS), "--trainer.devices", "1", "--trainer.strategy", "auto",
+                   "--trainer.max_epochs", "2", "--trainer.enable_progress_bar", "false", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     [run] = client.search_runs([client.get_experiment_by_name("text").experiment_id])
     assert run.info.status == "FINISHED" and run.data.params["trainer.precision"] == "bf16-mixed"
+    assert run.data.tags["modelyard.datamodule"] == "modelyard.workloads.TextDataModule"
     [job] = (tmp_path / "runs" / "text").iterdir()
     profile = json.loads((job / "reference_profile.json").read_text())
-    assert profile["predictions"]["count"] == json.loads(next(
-        (tmp_path / "data" / "store").glob("snapshots/*/manifest.json")).read_text())["splits"]["val"]
-    proc = run_cli("export", "--run", "latest", "--experiment", "text", "--name", "text", "--variants", "[fp16]",
-                   cwd=tmp_path)
+    assert profile["predictions"]["count"] == int(0.15 * TEXT_ROWS)  # the whole validation split
+    assert profile["data_digest"] == run.data.tags["modelyard.data_digest"]
+    proc = run_cli("export", "--config", str(TEXT_EXPORT_CONFIG), "--run", "latest", "--experiment", "text",
+                   "--name", "text", "--variants", "[fp16]", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     [folder] = (tmp_path / "exports" / "text").iterdir()
     parity = json.loads((folder / "parity.json").read_text())
     assert parity["fp32"]["status"] == "passed" and parity["fp16"]["status"] == "passed", parity
+    assert [o["name"] for o in parity["fp32"]["outputs"]] == ["logits", "embedding"]
 
 
 # ---- one run trained with configs/train/gpu.yaml, exported with configs/export/gpu-tensorrt.yaml ----

@@ -16,9 +16,7 @@ from modelyard.data.generators import (
     BuiltinDataset,
     digits_schema,
     load_digits_frame,
-    make_text,
     make_transactions,
-    text_schema,
     transactions_schema,
 )
 from modelyard.data.run import DataResult, read_table, run
@@ -66,13 +64,11 @@ __all__ = [
     "digits_schema",
     "list_refs",
     "load_digits_frame",
-    "make_text",
     "make_transactions",
     "quarantine_frame",
     "read_table",
     "run",
     "short_digest",
-    "text_schema",
     "transactions_schema",
     "validate",
     "write_snapshot",

@@ -59,11 +59,11 @@ class DataConfig:
     """What to snapshot, and how.
 
     Attributes:
-        dataset: built-in dataset name ("transactions", "digits", "text") or "file" for ``source``.
+        dataset: built-in dataset name ("transactions", "digits") or "file" for ``source``.
         source: Parquet or CSV file to read when ``dataset == "file"``.
         schema: schema YAML; required for "file", optional override for built-ins.
         name: ref name to write; default the dataset name (built-ins) or the schema's name.
-        rows: rows to generate (generators with a size: transactions, text). Default 20000.
+        rows: rows to generate (the generator with a size: transactions). Default 20000.
         seed: generator seed. Default 0.
         drift: drift knobs (transactions only).
         policy: "fail" rejects the whole input on any bad row and writes nothing;

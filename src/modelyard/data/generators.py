@@ -1,4 +1,4 @@
-"""Built-in datasets: a synthetic fraud table with drift knobs, sklearn's digits, and token sequences.
+"""Built-in datasets: a synthetic fraud table with drift knobs and sklearn's digits.
 
 ``make_transactions`` draws features from fixed distributions and labels them with a logistic
 rule, so every kind of drift can be dialled in on purpose and its effect measured:
@@ -29,9 +29,7 @@ __all__ = [
     "BuiltinDataset",
     "digits_schema",
     "load_digits_frame",
-    "make_text",
     "make_transactions",
-    "text_schema",
     "transactions_schema",
 ]
 
@@ -258,39 +256,6 @@ def digits_schema() -> Schema:
                   image_shape=(8, 8))
 
 
-TEXT_SEQ_LEN = 128  # tokens per row (columns tok_000 .. tok_127)
-TEXT_VOCAB = 1024  # ids 1..1023; 0 is padding
-_TEXT_CUES = 48  # ids 1..48 lean positive, 49..96 negative
-
-
-def make_text(n_rows: int = 20000, seed: int = 0) -> pd.DataFrame:
-    """Token sequences of a made-up language with a sentiment label: ``(n_rows, 129)``.
-
-    Each row is ``TEXT_SEQ_LEN`` int columns ``tok_000``.. (ids in ``1..TEXT_VOCAB-1``, padded
-    with 0 after a length drawn between half and all of ``TEXT_SEQ_LEN``) and ``label`` 0/1. The
-    label is 1 when the sequence holds more positive cue ids than negative ones (ties broken by a
-    coin): a rule over the whole sequence that a token-by-token model cannot see.
-    """
-    rng = np.random.default_rng(seed)
-    ids = rng.integers(1, TEXT_VOCAB, size=(n_rows, TEXT_SEQ_LEN))
-    lengths = rng.integers(TEXT_SEQ_LEN // 2, TEXT_SEQ_LEN + 1, size=n_rows)
-    ids[np.arange(TEXT_SEQ_LEN)[None, :] >= lengths[:, None]] = 0
-    # cue tokens are ten times as frequent as others, so every row carries a few of them
-    cues = rng.random((n_rows, TEXT_SEQ_LEN)) < 0.1
-    ids = np.where(cues & (ids > 0), rng.integers(1, 2 * _TEXT_CUES + 1, size=ids.shape), ids)
-    score = ((ids >= 1) & (ids <= _TEXT_CUES)).sum(1) - ((ids > _TEXT_CUES) & (ids <= 2 * _TEXT_CUES)).sum(1)
-    label = np.where(score == 0, rng.integers(0, 2, size=n_rows), score > 0).astype(np.int64)
-    frame = pd.DataFrame(ids.astype(np.int64), columns=[f"tok_{i:03d}" for i in range(TEXT_SEQ_LEN)])
-    frame["label"] = label
-    return frame
-
-
-def text_schema() -> Schema:
-    """Schema of :func:`make_text`."""
-    tokens = [ColumnSpec(f"tok_{i:03d}", "int", min=0, max=TEXT_VOCAB - 1) for i in range(TEXT_SEQ_LEN)]
-    return Schema(name="text", label="label", columns=(*tokens, ColumnSpec("label", "int", min=0, max=1)))
-
-
 class BuiltinDataset(NamedTuple):
     """A built-in dataset: ``generator(...)`` returns the frame, ``schema()`` its schema."""
 
@@ -301,5 +266,4 @@ class BuiltinDataset(NamedTuple):
 BUILTIN_DATASETS: dict[str, BuiltinDataset] = {
     "transactions": BuiltinDataset(make_transactions, transactions_schema),
     "digits": BuiltinDataset(load_digits_frame, digits_schema),
-    "text": BuiltinDataset(make_text, text_schema),
 }

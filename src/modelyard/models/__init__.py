@@ -9,8 +9,8 @@ of :mod:`modelyard.models.batch`).
 
 from modelyard.models.spec import DataSpec, FeatureSpec, encode_features, encode_labels, fit_data_spec
 from modelyard.models.tabular import TabularMLP
-from modelyard.models.text import TextClassifier, TextTransformer
+from modelyard.models.text import TextClassifier
 from modelyard.models.vision import ImageClassifier, SmallCNN
 
-__all__ = ["DataSpec", "FeatureSpec", "ImageClassifier", "SmallCNN", "TabularMLP", "TextClassifier", "TextTransformer",
+__all__ = ["DataSpec", "FeatureSpec", "ImageClassifier", "SmallCNN", "TabularMLP", "TextClassifier",
            "encode_features", "encode_labels", "fit_data_spec"]

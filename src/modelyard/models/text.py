@@ -1,10 +1,9 @@
-"""A pre-norm transformer encoder that classifies fixed-length token sequences.
+"""A pre-norm transformer encoder over token ids with a padding mask (the ``text`` workload's model).
 
-The sequence travels as today's one float32 matrix ``features (B, T)`` (token ids as the values of
-``T`` integer columns, e.g. the built-in ``text`` dataset), so it trains, exports and serves through
-the same path as the tabular models; ``forward`` turns the values back into int64 ids inside the
-graph. Attention runs through ``F.scaled_dot_product_attention`` (flash attention on a GPU in bf16)
-without a padding mask; id 0 is padding and is left out of the mean pooling only.
+``forward(input_ids, attention_mask)`` takes the batches of :class:`modelyard.workloads.TextDataModule`
+(any sequence length up to ``max_length``) and returns ``logits`` and a pooled ``embedding``.
+Attention runs through ``F.scaled_dot_product_attention`` with the padding mask as its boolean
+``attn_mask`` (a fused attention kernel on a GPU).
 """
 
 from __future__ import annotations
@@ -16,10 +15,9 @@ import torch.nn.functional as F
 from lightning import LightningModule
 from torch import nn
 
-from modelyard.models._classification import build_metrics, classification_step, named_classification_step
-from modelyard.models.spec import DataSpec
+from modelyard.models._classification import build_metrics, named_classification_step
 
-__all__ = ["TextClassifier", "TextTransformer", "transformer_flops_per_token"]
+__all__ = ["TextClassifier", "transformer_flops_per_token"]
 
 
 def transformer_flops_per_token(n_params: int, n_layers: int, d_model: int, seq_len: int) -> int:
@@ -33,6 +31,8 @@ def transformer_flops_per_token(n_params: int, n_layers: int, d_model: int, seq_
 
 
 class _Block(nn.Module):
+    """A pre-norm block whose attention skips padding keys."""
+
     def __init__(self, d_model: int, n_heads: int, dropout: float) -> None:
         super().__init__()
         self.n_heads, self.dropout = n_heads, dropout
@@ -42,101 +42,10 @@ class _Block(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(d_model, 4 * d_model), nn.GELU(), nn.Linear(4 * d_model, d_model),
                                  nn.Dropout(dropout))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:  # keep: (B, 1, 1, T) bool
         b, t, d = x.shape  # (B, T, D)
         q, k, v = self.qkv(self.ln1(x)).split(d, dim=-1)
         # (B, H, T, D/H) each
-        q, k, v = (z.reshape(b, t, self.n_heads, d // self.n_heads).transpose(1, 2) for z in (q, k, v))
-        attn = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
-        x = x + self.proj(attn.transpose(1, 2).reshape(b, t, d))
-        return x + self.mlp(self.ln2(x))
-
-
-class TextTransformer(LightningModule):
-    """Token embedding + learned positions, ``n_layers`` pre-norm blocks, masked mean pool, linear head.
-
-    Args:
-        data_spec: the fitted :class:`DataSpec`; its ``num_features`` is the sequence length ``T``.
-        vocab_size: ids are clamped into ``[0, vocab_size)``; 0 is padding.
-        d_model: width of the residual stream (a multiple of ``n_heads``).
-        n_layers: transformer blocks.
-        n_heads: attention heads per block.
-        dropout: dropout in attention and after each MLP.
-        lr: AdamW learning rate (fused AdamW on CUDA), after ``warmup_steps`` of linear warm-up.
-        weight_decay: AdamW weight decay.
-        warmup_steps: linear learning-rate warm-up.
-
-    ``forward``: ``(B, T)`` float32 token ids -> ``(B, C)`` logits.
-    """
-
-    def __init__(
-        self,
-        data_spec: dict[str, Any] | DataSpec,
-        vocab_size: int = 1024,
-        d_model: int = 128,
-        n_layers: int = 2,
-        n_heads: int = 4,
-        dropout: float = 0.0,
-        lr: float = 1e-3,
-        weight_decay: float = 0.01,
-        warmup_steps: int = 50,
-    ) -> None:
-        super().__init__()
-        spec = DataSpec.from_dict(data_spec)
-        if d_model % n_heads:
-            raise ValueError(f"TextTransformer: d_model ({d_model}) must be a multiple of n_heads ({n_heads})")
-        self.save_hyperparameters({"data_spec": spec.to_dict(), "vocab_size": vocab_size, "d_model": d_model,
-                                   "n_layers": n_layers, "n_heads": n_heads, "dropout": dropout, "lr": lr,
-                                   "weight_decay": weight_decay, "warmup_steps": warmup_steps})
-        self.spec = spec
-        self.seq_len, self.vocab_size = spec.num_features, vocab_size
-        self.tokens = nn.Embedding(vocab_size, d_model)
-        self.positions = nn.Embedding(self.seq_len, d_model)
-        self.blocks = nn.ModuleList(_Block(d_model, n_heads, dropout) for _ in range(n_layers))
-        self.ln_f = nn.LayerNorm(d_model)
-        self.head = nn.Linear(d_model, spec.num_classes)
-        self.metrics = build_metrics(spec.num_classes)
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        ids = torch.nan_to_num(features, nan=0.0).round().clamp(0, self.vocab_size - 1).long()  # (B, T)
-        positions = torch.arange(ids.shape[1], device=ids.device)
-        x = self.tokens(ids) + self.positions(positions)  # (B, T, D)
-        for block in self.blocks:
-            x = block(x)
-        x = self.ln_f(x)
-        keep = (ids != 0).unsqueeze(-1).to(x.dtype)  # (B, T, 1)
-        pooled = (x * keep).sum(1) / keep.sum(1).clamp_min(1.0)  # (B, D)
-        return self.head(pooled)  # (B, C)
-
-    def flops_per_token(self) -> int:
-        """Training FLOPs per token, see :func:`transformer_flops_per_token`."""
-        dense = sum(p.numel() for name, p in self.named_parameters()
-                    if not name.startswith(("tokens.", "positions.")))
-        return transformer_flops_per_token(dense, self.hparams.n_layers, self.hparams.d_model, self.seq_len)
-
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        return classification_step(self, batch, "train", self.metrics)
-
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        classification_step(self, batch, "val", self.metrics)
-
-    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        classification_step(self, batch, "test", self.metrics)
-
-    def configure_optimizers(self) -> dict[str, Any]:
-        optimizer = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay,
-                                      fused=self.device.type == "cuda")
-        warmup = max(1, self.hparams.warmup_steps)
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
-
-
-class _MaskedBlock(_Block):
-    """A pre-norm block whose attention skips padding keys."""
-
-    def forward(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:  # keep: (B, 1, 1, T) bool
-        b, t, d = x.shape
-        q, k, v = self.qkv(self.ln1(x)).split(d, dim=-1)
         q, k, v = (z.reshape(b, t, self.n_heads, d // self.n_heads).transpose(1, 2) for z in (q, k, v))
         attn = F.scaled_dot_product_attention(q, k, v, attn_mask=keep,
                                               dropout_p=self.dropout if self.training else 0.0)
@@ -173,7 +82,7 @@ class TextClassifier(LightningModule):
         self.vocab_size = vocab_size
         self.tokens = nn.Embedding(vocab_size, d_model)
         self.positions = nn.Embedding(max_length, d_model)
-        self.blocks = nn.ModuleList(_MaskedBlock(d_model, n_heads, dropout) for _ in range(n_layers))
+        self.blocks = nn.ModuleList(_Block(d_model, n_heads, dropout) for _ in range(n_layers))
         self.ln_f = nn.LayerNorm(d_model)
         self.head = nn.Linear(d_model, num_classes)
         self.metrics = build_metrics(num_classes)
@@ -190,6 +99,13 @@ class TextClassifier(LightningModule):
         weights = keep.unsqueeze(-1).to(x.dtype)  # (B, T, 1)
         embedding = (x * weights).sum(1) / weights.sum(1)  # (B, D)
         return {"logits": self.head(embedding), "embedding": embedding}
+
+    def flops_per_token(self, seq_len: int) -> int:
+        """Training FLOPs per token of a batch ``seq_len`` tokens wide (padding included), see
+        :func:`transformer_flops_per_token`."""
+        dense = sum(p.numel() for name, p in self.named_parameters()
+                    if not name.startswith(("tokens.", "positions.")))
+        return transformer_flops_per_token(dense, self.hparams.n_layers, self.hparams.d_model, seq_len)
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         return named_classification_step(self, batch, "train", self.metrics)

@@ -10,9 +10,7 @@ from modelyard.data import (
     BUILTIN_DATASETS,
     digits_schema,
     load_digits_frame,
-    make_text,
     make_transactions,
-    text_schema,
     transactions_schema,
     validate,
 )
@@ -107,21 +105,7 @@ def test_digits() -> None:
     assert validate(frame, digits_schema()).ok
 
 
-def test_text_sequences_follow_their_rule() -> None:
-    frame = make_text(3000, seed=3)
-    assert frame.equals(make_text(3000, seed=3)) and not frame.equals(make_text(3000, seed=4))
-    assert frame.shape == (3000, 129) and frame.columns[0] == "tok_000" and frame.columns[-1] == "label"
-    assert validate(frame, text_schema()).ok
-    ids = frame.drop(columns="label").to_numpy()
-    lengths = (ids > 0).sum(1)
-    assert lengths.min() >= 64 and lengths.max() == 128
-    assert ((ids[:, 1:] > 0) <= (ids[:, :-1] > 0)).all()  # padding only at the end
-    score = ((ids >= 1) & (ids <= 48)).sum(1) - ((ids > 48) & (ids <= 96)).sum(1)
-    assert (frame["label"][score > 0] == 1).all() and (frame["label"][score < 0] == 0).all()
-    assert 0.35 <= frame["label"].mean() <= 0.65
-
-
 def test_registry() -> None:
-    assert set(BUILTIN_DATASETS) == {"transactions", "digits", "text"}
+    assert set(BUILTIN_DATASETS) == {"transactions", "digits"}
     generator, schema_factory = BUILTIN_DATASETS["digits"]
     assert generator is load_digits_frame and schema_factory().name == "digits"
