@@ -127,7 +127,7 @@ def test_config_problems_are_reported_together(store) -> None:
         run(DataConfig(dataset="tranzactions", name="a/b", split=SplitConfig(train=0.8, val=0.15, test=0.15),
                        drift=DriftConfig(concept_drift=0.5), store=str(store)))
     message = str(info.value)
-    assert "dataset 'tranzactions' is unknown; use a built-in (transactions, digits, text) or 'file'" in message
+    assert "dataset 'tranzactions' is unknown; use a built-in (transactions, digits) or 'file'" in message
     assert "split fractions must sum to 1" in message
     assert "ref name 'a/b' is not allowed" in message
     assert "drift knobs only apply to dataset 'transactions'" in message
