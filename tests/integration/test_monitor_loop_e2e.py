@@ -5,13 +5,15 @@ tests, the rollout controller.
 v1 is trained, exported as champion and served; normal labelled traffic leaves the monitor quiet;
 drifted labelled traffic (the generator's knobs) makes it open ONE incident, retrain v2 on the recent
 window, register it as challenger, canary it under live traffic and promote it; later checks open
-no second incident.
+no second incident. v2's reference profile describes the rows since drift began: 20 checks of that
+drifted traffic after the promotion, with no cooldown, stay quiet.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 
 import pytest
 from mlflow import MlflowClient
@@ -89,6 +91,22 @@ def test_drift_is_detected_and_a_retrained_model_is_promoted(tmp_path, store, mo
         again = monitor.check()  # the same incident: nothing new opens
         assert background.failed == [], background.failed[:3]
 
+        # The new champion's reference profile describes the drifted traffic it was retrained for (the rows
+        # since drift began), not its training mix: that traffic keeps every check quiet, with no cooldown
+        # to hide a retrain storm (retraining off: a check that fires would open an incident, counted below).
+        champion = load_reference("fraud", "@champion", uri)
+        assert champion.version != ref.version and champion.profile["features_from"]["split"] == "all"
+        storm = Monitor(replace(cfg, cooldown_s=0.0, retrain=replace(cfg.retrain, enabled=False)))
+        x, y = _traffic(url, champion.spec, 2000, seed=8, **DRIFT)
+        assert LabelledTraffic(url, "fraud", x, y).run().labels_accepted == 2000
+        after = []
+        for i in range(20):  # stationary traffic, a check after every 100 rows
+            x, y = _traffic(url, champion.spec, 100, seed=20 + i, **DRIFT)
+            assert LabelledTraffic(url, "fraud", x, y).run().labels_accepted == 100
+            after.append(storm.check())
+        assert all(c.window["rows"] == 2000 and c.window["versions"] == {champion.version: 2000} for c in after)
+        assert not any(c.fired for c in after), [c.summary() for c in after if c.fired]
+
     incidents = IncidentStore(tmp_path / "monitor", "fraud").all()
     assert len(incidents) == 1, [(i.id, i.state) for i in incidents]
     incident = incidents[0]
@@ -105,6 +123,11 @@ def test_drift_is_detected_and_a_retrained_model_is_promoted(tmp_path, store, mo
     assert client.get_run(incident.steps["run_id"]).data.tags["modelyard.incident"] == "1"
     snapshot = incident.steps["snapshot"]
     assert snapshot["recent_rows"] >= 1000 and snapshot["reference_rows"] > 0
+    # the profile: the labelled rows since the quiet check (the drifted ones), as the run records
+    profile = snapshot["profile"]
+    assert 2500 <= profile["rows"] < snapshot["recent_rows"] and "since drift began" in profile["window"]
+    assert champion.profile["features_from"]["snapshot"] == profile["name"]
+    assert profile["name"] in client.get_run(incident.steps["run_id"]).data.tags["modelyard.profile_data"]
     events = IncidentStore(tmp_path / "monitor", "fraud").events()
     assert not again.fired or any(e["kind"] == "suppressed" for e in events)
 
