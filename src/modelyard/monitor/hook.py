@@ -11,8 +11,11 @@ command) is that knowledge. When an incident opens, the loop calls it with the i
      "drift_since": 1767229200.0,  # the last check before the incident that saw no drift (None: none)
      "until": 1767232800.0,        # when the hook is called
      "feedback": ".../incidents/0003/labelled.parquet",  # labelled logged rows since `since`
-     "labelled_rows": 1840, "log_dir": "inference_log", "folder": ".../incidents/0003",
-     "tracking_uri": "sqlite:///mlflow.db"}
+     "labelled_rows": 1840,
+     "profile_window": "since_drift",  # retrain.profile_window, and the time its rows start from:
+     "profile_since": 1767229230.5,    # rows logged since then are the new reference profile's (None: none)
+     "reference_fraction": 0.2, "seed": 0,  # retrain.reference_fraction and retrain.seed, for the hook's mix
+     "log_dir": "inference_log", "folder": ".../incidents/0003", "tracking_uri": "sqlite:///mlflow.db"}
 
 ``feedback`` holds one row per labelled logged row: ``ts``, ``request_id``, ``row``, ``version``,
 ``features`` (the logged inputs, as :mod:`modelyard.inference.log` flattens them), ``outputs``,
@@ -26,7 +29,10 @@ The hook answers with one of:
   datamodule's ``profile_dataloader()``, if it has one, gives the new reference profile);
 - a run: the id of a finished training run (a string, or ``{"run_id": ...}``) the hook trained itself.
 
-Export, canary and rollout then follow as for a snapshot, every step in the incident's timeline. A
+Export, canary and rollout then follow as for a snapshot, every step in the incident's timeline. The
+built-in text workload has its hook (:func:`modelyard.workloads.text.retraining_window`, chosen by the
+champion run's datamodule when ``retrain.hook`` is not set): the logged token ids, decoded with the
+champion's tokenizer, and their labels become the ``served`` texts of a new ``TextDataModule``. A
 hook that cannot be imported, raises, exits non-zero, times out or answers anything else fails the
 incident with the reason in its timeline; the monitor goes on.
 
@@ -47,9 +53,12 @@ from typing import Any
 
 from modelyard.errors import ModelyardError
 
-__all__ = ["HookError", "HookResult", "call_hook", "parse_answer"]
+__all__ = ["BUILTIN_HOOKS", "HookError", "HookResult", "call_hook", "parse_answer"]
 
 DATAMODULE_KEYS = ("class_path", "init_args", "batch_adapter")
+# the hooks of the built-in datamodules, by the class path a run records (modelyard.datamodule)
+BUILTIN_HOOKS = {"modelyard.workloads.TextDataModule": "modelyard.workloads.text:retraining_window",
+                 "modelyard.workloads.text.TextDataModule": "modelyard.workloads.text:retraining_window"}
 EXPECTED = ("a datamodule {'class_path': 'package.module.Class', 'init_args': {...}} or the id of a finished "
             "training run (a string or {'run_id': ...})")
 

@@ -45,7 +45,7 @@ from modelyard.export.run import run as export_run
 from modelyard.monitor.check import CheckResult, Reference, Trigger, evaluate, load_reference
 from modelyard.monitor.config import MonitorConfig
 from modelyard.monitor.drift import decode_features
-from modelyard.monitor.hook import call_hook, hook_name
+from modelyard.monitor.hook import BUILTIN_HOOKS, HookError, call_hook, hook_name
 from modelyard.monitor.incidents import Incident, IncidentStore, local_time
 from modelyard.monitor.report import write_report
 from modelyard.monitor.store import MonitorStore, RolloutLabels
@@ -212,24 +212,48 @@ class RetrainPipeline:
             HookError: the hook failed or answered something else.
         """
         r = self.cfg.retrain
+        tracking_uri = resolve_tracking_uri(self.cfg.tracking_uri)
+        hook, command = (r.hook, r.hook_command) if r.hook or r.hook_command else (
+            self._builtin_hook(ref, tracking_uri), None)
         folder.mkdir(parents=True, exist_ok=True)
-        labelled = store.labelled(since=ref.since).sort_values("ts").reset_index(drop=True)
+        labelled = store.labelled(since=ref.since).sort_values(["ts", "request_id", "row"]).reset_index(drop=True)
         feedback = folder / "labelled.parquet"
         keep = [c for c in ("ts", "request_id", "row", "version", "features", "outputs", "predicted", "label",
                             "label_index", "label_ts") if c in labelled.columns]
         labelled[keep].to_parquet(feedback, index=False)
+        until, (n_profile, _) = time.time(), self._profile_window(incident, labelled)
+        if n_profile is None:  # profile_window: training, the hook's whole mix
+            profile_since = None
+        elif n_profile:  # the first of the profile's rows
+            profile_since = float(labelled["ts"].iloc[len(labelled) - n_profile])
+        else:  # no labelled row in the profile window yet
+            profile_since = incident.drift_since if incident.drift_since is not None else until
         window = {"model": self.cfg.model, "incident": incident.id, "triggers": incident.triggers,
                   "champion_version": ref.version, "champion_run": ref.run_id, "since": ref.since,
-                  "drift_since": incident.drift_since, "until": time.time(), "feedback": str(feedback.resolve()),
-                  "labelled_rows": len(labelled), "log_dir": self.cfg.log_dir, "folder": str(folder.resolve()),
-                  "tracking_uri": resolve_tracking_uri(self.cfg.tracking_uri)}
-        what = hook_name(r.hook, r.hook_command)
+                  "drift_since": incident.drift_since, "until": until, "feedback": str(feedback.resolve()),
+                  "labelled_rows": len(labelled), "profile_window": r.profile_window, "profile_since": profile_since,
+                  "reference_fraction": r.reference_fraction, "seed": r.seed, "log_dir": self.cfg.log_dir,
+                  "folder": str(folder.resolve()), "tracking_uri": tracking_uri}
+        what = hook_name(hook, command)
         self.echo(f"  {what}: {len(labelled)} labelled rows since v{ref.version} went live")
-        result = call_hook(r.hook, r.hook_command, window, r.hook_timeout_s)
+        result = call_hook(hook, command, window, r.hook_timeout_s)
         for line in result.log:
             self.echo(f"    {line}")
-        return {**result.to_dict(), "hook": r.hook or r.hook_command, "reference_run": ref.run_id,
+        return {**result.to_dict(), "hook": hook or command, "reference_run": ref.run_id,
                 "labelled_rows": len(labelled)}
+
+    def _builtin_hook(self, ref: Reference, tracking_uri: str) -> str:
+        """The retraining hook of the champion's built-in datamodule (the text workload), named by its run."""
+        try:
+            datamodule = client_for(tracking_uri).get_run(ref.run_id).data.tags.get("modelyard.datamodule", "")
+        except Exception as err:  # noqa: BLE001 - MlflowException: the run is gone or the store unreachable
+            raise HookError(f"{self.cfg.model} v{ref.version}: its run {ref.run_id} cannot be read ({err}); "
+                            "set retrain.hook") from None
+        if datamodule not in BUILTIN_HOOKS:
+            raise HookError(f"{self.cfg.model} v{ref.version} trains on {datamodule or 'an unrecorded datamodule'}, "
+                            "not a snapshot, and has no built-in retraining: set retrain.hook to a "
+                            "'package.module:function' that turns the incident's window into its training data")
+        return BUILTIN_HOOKS[datamodule]
 
     # -- 2. train with the champion's config -----------------------------------------------------
     def train(self, incident: Incident, data: dict[str, Any], tracking_uri: str) -> str:
@@ -353,6 +377,12 @@ def _run_of_snapshot(tracking_uri: str, digest: str) -> str:
     if not runs:
         raise ModelyardError(f"training exited 0 but no finished run on snapshot {digest[:12]} is in {tracking_uri}")
     return runs[0].info.run_id
+
+
+def _hook_of(data: dict[str, Any]) -> tuple[str | None, list[str] | None]:
+    """The hook that answered ``data`` as ``(callable, command)``."""
+    hook = data.get("hook")
+    return (hook, None) if isinstance(hook, str) else (None, hook)
 
 
 def _run_named(tracking_uri: str, name: str, started_ms: int) -> str:
@@ -518,7 +548,7 @@ class Monitor:
             return
         steps = incident.steps
         r = self.cfg.retrain
-        hooked = bool(r.hook or r.hook_command)
+        hooked = bool(r.hook or r.hook_command) or ref.spec is None  # a model whose data is not a snapshot
         try:
             if "snapshot" not in steps and "data" not in steps:
                 folder = self.incidents.incident_dir(incident)
@@ -538,7 +568,7 @@ class Monitor:
                     data = steps["data"]
                     answer = (f"datamodule {data['datamodule']['class_path']}" if data.get("datamodule")
                               else f"run {data['run_id']}, trained by the hook")
-                    self._step(incident, "data", f"{hook_name(r.hook, r.hook_command)} answered {answer}",
+                    self._step(incident, "data", f"{hook_name(*_hook_of(data))} answered {answer}",
                                **{k: v for k, v in data.items() if k in ("datamodule", "run_id")})
                 else:
                     snap = steps["snapshot"]

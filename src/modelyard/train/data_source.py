@@ -16,7 +16,8 @@ Hooks a datamodule may define (all optional, looked up by name):
   reference profile.
 - ``profile_dataloader()``: batches of the traffic the model will serve, held out from training,
   when that differs from the validation split (a retrained model whose training data mixes older
-  data in): the reference profile's predictions come from them instead of the val loader.
+  data in): the reference profile's predictions come from them instead of the val loader. ``None``:
+  none this time (the val loader then).
 
 Batches follow the convention of :mod:`modelyard.models.batch`; ``data.batch_adapter`` names a
 function (``package.module.function``) that turns any other layout into ``(inputs, target)``.
@@ -148,8 +149,12 @@ class DataSource:
     @property
     def reference_split(self) -> str:
         """Where the reference profile's predictions come from: ``profile`` (the datamodule's
-        ``profile_dataloader()``) or ``val``."""
-        return "profile" if callable(getattr(self.datamodule, "profile_dataloader", None)) else "val"
+        ``profile_dataloader()``, unless it returns ``None``) or ``val``."""
+        hook = getattr(self.datamodule, "profile_dataloader", None)
+        if not callable(hook):
+            return "val"
+        self.setup()
+        return "val" if hook() is None else "profile"
 
     def reference_description(self) -> str:
         """One line naming the data the reference profile describes (recorded with the run)."""
