@@ -78,12 +78,6 @@ class HookResult:
     def to_dict(self) -> dict[str, Any]:
         return {"datamodule": self.datamodule} if self.datamodule is not None else {"run_id": self.run_id}
 
-    def summary(self) -> str:
-        if self.datamodule is not None:
-            args = json.dumps(self.datamodule.get("init_args", {}), sort_keys=True, default=str)
-            return f"datamodule {self.datamodule['class_path']} {args[:300]}"
-        return f"run {self.run_id} (trained by the hook)"
-
 
 def hook_name(hook: str | None, command: list[str] | None) -> str:
     return f"retrain.hook {hook!r}" if hook else f"retrain.hook_command {command!r}"
