@@ -8,10 +8,13 @@
 3. Injects drift with the generator's knobs from configs/data/transactions_drifted.yaml (larger
    amounts, purchases far from home, more fraud, a changed fraud pattern) and feeds those labels back.
 4. The next check sees drifting features and the lost accuracy and opens an incident: a new data
-   window (recent labelled rows + some of the champion's data) -> `modelyard train` with the same
-   config -> export behind the parity gate as `challenger` -> canary at 0% -> a progressive rollout,
-   judged on live traffic and live feedback accuracy, that promotes it.
-5. Prints the registry's alias moves (scripts/demo.sh then prints `modelyard monitor history`).
+   window (recent labelled rows + some of the champion's data; the rows since drift began become
+   the new reference profile) -> `modelyard train` with the same config -> export behind the
+   parity gate as `challenger` -> canary at 0% -> a progressive rollout, judged on live traffic and
+   live feedback accuracy, that promotes it.
+5. The same drifted traffic goes on, answered by the new champion: its reference profile describes
+   the rows since drift began (not its training mix with the old data), so its first check is quiet.
+6. Prints the registry's alias moves (scripts/demo.sh then prints `modelyard monitor history`).
 Everything it starts is stopped at the end; everything it records stays in MLflow and monitor/.
 """
 
@@ -93,8 +96,23 @@ def main() -> None:
             monitor.check()
         say(f"background traffic during the loop: {background.rows} rows, by version {background.by_version}, "
             f"{len(background.failed)} failed")
-        time.sleep(1.5)
-        monitor.check()  # the new champion's baseline: quiet again (or a suppressed incident in cooldown)
+
+        # The new champion's reference profile describes the traffic it was retrained for (the labelled rows
+        # since drift began), not its training mix with the old data: the same drifted traffic is quiet.
+        champion = load_reference(cfg.model, cfg.reference, cfg.tracking_uri)
+        described = champion.profile.get("features_from") or {}
+        say(f"phase 3, the new champion {cfg.model} v{champion.version}: its reference profile describes "
+            f"{described.get('rows', '?')} rows of snapshot {described.get('snapshot', '?')} (the window since drift "
+            "began); the same drifted traffic goes on")
+        later = make_transactions(args.rows, seed=102, shift=knobs.shift, positive_rate=knobs.positive_rate,
+                                  concept_drift=knobs.concept_drift)
+        traffic = LabelledTraffic(url, cfg.model, encode_features(later, champion.spec),
+                                  encode_labels(later, champion.spec)).run()
+        say(f"  {traffic.rows} drifted rows answered (requests by version {traffic.by_version}), "
+            f"{traffic.labels_accepted} labels fed back")
+        after = monitor.check()
+        say("  the new champion's first check on that traffic: " + (
+            "FIRED (suppressed only by the cooldown)" if after.fired else "quiet, the cooldown has nothing to hide"))
 
     print()
     print("registry alias moves:")

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from lightning import LightningDataModule, LightningModule
@@ -39,18 +43,26 @@ class SensorsDataModule(LightningDataModule):
 
     ``codes`` INT64 ``(B, 6)``: event codes 0..19; ``readings`` FP32 ``(B, 3)``. The target is 1 when
     code 7 occurs and the first reading is positive, so both inputs matter.
+
+    ``feedback``: a ``.npz`` of served rows and their fed-back labels (``codes``, ``readings``,
+    ``target``; written by :func:`sensors_retraining`), appended to the generated rows.
     """
 
-    def __init__(self, rows: int = 800, seed: int = 0, batch_size: int = 64) -> None:
+    def __init__(self, rows: int = 800, seed: int = 0, batch_size: int = 64, feedback: str | None = None) -> None:
         super().__init__()
-        self.rows, self.seed, self.batch_size = rows, seed, batch_size
+        self.rows, self.seed, self.batch_size, self.feedback = rows, seed, batch_size, feedback
 
     def setup(self, stage: str | None = None) -> None:
         generator = torch.Generator().manual_seed(self.seed)
         codes = torch.randint(0, 20, (self.rows, 6), generator=generator)
         readings = torch.randn(self.rows, 3, generator=generator)
         target = ((codes == 7).any(1) & (readings[:, 0] > 0)).long()
-        split = int(self.rows * 0.8)
+        if self.feedback:
+            served = np.load(self.feedback)
+            codes = torch.cat([codes, torch.as_tensor(served["codes"])])
+            readings = torch.cat([readings, torch.as_tensor(served["readings"])])
+            target = torch.cat([target, torch.as_tensor(served["target"])])
+        split = int(len(target) * 0.8)
         self.train_set = TensorDataset(codes[:split], readings[:split], target[:split])
         self.val_set = TensorDataset(codes[split:], readings[split:], target[split:])
 
@@ -97,3 +109,16 @@ class SensorsModel(LightningModule):
 
     def configure_optimizers(self):
         return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
+
+
+def sensors_retraining(window: dict) -> dict:
+    """The monitor's ``retrain.hook`` for the sensors model: the incident's labelled served rows (the inference
+    log holds the two inputs side by side, 6 codes then 3 readings) -> a ``.npz`` in the incident's folder,
+    added to the generated rows of a new :class:`SensorsDataModule`."""
+    labelled = pd.read_parquet(window["feedback"])
+    features = np.stack(labelled["features"].to_numpy()).astype(np.float32)  # (N, 9)
+    path = Path(window["folder"]) / "sensors_feedback.npz"
+    np.savez(path, codes=features[:, :6].round().astype(np.int64), readings=features[:, 6:9],
+             target=labelled["label_index"].to_numpy(dtype=np.int64))
+    return {"class_path": f"{__name__}.SensorsDataModule",
+            "init_args": {"rows": 400, "seed": 1 + window["incident"], "feedback": str(path)}}

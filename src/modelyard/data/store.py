@@ -127,6 +127,7 @@ def write_snapshot(
     source: dict[str, Any] | None = None,
     quarantine: pd.DataFrame | None = None,
     quarantine_by_column: dict[str, int] | None = None,
+    splits: np.ndarray | list[str] | None = None,
 ) -> Snapshot:
     """Write ``data`` (already validated, ``N >= 1`` rows) as a snapshot and point ``refs/<name>`` at it.
 
@@ -140,20 +141,32 @@ def write_snapshot(
         source: provenance recorded in the manifest (generator + params, or file path).
         quarantine: rejected rows (see :func:`modelyard.data.validate.quarantine_frame`).
         quarantine_by_column: column -> rejected row count, recorded in the manifest.
+        splits: ``(N,)`` split name of each row, kept as given instead of a seeded assignment
+            (``fractions`` and ``seed`` are then unused): a subset of another snapshot keeps the
+            splits its rows have there.
 
     Returns:
         The :class:`Snapshot` (new, or the existing one with the same digest).
 
     Raises:
-        ValueError: on an invalid ref name, empty data, or bad split fractions.
+        ValueError: on an invalid ref name, empty data, bad split fractions, or given ``splits`` that
+            are not one of train/val/test per row.
     """
     _check_ref(name)
     if len(data) == 0:
         raise ValueError("refusing to write an empty snapshot: no rows were accepted")
     frame = canonical_frame(data, schema)
-    labels = frame[schema.label] if _stratify(schema) else None
-    train, val, test = fractions
-    splits, split_info = assign_splits(labels, len(frame), train=train, val=val, test=test, seed=seed)
+    if splits is None:
+        labels = frame[schema.label] if _stratify(schema) else None
+        train, val, test = fractions
+        splits, split_info = assign_splits(labels, len(frame), train=train, val=val, test=test, seed=seed)
+    else:
+        splits = np.asarray(splits, dtype=object)
+        unknown = sorted({str(s) for s in splits} - set(SPLIT_NAMES))
+        if splits.shape != (len(frame),) or unknown:
+            raise ValueError(f"splits must name one of {', '.join(SPLIT_NAMES)} for each of the {len(frame)} rows, "
+                             f"got shape {splits.shape}" + (f" and {unknown[:5]}" if unknown else ""))
+        split_info = {"method": "given"}
     digest = compute_digest(frame, schema, splits, quarantine)
 
     root = Path(store)

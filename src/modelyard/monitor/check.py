@@ -194,7 +194,7 @@ def evaluate(cfg: MonitorConfig, store: MonitorStore, ref: Reference, now: float
             scores = prediction_scores(outputs)
         result.drift = detect_drift(ref.profile, decode_features(matrix, ref.spec), scores, cfg.drift)
         result.drift.meta.update(model=cfg.model, reference_version=ref.version, reference_run=ref.run_id,
-                                 window=window)
+                                 window=window, reference_data=ref.profile.get("features_from"))
     else:
         result.notes.append("the inference log has no rows in this window")
 

@@ -24,6 +24,7 @@ SUBCOMMANDS = {
     "check": "one evaluation of the current window; when the policy fires, the retraining loop runs",
     "watch": "`check` every --interval_s seconds until interrupted",
     "history": "the timeline: incidents, drift figures, runs, versions and rollout decisions (--json, --checks)",
+    "retrain": "open an incident now, whatever the checks say (--reason TEXT), and run the retraining loop",
 }
 
 DESCRIPTION = """Watches a served model: its inference log (written by `modelyard serve ray`) against the reference
@@ -40,10 +41,14 @@ profile of the champion's training run, and its live accuracy from feedback labe
   watch    `check` every --interval_s seconds until interrupted; --metrics_port serves the drift
            gauges for Prometheus.
   history  the timeline: incidents, their drift figures, runs, versions and rollout decisions.
-           --json prints it as JSON; --checks adds every check."""
+           --json prints it as JSON; --checks adds every check.
+  retrain  an operator's request (new labels arrived, a known change): opens an incident at once,
+           --reason TEXT in its timeline, and runs the loop as for a check that fired. A model whose
+           data is not a snapshot is retrained through retrain.hook (or retrain.hook_command)."""
 
 EPILOG = """Exit status of check: 0 quiet, 3 the policy fired (an incident opened or is in progress), 1 an error,
-2 bad usage. `modelyard monitor check --help` lists every option; configs/monitor/fraud.yaml documents them."""
+2 bad usage; of retrain: 0 promoted, 3 any other end (rolled back, failed, waiting for labels).
+`modelyard monitor check --help` lists every option; configs/monitor/fraud.yaml documents them."""
 
 
 CONFIG_DESCRIPTION = (
@@ -83,6 +88,15 @@ def main(argv: Sequence[str]) -> int:
             if flag in rest:
                 history_flags[flag] = True
                 rest.remove(flag)
+    reason = None
+    if action == "retrain":
+        if "--reason" not in rest or rest.index("--reason") + 1 >= len(rest):
+            print("modelyard monitor retrain: --reason TEXT is required (it goes into the incident's timeline)",
+                  file=sys.stderr)
+            return 2
+        at = rest.index("--reason")
+        reason = rest[at + 1]
+        del rest[at:at + 2]
     cfg = parse_config(MonitorConfig, rest, prog=f"modelyard monitor {action}", source="monitor configuration")
     if action == "history":
         return print_history(cfg.state_dir, cfg.model, as_json=history_flags["--json"],
@@ -90,6 +104,9 @@ def main(argv: Sequence[str]) -> int:
 
     gauges = DriftGauges() if (cfg.metrics_port or cfg.metrics_file) else None
     monitor = Monitor(cfg, gauges=gauges)
+    if action == "retrain":
+        incident = monitor.retrain_now(str(reason))
+        return 0 if incident.state == "promoted" else 3
     if action == "check":
         result = monitor.check()
         print(f"report: {monitor.incidents.root / 'reports' / 'latest' / 'report.html'}")

@@ -7,7 +7,9 @@ VALUE`` overrides); :class:`MonitorConfig` checks the rules between fields when 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
+from typing import Literal
 
 from jsonargparse.typing import (
     ClosedUnitInterval,
@@ -24,6 +26,9 @@ from modelyard.monitor.drift import DriftSettings
 from modelyard.safety import NAME_RULE, name_problem
 
 __all__ = ["MonitorConfig", "PolicyConfig", "RetrainConfig", "WindowConfig"]
+
+# retrain.hook: dotted module path, a colon, the (possibly dotted) attribute
+HOOK_CALLABLE = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 
 Fraction = restricted_number_type("Fraction", float, [(">=", 0), ("<", 1)],
                                   docstring="float restricted to be ≥0 and <1")
@@ -100,6 +105,27 @@ class RetrainConfig:
             (train and val splits), so a short recent window does not make the model forget.
         store: the data store of the new snapshot.
         seed: seed of the reference sample and of the snapshot's split.
+        profile_window: what the retrained model's reference profile (the "normal" its checks
+            compare live traffic with once it is champion) describes: ``since_drift``, the labelled
+            rows logged since drift began (since the last check before the incident that saw
+            enough rows and no drift; all recent rows when there is none); ``last_rows``, the
+            last ``profile_rows`` labelled rows; ``training``, its whole training data (the mix with
+            the champion's data, which the checks after a promotion keep telling apart from the
+            traffic). The profile rows are a snapshot of their own (``<model>-incident-<id>-profile``,
+            the training run's ``data.profile``); its predictions and validation metric come from
+            those of its rows held out from training.
+        profile_rows: with ``profile_window: last_rows``, how many of the newest labelled rows.
+        hook: retrain a model whose data is not a snapshot (a datamodule of your own): a Python
+            callable ``package.module:function`` called with the incident's window (a dict: time
+            bounds, a Parquet file of its labelled logged rows, the champion's run id and version,
+            the incident folder; see :mod:`modelyard.monitor.hook`). It returns the datamodule to
+            retrain the champion's config on (``{"class_path": ..., "init_args": {...}}``) or the id
+            of a finished training run; export, canary and rollout follow as for a snapshot.
+            ``null``: the built-in snapshot data step.
+        hook_command: the same hook as a command (a list of arguments, run without a shell): the
+            window as JSON on its standard input, its answer as JSON on the last line of its
+            standard output; a non-zero exit fails the incident. Exclusive with ``hook``.
+        hook_timeout_s: a hook still running after this many seconds fails the incident.
     """
 
     enabled: bool = True
@@ -116,6 +142,31 @@ class RetrainConfig:
     reference_fraction: Fraction = 0.2
     store: str = "data/store"
     seed: SeedInt = 0
+    profile_window: Literal["since_drift", "last_rows", "training"] = "since_drift"
+    profile_rows: PositiveInt = 5000
+    hook: str | None = None
+    hook_command: list[str] | None = None
+    hook_timeout_s: PositiveFloat = 3600.0
+
+    def problems(self) -> list[str]:
+        """The rules between the fields (their types are checked by the caller), keys prefixed ``retrain.``."""
+        problems = []
+        if self.recent_rows < self.min_labelled_rows:
+            problems.append(f"retrain.recent_rows ({self.recent_rows}) must be >= retrain.min_labelled_rows "
+                            f"({self.min_labelled_rows}) >= 1")
+        if self.profile_window == "last_rows" and not self.min_labelled_rows <= self.profile_rows <= self.recent_rows:
+            problems.append(f"retrain.profile_rows ({self.profile_rows}) must be within retrain.min_labelled_rows "
+                            f"({self.min_labelled_rows}) and retrain.recent_rows ({self.recent_rows}): the profile "
+                            "is part of the new training window")
+        if self.hook is not None and not HOOK_CALLABLE.fullmatch(self.hook):
+            problems.append(f"retrain.hook must name a Python callable as 'package.module:function', got "
+                            f"{self.hook!r:.200}; a command goes in retrain.hook_command (a list of arguments)")
+        if self.hook_command is not None and (not self.hook_command or not all(self.hook_command)):
+            problems.append(f"retrain.hook_command must be a non-empty list of non-empty arguments, e.g. "
+                            f"['python', 'retrain.py'], got {self.hook_command!r:.200}")
+        if self.hook is not None and self.hook_command is not None:
+            problems.append("retrain.hook and retrain.hook_command are exclusive: name the hook once")
+        return problems
 
 
 @dataclass
@@ -165,9 +216,7 @@ class MonitorConfig:
                 problems.append(f"reference must be a registry alias such as @champion or a version number, got "
                                 f"{self.reference!r}")
             r = self.retrain
-            if r.recent_rows < r.min_labelled_rows:
-                problems.append(f"retrain.recent_rows ({r.recent_rows}) must be >= retrain.min_labelled_rows "
-                                f"({r.min_labelled_rows}) >= 1")
+            problems += r.problems()
             if r.serve_config is None and r.serve_url is None and r.enabled:
                 problems.append("retrain needs retrain.serve_config (to deploy the canary) or retrain.serve_url")
         if problems:

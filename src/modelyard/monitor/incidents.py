@@ -44,6 +44,9 @@ class Incident:
     error: str | None = None
     mlflow_run: str | None = None
     suppressed_checks: int = 0
+    # when the drift began, as far as the checks tell: the last check before the incident that saw
+    # enough rows and no drifted feature (None: none since the champion went live)
+    drift_since: float | None = None
 
     @property
     def is_open(self) -> bool:

@@ -19,6 +19,7 @@ own values (run id, version, URL) on the config object.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -37,13 +38,14 @@ import pandas as pd
 from modelyard.config import load_config, parse_config
 from modelyard.data.config import DataConfig, SplitConfig
 from modelyard.data.run import run as data_run
-from modelyard.data.store import Snapshot
+from modelyard.data.store import Snapshot, write_snapshot
 from modelyard.errors import ModelyardError
 from modelyard.export.config import ExportConfig
 from modelyard.export.run import run as export_run
-from modelyard.monitor.check import CheckResult, Reference, evaluate, load_reference
+from modelyard.monitor.check import CheckResult, Reference, Trigger, evaluate, load_reference
 from modelyard.monitor.config import MonitorConfig
 from modelyard.monitor.drift import decode_features
+from modelyard.monitor.hook import BUILTIN_HOOKS, HookError, call_hook, hook_name
 from modelyard.monitor.incidents import Incident, IncidentStore, local_time
 from modelyard.monitor.report import write_report
 from modelyard.monitor.store import MonitorStore, RolloutLabels
@@ -127,16 +129,28 @@ class RetrainPipeline:
     # -- 1. a fresh data window --------------------------------------------------------------------
     def snapshot(self, incident: Incident, ref: Reference, store: Any, folder: Path) -> dict[str, Any]:
         """Recent labelled rows (decoded to raw values) + a sample of the champion's own data -> a
-        validated snapshot ``<model>-incident-<id>``.
+        validated snapshot ``<model>-incident-<id>``; the part of the recent rows the new model's
+        reference profile describes (``retrain.profile_window``) -> ``<model>-incident-<id>-profile``,
+        its rows keeping the splits they have in the training snapshot (so its val and test rows are
+        held out from training).
 
         Raises:
-            NotEnoughLabels: fewer than ``retrain.min_labelled_rows`` labelled rows since the champion went live.
+            NotEnoughLabels: fewer than ``retrain.min_labelled_rows`` labelled rows since the champion went
+                live, or in the profile window.
         """
         r = self.cfg.retrain
-        labelled = store.labelled(since=ref.since).sort_values("ts").tail(r.recent_rows)
+        labelled = store.labelled(since=ref.since).sort_values("ts").tail(r.recent_rows).reset_index(drop=True)
         if len(labelled) < r.min_labelled_rows:
             raise NotEnoughLabels(f"{len(labelled)} labelled rows since {self.cfg.model} v{ref.version} went live; "
                                   f"retraining needs retrain.min_labelled_rows={r.min_labelled_rows}")
+        n_profile, window = self._profile_window(incident, labelled)
+        if n_profile is not None and n_profile < r.min_labelled_rows:
+            raise NotEnoughLabels(f"{n_profile} labelled rows {window}; the new reference profile "
+                                  f"(retrain.profile_window={r.profile_window}) needs retrain.min_labelled_rows="
+                                  f"{r.min_labelled_rows}")
+        if n_profile is not None:  # the profile rows (the newest) first: they are the snapshot's first rows
+            cut = len(labelled) - n_profile
+            labelled = pd.concat([labelled.iloc[cut:], labelled.iloc[:cut]], ignore_index=True)
         base = Snapshot.open(ref.data_digest, r.store, allow_path=False)  # a digest from a run tag
         schema = base.schema
         recent = decode_features(store.features_matrix(labelled), ref.spec)
@@ -156,25 +170,121 @@ class RetrainPipeline:
                                      store=r.store, split=base_split(base, r.seed)))
         self.echo(f"  snapshot {result.short_digest} ({result.name}): {len(recent)} recent labelled rows + "
                   f"{n_ref} rows of the champion's data; {result.n_rows} accepted, {result.n_quarantined} quarantined")
-        return {"name": result.name, "digest": result.digest, "reference_run": ref.run_id, "recent_rows": len(recent),
-                "reference_rows": int(n_ref), "accepted": result.n_rows, "quarantined": result.n_quarantined}
+        out = {"name": result.name, "digest": result.digest, "reference_run": ref.run_id, "recent_rows": len(recent),
+               "reference_rows": int(n_ref), "accepted": result.n_rows, "quarantined": result.n_quarantined}
+        if n_profile is not None:
+            out["profile"] = self._profile_snapshot(incident, result, n_profile, window)
+        return out
+
+    def _profile_window(self, incident: Incident, labelled: pd.DataFrame) -> tuple[int | None, str]:
+        """How many of the newest ``labelled`` rows the new reference profile describes (None: its whole
+        training data), and those rows in words."""
+        r = self.cfg.retrain
+        if r.profile_window == "training":
+            return None, "of the training window"
+        if r.profile_window == "last_rows":
+            return min(r.profile_rows, len(labelled)), f"(the last retrain.profile_rows={r.profile_rows})"
+        if incident.drift_since is None:
+            return len(labelled), "since the champion went live (no quiet check before the drift)"
+        n = int((labelled["ts"].to_numpy() >= incident.drift_since).sum())
+        return n, f"since drift began (after the quiet check of {local_time(incident.drift_since)})"
+
+    def _profile_snapshot(self, incident: Incident, training: Any, n_profile: int, window: str) -> dict[str, Any]:
+        """The first rows of the training snapshot that came from the profile window, with their splits."""
+        accepted = int(n_profile - training.report.bad_mask[:n_profile].sum())  # accepted rows keep their order
+        snap = Snapshot(training.path)
+        written = write_snapshot(snap.frame().iloc[:accepted], snap.schema, name=f"{training.name}-profile",
+                                 store=self.cfg.retrain.store, splits=snap.splits()[:accepted],
+                                 source={"profile_of": training.digest, "incident": incident.id,
+                                         "window": f"labelled rows {window}",
+                                         "profile_window": self.cfg.retrain.profile_window})
+        counts = written.manifest["splits"]
+        self.echo(f"  reference profile data {written.short_digest} ({written.name}): {accepted} labelled rows "
+                  f"{window}; {counts.get('val', 0) + counts.get('test', 0)} of them held out from training")
+        return {"name": written.name, "digest": written.digest, "rows": accepted, "window": window}
+
+    # -- 1'. or the user's hook builds the data ------------------------------------------------------
+    def hook(self, incident: Incident, ref: Reference, store: Any, folder: Path) -> dict[str, Any]:
+        """Call ``retrain.hook`` (or ``retrain.hook_command``) with the incident's window
+        (:mod:`modelyard.monitor.hook`); its answer: ``{"datamodule": {...}}`` or ``{"run_id": ...}``.
+
+        Raises:
+            HookError: the hook failed or answered something else.
+        """
+        r = self.cfg.retrain
+        tracking_uri = resolve_tracking_uri(self.cfg.tracking_uri)
+        hook, command = (r.hook, r.hook_command) if r.hook or r.hook_command else (
+            self._builtin_hook(ref, tracking_uri), None)
+        folder.mkdir(parents=True, exist_ok=True)
+        labelled = store.labelled(since=ref.since).sort_values(["ts", "request_id", "row"]).reset_index(drop=True)
+        feedback = folder / "labelled.parquet"
+        keep = [c for c in ("ts", "request_id", "row", "version", "features", "outputs", "predicted", "label",
+                            "label_index", "label_ts") if c in labelled.columns]
+        labelled[keep].to_parquet(feedback, index=False)
+        until, (n_profile, _) = time.time(), self._profile_window(incident, labelled)
+        if n_profile is None:  # profile_window: training, the hook's whole mix
+            profile_since = None
+        elif n_profile:  # the first of the profile's rows
+            profile_since = float(labelled["ts"].iloc[len(labelled) - n_profile])
+        else:  # no labelled row in the profile window yet
+            profile_since = incident.drift_since if incident.drift_since is not None else until
+        window = {"model": self.cfg.model, "incident": incident.id, "triggers": incident.triggers,
+                  "champion_version": ref.version, "champion_run": ref.run_id, "since": ref.since,
+                  "drift_since": incident.drift_since, "until": until, "feedback": str(feedback.resolve()),
+                  "labelled_rows": len(labelled), "profile_window": r.profile_window, "profile_since": profile_since,
+                  "reference_fraction": r.reference_fraction, "seed": r.seed, "log_dir": self.cfg.log_dir,
+                  "folder": str(folder.resolve()), "tracking_uri": tracking_uri}
+        what = hook_name(hook, command)
+        self.echo(f"  {what}: {len(labelled)} labelled rows since v{ref.version} went live")
+        result = call_hook(hook, command, window, r.hook_timeout_s)
+        for line in result.log:
+            self.echo(f"    {line}")
+        return {**result.to_dict(), "hook": hook or command, "reference_run": ref.run_id,
+                "labelled_rows": len(labelled)}
+
+    def _builtin_hook(self, ref: Reference, tracking_uri: str) -> str:
+        """The retraining hook of the champion's built-in datamodule (the text workload), named by its run."""
+        try:
+            datamodule = client_for(tracking_uri).get_run(ref.run_id).data.tags.get("modelyard.datamodule", "")
+        except Exception as err:  # noqa: BLE001 - MlflowException: the run is gone or the store unreachable
+            raise HookError(f"{self.cfg.model} v{ref.version}: its run {ref.run_id} cannot be read ({err}); "
+                            "set retrain.hook") from None
+        if datamodule not in BUILTIN_HOOKS:
+            raise HookError(f"{self.cfg.model} v{ref.version} trains on {datamodule or 'an unrecorded datamodule'}, "
+                            "not a snapshot, and has no built-in retraining: set retrain.hook to a "
+                            "'package.module:function' that turns the incident's window into its training data")
+        return BUILTIN_HOOKS[datamodule]
 
     # -- 2. train with the champion's config -----------------------------------------------------
-    def train(self, incident: Incident, snapshot: dict[str, Any], tracking_uri: str) -> str:
+    def train(self, incident: Incident, data: dict[str, Any], tracking_uri: str) -> str:
+        """``modelyard train`` with the champion's config on the new data (a snapshot, or the hook's
+        datamodule); a run the hook trained itself is checked to be finished. The run id."""
         r = self.cfg.retrain
-        config = r.train_config or self._champion_config(snapshot["reference_run"], tracking_uri, incident)
-        argv = [sys.executable, "-m", "modelyard", "train", "--config", config,
-                "--data.snapshot", snapshot["name"], "--data.store", r.store,
-                "--mlflow.run_name", f"{self.cfg.model}-incident-{incident.id}", *r.train_args]
+        if data.get("run_id"):
+            return _finished_run(tracking_uri, str(data["run_id"]))
+        config = r.train_config or self._champion_config(data["reference_run"], tracking_uri, incident)
+        name = f"{self.cfg.model}-incident-{incident.id}"
+        if data.get("datamodule"):
+            datamodule = data["datamodule"]
+            chosen = ["--data.class_path", datamodule["class_path"], "--data.init_args",
+                      json.dumps(datamodule.get("init_args") or {}), "--data.batch_adapter",
+                      datamodule.get("batch_adapter") or "null", "--data.profile", "null"]
+        else:  # the profile snapshot, or none: never the one the champion's own config may name
+            chosen = ["--data.snapshot", data["name"], "--data.store", r.store,
+                      "--data.profile", data["profile"]["name"] if data.get("profile") else "null"]
+        argv = [sys.executable, "-m", "modelyard", "train", "--config", config, *chosen,
+                "--mlflow.run_name", name, *r.train_args]
         self.echo("  $ " + " ".join(argv[2:]))
         env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}
         for var in ("MODELYARD_JOB_DIR", "LOCAL_RANK", "RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
             env.pop(var, None)  # a fresh job, not a rank of ours
+        started = int(time.time() * 1000)
         proc = subprocess.run(argv, check=False, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         tail = proc.stdout.strip().splitlines()[-15:]
         if proc.returncode != 0:
             raise ModelyardError(f"retraining failed (exit {proc.returncode}):\n" + "\n".join(tail))
-        run_id = _run_of_snapshot(tracking_uri, snapshot["digest"])
+        run_id = (_run_named(tracking_uri, name, started) if data.get("datamodule")
+                  else _run_of_snapshot(tracking_uri, data["digest"]))
         self.echo(f"  trained run {run_id}")
         return run_id
 
@@ -269,6 +379,37 @@ def _run_of_snapshot(tracking_uri: str, digest: str) -> str:
     return runs[0].info.run_id
 
 
+def _hook_of(data: dict[str, Any]) -> tuple[str | None, list[str] | None]:
+    """The hook that answered ``data`` as ``(callable, command)``."""
+    hook = data.get("hook")
+    return (hook, None) if isinstance(hook, str) else (None, hook)
+
+
+def _run_named(tracking_uri: str, name: str, started_ms: int) -> str:
+    """The newest finished ``modelyard train`` run called ``name`` that started after ``started_ms``."""
+    client = client_for(tracking_uri)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    query = (f"tags.`mlflow.runName` = '{name}' and tags.`mlflow.source.name` = 'modelyard train' and "
+             f"attributes.status = 'FINISHED' and attributes.start_time >= {started_ms}")
+    runs = client.search_runs(experiments, query, order_by=["attributes.start_time DESC"], max_results=1)
+    if not runs:
+        raise ModelyardError(f"training exited 0 but no finished run named {name} is in {tracking_uri}")
+    return runs[0].info.run_id
+
+
+def _finished_run(tracking_uri: str, run_id: str) -> str:
+    """``run_id``, checked to be a finished run in the tracking store (a run the hook trained)."""
+    try:
+        run = client_for(tracking_uri).get_run(run_id)
+    except Exception as err:  # noqa: BLE001 - MlflowException for an unknown or malformed id
+        raise ModelyardError(f"retrain.hook answered run {run_id!r:.100}, which is not a run in {tracking_uri}: "
+                             f"{str(err)[:300]}") from None
+    if run.info.status != "FINISHED":
+        raise ModelyardError(f"retrain.hook answered run {run_id}, whose status is {run.info.status}; expected "
+                             "FINISHED")
+    return run.info.run_id
+
+
 class Monitor:
     """Checks, incidents and the loop for one model; see the module docstring.
 
@@ -301,7 +442,7 @@ class Monitor:
         """Evaluate the current window; open or advance an incident when the policy says so."""
         now = self.clock.time()
         ref = self._load_reference()
-        store = MonitorStore(self.cfg.log_dir, self.cfg.model, classes=ref.spec.classes)
+        store = MonitorStore(self.cfg.log_dir, self.cfg.model, classes=ref.spec.classes if ref.spec else None)
         result = evaluate(self.cfg, store, ref, now=now, last_retrain=self.incidents.last_retrain())
         report_dir = self.incidents.root / "reports" / "latest"
         if result.drift is not None:
@@ -332,17 +473,53 @@ class Monitor:
             last = self.incidents.last_closed()
             self.echo(f"  suppressed: cooldown after incident {last.id if last else '?'} until {local_time(until)}")
             return result
+        self._open(result, ref, store, report_dir)
+        return result
+
+    def retrain_now(self, reason: str) -> Incident:
+        """Open an incident at once (an operator's request: new labels arrived, a known change), whatever
+        the checks say and however recent the last one; it runs like any other. The incident.
+
+        Raises:
+            ModelyardError: an incident is still open (it is the one to follow).
+        """
+        current = self.incidents.current()
+        if current is not None:
+            raise ModelyardError(f"incident {current.id} of {self.cfg.model} is still open ({current.state}); "
+                                 "a check resumes it")
+        now = self.clock.time()
+        ref = self._load_reference()
+        store = MonitorStore(self.cfg.log_dir, self.cfg.model, classes=ref.spec.classes if ref.spec else None)
+        result = CheckResult(time=now, model=self.cfg.model, reference_version=ref.version, reference_run=ref.run_id,
+                             window={"rows": 0}, drift=None, performance=None,
+                             triggers=[Trigger("manual", f"retraining requested: {reason}")])
+        return self._open(result, ref, store, None)
+
+    def _open(self, result: CheckResult, ref: Reference, store: Any, report_dir: Path | None) -> Incident:
+        """Open the incident ``result``'s triggers call for, and run it."""
+        now = result.time
         incident = self.incidents.open(ref.version, [asdict(t) for t in result.triggers], now)
+        incident.drift_since = self._drift_since(ref, now)
+        self.incidents.save(incident)
         folder = self.incidents.incident_dir(incident)
-        if result.drift is not None:
+        if result.drift is not None and report_dir is not None:
             shutil.copytree(report_dir, folder / "report", dirs_exist_ok=True)
-        self.incidents.event("incident", "opened: " + "; ".join(t.detail for t in result.triggers), incident, now,
-                             reference_version=ref.version)
+        since = f"; no drift seen before {local_time(incident.drift_since)}" if incident.drift_since else ""
+        self.incidents.event("incident", "opened: " + "; ".join(t.detail for t in result.triggers) + since, incident,
+                             now, reference_version=ref.version, drift_since=incident.drift_since)
         self.echo(f"incident {incident.id} opened: " + "; ".join(t.detail for t in result.triggers))
         incident.mlflow_run = self._mlflow_open(incident, result, folder)
         self.incidents.save(incident)
         self._advance(incident, ref, store)
-        return result
+        return incident
+
+    def _drift_since(self, ref: Reference, now: float) -> float | None:
+        """When the last check of ``ref`` before ``now`` ran that judged enough rows and found no drift."""
+        quiet = [float(c["time"]) for c in self.incidents.checks()
+                 if c.get("reference_version") == ref.version and not c.get("fired") and not c.get("drifted")
+                 and int(c.get("rows") or 0) >= self.cfg.drift.min_samples and float(c["time"]) < now
+                 and (ref.since is None or float(c["time"]) >= ref.since)]
+        return max(quiet) if quiet else None
 
     def watch(self, stop: threading.Event | None = None, max_checks: int | None = None) -> int:
         """Check every ``interval_s`` until ``stop`` is set (or ``max_checks`` ran); the checks run.
@@ -370,11 +547,16 @@ class Monitor:
             self._close(incident, "reported", "retraining is disabled (retrain.enabled: false)")
             return
         steps = incident.steps
+        r = self.cfg.retrain
+        hooked = bool(r.hook or r.hook_command) or ref.spec is None  # a model whose data is not a snapshot
         try:
-            if "snapshot" not in steps:
+            if "snapshot" not in steps and "data" not in steps:
+                folder = self.incidents.incident_dir(incident)
                 try:
-                    steps["snapshot"] = self.pipeline.snapshot(incident, ref, store,
-                                                               self.incidents.incident_dir(incident))
+                    if hooked:  # the user's code builds the data (a datamodule) or trains itself
+                        steps["data"] = self.pipeline.hook(incident, ref, store, folder)
+                    else:
+                        steps["snapshot"] = self.pipeline.snapshot(incident, ref, store, folder)
                 except NotEnoughLabels as err:
                     if incident.state != "waiting_for_labels":
                         incident.state = "waiting_for_labels"
@@ -382,11 +564,22 @@ class Monitor:
                         self.incidents.event("waiting", str(err), incident)
                         self.echo(f"  incident {incident.id} waits for feedback: {err}")
                     return
-                snap = steps["snapshot"]
-                self._step(incident, "snapshot", f"snapshot {snap['name']}: {snap['recent_rows']} recent + "
-                           f"{snap['reference_rows']} reference rows")
+                if hooked:
+                    data = steps["data"]
+                    answer = (f"datamodule {data['datamodule']['class_path']}" if data.get("datamodule")
+                              else f"run {data['run_id']}, trained by the hook")
+                    self._step(incident, "data", f"{hook_name(*_hook_of(data))} answered {answer}",
+                               **{k: v for k, v in data.items() if k in ("datamodule", "run_id")})
+                else:
+                    snap = steps["snapshot"]
+                    profile = snap.get("profile")
+                    described = (f"; reference profile: {profile['rows']} rows {profile['window']} ({profile['name']})"
+                                 if profile else "; reference profile: the training data")
+                    self._step(incident, "snapshot", f"snapshot {snap['name']}: {snap['recent_rows']} recent + "
+                               f"{snap['reference_rows']} reference rows{described}")
             if "run_id" not in steps:
-                steps["run_id"] = self.pipeline.train(incident, steps["snapshot"], self.tracking_uri)
+                steps["run_id"] = self.pipeline.train(incident, steps.get("data") or steps["snapshot"],
+                                                      self.tracking_uri)
                 self._step(incident, "trained", f"retrained: run {steps['run_id']}", run_id=steps["run_id"])
                 self._mlflow_tag(incident, "modelyard.incident.retrain_run", steps["run_id"])
                 self._tag_run(steps["run_id"], incident)

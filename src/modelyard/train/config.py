@@ -50,6 +50,13 @@ class DataModuleConfig:
         class_path: ``package.module.Class`` of a ``LightningDataModule`` instead of a snapshot.
         init_args: keyword arguments of ``class_path``.
         batch_adapter: ``package.module.function`` turning one of its batches into ``(inputs, target)``.
+        profile: a snapshot (ref name or digest in ``store``) of the traffic the model will serve, when
+            that is not what it trains on: the reference profile the drift monitor compares live
+            traffic with describes its rows (input features, label frequencies) and the model's
+            predictions on its rows held out from training (its val and test splits; they must not
+            be in this snapshot's training split). The retraining loop sets it to the recent window
+            of an incident. ``null``: the training snapshot's own train and val splits. Another
+            datamodule gives its serving reference by a ``profile_dataloader()`` method instead.
     """
 
     snapshot: str = "transactions"
@@ -60,11 +67,12 @@ class DataModuleConfig:
     class_path: str | None = None
     init_args: dict[str, Any] = field(default_factory=dict)
     batch_adapter: str | None = None
+    profile: str | None = None
 
     def snapshot_args(self) -> dict[str, Any]:
         """The keyword arguments of the built-in snapshot datamodule."""
         return {"snapshot": self.snapshot, "store": self.store, "batch_size": self.batch_size,
-                "eval_batch_size": self.eval_batch_size, "num_workers": self.num_workers}
+                "eval_batch_size": self.eval_batch_size, "num_workers": self.num_workers, "profile": self.profile}
 
 
 @dataclass
@@ -125,6 +133,9 @@ class TrainConfig:
         if not self.data.class_path and (self.data.init_args or self.data.batch_adapter):
             problems.append("data.init_args and data.batch_adapter belong to a data.class_path (a "
                             "LightningDataModule); the snapshot datamodule takes data.snapshot, data.batch_size, ...")
+        if self.data.class_path and self.data.profile:
+            problems.append(f"data.profile ({self.data.profile!r}) names a snapshot for the snapshot datamodule; "
+                            f"{self.data.class_path} gives its serving reference by a profile_dataloader() method")
         if problems:
             raise ConfigError(problems, "training configuration")
 

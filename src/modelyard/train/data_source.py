@@ -14,6 +14,10 @@ Hooks a datamodule may define (all optional, looked up by name):
   tokenizer); logged with the run and carried into the export and the model version.
 - ``classes`` (list of class names) or ``num_classes``: named in the model card and used by the
   reference profile.
+- ``profile_dataloader()``: batches of the traffic the model will serve, held out from training,
+  when that differs from the validation split (a retrained model whose training data mixes older
+  data in): the reference profile's predictions come from them instead of the val loader. ``None``:
+  none this time (the val loader then).
 
 Batches follow the convention of :mod:`modelyard.models.batch`; ``data.batch_adapter`` names a
 function (``package.module.function``) that turns any other layout into ``(inputs, target)``.
@@ -187,18 +191,39 @@ class DataSource:
         count = getattr(self.datamodule, "num_classes", None)
         return [str(i) for i in range(count)] if isinstance(count, int) else None
 
+    @property
+    def reference_split(self) -> str:
+        """Where the reference profile's predictions come from: ``profile`` (the datamodule's
+        ``profile_dataloader()``, unless it returns ``None``) or ``val``."""
+        hook = getattr(self.datamodule, "profile_dataloader", None)
+        if not callable(hook):
+            return "val"
+        self.setup()
+        return "val" if hook() is None else "profile"
+
+    def reference_description(self) -> str:
+        """One line naming the data the reference profile describes (recorded with the run)."""
+        describe = getattr(self.datamodule, "reference_description", None)
+        if self.snapshot is not None and callable(describe):
+            return str(describe())
+        if self.reference_split == "profile":
+            return f"predictions on {type(self.datamodule).__name__}.profile_dataloader()"
+        return "the training data: predictions on its validation split"
+
     def describe(self) -> dict[str, Any]:
         """What the run records about the data: class, init args, digest, name."""
         return {"class_path": self.class_path, "init_args": self.init_args, "digest": self.digest(),
                 "name": self.name}
 
     def samples(self, split: str = "val", max_batches: int = 8) -> list[tuple[Any, Any]]:
-        """Up to ``max_batches`` batches of ``split`` as ``(inputs, target)``."""
+        """Up to ``max_batches`` batches of ``split`` (``train``, ``val``, ``test`` or ``profile``, the
+        ``profile_dataloader()`` hook) as ``(inputs, target)``."""
         self.setup()
         if split != "train" and hasattr(self.datamodule, "setup"):
-            self.datamodule.setup("validate" if split == "val" else "test")
+            self.datamodule.setup("test" if split == "test" else "validate")
         loader = {"train": self.datamodule.train_dataloader, "val": self.datamodule.val_dataloader,
-                  "test": self.datamodule.test_dataloader}[split]()
+                  "test": self.datamodule.test_dataloader,
+                  "profile": getattr(self.datamodule, "profile_dataloader", None)}[split]()
         out = []
         for batch in loader:
             out.append(split_batch(batch, self.batch_adapter))

@@ -233,17 +233,19 @@ def _finish_run(cfg: TrainConfig, job: Job, run_id: str | None, uri: str, model:
     model.eval().to(device or "cpu")
     meta = {"run_id": run_id, "checkpoint": best.name}
     if source.snapshot is not None:
-        datamodule, spec = source.datamodule, source.spec
-        val = datamodule.dataset("val").tensors[0]  # (N, F)
+        # the training split and val predictions, or those of data.profile (the traffic it will serve)
+        frame, held_out, features_from, predictions_from = source.datamodule.reference()
+        x, y = held_out.tensors  # (N, F), (N,)
         with torch.no_grad():
-            logits = (torch.cat([model(chunk.to(model.device)).float().cpu() for chunk in val.split(1024)])
-                      if len(val) else torch.zeros(0, 1))
-        profile = build_reference_profile(datamodule.snapshot.split("train"), logits, spec,
-                                          val_labels=datamodule.dataset("val").tensors[1], **meta)
+            logits = (torch.cat([model(chunk.to(model.device)).float().cpu() for chunk in x.split(1024)])
+                      if len(x) else torch.zeros(0, 1))
+        profile = build_reference_profile(frame, logits, source.spec, val_labels=y, features_from=features_from,
+                                          predictions_from=predictions_from, **meta)
     else:
         outputs, labels = _validation_outputs(model, source)
         profile = build_output_profile(outputs, source.classes(), val_labels=labels, data_digest=source.digest(),
                                        **meta)
+        profile["predictions_from"]["split"] = source.reference_split
     model.cpu()
     atomic_write_text(job.dir / "reference_profile.json", json.dumps(profile, indent=2))
     plot_reference_profile(profile, str(job.dir / "reference_profile.png"))
@@ -268,7 +270,8 @@ def _finish_run(cfg: TrainConfig, job: Job, run_id: str | None, uri: str, model:
 
 
 def _validation_outputs(model: LightningModule, source: DataSource) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """Every output of ``model`` over the validation loader (batch convention), and the targets."""
+    """Every output of ``model`` over the validation loader (or the datamodule's ``profile_dataloader()``:
+    :attr:`DataSource.reference_split`), batch convention, and the targets."""
     import torch
     from lightning.fabric.utilities.apply_func import move_data_to_device
 
@@ -277,7 +280,7 @@ def _validation_outputs(model: LightningModule, source: DataSource) -> tuple[dic
     parts: dict[str, list[torch.Tensor]] = {}
     targets = []
     with torch.no_grad():
-        for inputs, target in source.samples("val", max_batches=1 << 30):
+        for inputs, target in source.samples(source.reference_split, max_batches=1 << 30):
             moved = move_data_to_device(inputs, model.device)
             for name, value in named_outputs(call_model(model, moved)).items():
                 # rows of different lengths (a sequence output) keep only what every batch shares

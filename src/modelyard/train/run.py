@@ -141,6 +141,7 @@ def _open_run(cfg: TrainConfig, job: Job, source: DataSource, uri: str, experime
         "modelyard.dataset": source.name,
         "modelyard.datamodule": source.class_path,
         "modelyard.launcher": cfg.launcher,
+        "modelyard.profile_data": source.reference_description()[:5000],  # what the drift monitor compares with
     }
     if commit:
         tags |= {"mlflow.source.git.commit": commit["commit"], "modelyard.git_dirty": str(commit["dirty"]).lower()}

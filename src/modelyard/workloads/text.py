@@ -197,11 +197,16 @@ class TextDataModule(LightningDataModule):
         min_words: shortest text in words (one word is one token).
         max_words: longest text in words; with ``min_words >= max_length`` every text is truncated to
             ``max_length`` tokens, so every batch is ``max_length`` wide (fixed-size work for a benchmark).
+        served: a Parquet file of served texts with their fed-back labels (columns ``text``, ``label``:
+            topic index, ``profile``: bool), written by :func:`retraining_window` for a retraining:
+            split 70/15/15 like the generated texts (same seed) and added to each split. Its
+            held-out ``profile`` rows (val and test) are :meth:`profile_dataloader`, the traffic the
+            retrained model will serve, which its reference profile then describes.
     """
 
     def __init__(self, n_rows: int = 6000, seed: int = 0, batch_size: int = 64, eval_batch_size: int = 256,
                  max_length: int = 128, vocab_size: int = 2000, drift: TextDrift | None = None,
-                 num_workers: int = 0, min_words: int = 6, max_words: int = 48) -> None:
+                 num_workers: int = 0, min_words: int = 6, max_words: int = 48, served: str | None = None) -> None:
         super().__init__()
         if n_rows < 20:
             raise ValueError(f"TextDataModule: n_rows is {n_rows}; expected at least 20 to fill three splits")
@@ -211,6 +216,7 @@ class TextDataModule(LightningDataModule):
         self.n_rows, self.seed, self.max_length, self.vocab_size = n_rows, seed, max_length, vocab_size
         self.min_words, self.max_words = min_words, max_words
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
+        self.served = served
         self.drift = drift or TextDrift()
         self.classes = list(TOPICS)
         self.tokenizer: Any = None
@@ -226,14 +232,24 @@ class TextDataModule(LightningDataModule):
         if self._encoded:
             return
         texts, labels = make_texts(self.n_rows, self.seed, self.drift, self.min_words, self.max_words)
-        order = np.random.default_rng(self.seed + 1).permutation(self.n_rows)
-        n_val = n_test = max(1, int(0.15 * self.n_rows))
-        parts = {"val": order[:n_val], "test": order[n_val:n_val + n_test], "train": order[n_val + n_test:]}
+        parts = _split(self.n_rows, self.seed)
         self._splits = {name: ([texts[i] for i in idx], labels[idx]) for name, idx in parts.items()}
+        profile: tuple[list[str], np.ndarray] = ([], np.zeros(0, np.int64))
+        if self.served is not None:
+            served = _read_served(self.served, len(self.classes))
+            for name, idx in _split(len(served), self.seed).items():
+                rows = served.iloc[np.sort(idx)]
+                split_texts, split_labels = self._splits[name]
+                self._splits[name] = ([*split_texts, *rows["text"]],
+                                      np.concatenate([split_labels, rows["label"].to_numpy(np.int64)]))
+                if name != "train":  # held out from training: the reference of what it will serve
+                    held = rows[rows["profile"].to_numpy(bool)]
+                    profile = ([*profile[0], *held["text"]],
+                               np.concatenate([profile[1], held["label"].to_numpy(np.int64)]))
         self.tokenizer = train_tokenizer(self._splits["train"][0], self.vocab_size)
         self.tokenizer.enable_truncation(self.max_length)
         self.tokenizer.no_padding()
-        for name, (split_texts, split_labels) in self._splits.items():
+        for name, (split_texts, split_labels) in {**self._splits, "profile": profile}.items():
             ids = [e.ids for e in self.tokenizer.encode_batch(split_texts)]
             self._encoded[name] = _Encoded(ids, split_labels)
 
@@ -280,3 +296,82 @@ class TextDataModule(LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", self.eval_batch_size)
+
+    def profile_dataloader(self) -> DataLoader | None:
+        """The served texts of the profile window held out from training (see ``served``); ``None``
+        without them: the reference profile then describes the validation split."""
+        self.setup()
+        return self._loader("profile", self.eval_batch_size) if len(self._encoded["profile"]) else None
+
+
+def _split(n: int, seed: int) -> dict[str, np.ndarray]:
+    """Indices of a seeded 70/15/15 split of ``n`` rows (val and test at least one row each when n >= 3)."""
+    order = np.random.default_rng(seed + 1).permutation(n)
+    n_val = n_test = max(1, int(0.15 * n)) if n >= 3 else 0
+    return {"val": order[:n_val], "test": order[n_val:n_val + n_test], "train": order[n_val + n_test:]}
+
+
+def _read_served(path: str, n_classes: int) -> Any:
+    import pandas as pd
+
+    served = pd.read_parquet(path)
+    missing = {"text", "label", "profile"} - set(served.columns)
+    if missing:
+        raise ValueError(f"TextDataModule: served file {path} lacks column(s) {sorted(missing)}; expected text, "
+                         "label (topic index) and profile (bool)")
+    labels = served["label"].to_numpy()
+    if len(labels) and (labels.min() < 0 or labels.max() >= n_classes):
+        raise ValueError(f"TextDataModule: served file {path} has labels outside 0..{n_classes - 1}")
+    return served.reset_index(drop=True)
+
+
+def served_texts(features: Sequence[np.ndarray], tokenizer: Any) -> list[str]:
+    """The texts of logged rows of the text model: each row as the inference log holds it, the token ids
+    then the attention mask side by side (``(2T,)`` float32, :mod:`modelyard.inference.log`), decoded
+    with the tokenizer of the version that answered. Words the tokenizer did not know (``[UNK]``) and
+    the special tokens are left out: ``""`` for a row with none left."""
+    special = {tokenizer.token_to_id(t) for t in (PAD, UNK, CLS)}
+    texts = []
+    for row in features:
+        values = np.asarray(row, dtype=np.float64)
+        if values.size % 2:
+            raise ValueError(f"a logged text row has {values.size} values; expected token ids and an attention "
+                             "mask of one length each")
+        ids, mask = np.split(values, 2)
+        kept = [int(i) for i in np.round(ids[mask > 0.5]) if int(i) not in special]
+        texts.append(" ".join(str(tokenizer.id_to_token(i)) for i in kept))
+    return texts
+
+
+def retraining_window(window: Mapping[str, Any]) -> dict[str, Any]:
+    """The monitor's retraining hook of the text workload (:mod:`modelyard.monitor.hook`): the labelled
+    rows the champion answered since it went live, decoded to texts with its tokenizer, become the
+    ``served`` file of a :class:`TextDataModule` with the champion's other arguments and a
+    ``reference_fraction`` of newly generated texts like its own (at least 20); the rows since
+    ``profile_since`` are the new reference profile's."""
+    import pandas as pd
+    import yaml
+
+    from modelyard.tracking import client_for, quiet_downloads
+
+    folder = Path(window["folder"])
+    client = client_for(window["tracking_uri"])
+    with quiet_downloads():
+        tokenizer = load_tokenizer(client.download_artifacts(window["champion_run"], "model_files/tokenizer.json",
+                                                             str(folder)))
+        config = yaml.safe_load(Path(client.download_artifacts(window["champion_run"], "config.yaml",
+                                                               str(folder))).read_text())
+    labelled = pd.read_parquet(window["feedback"])
+    labelled = labelled[labelled["version"].astype(str) == str(window["champion_version"])]
+    texts = served_texts(labelled["features"].to_list(), tokenizer)
+    profile_since = window.get("profile_since")
+    served = pd.DataFrame({"text": texts, "label": labelled["label_index"].to_numpy(np.int64),
+                           "profile": (labelled["ts"].to_numpy() >= profile_since) if profile_since is not None
+                           else np.zeros(len(texts), bool)})
+    served = served[served["text"] != ""].reset_index(drop=True)
+    path = folder / "served_texts.parquet"
+    served.to_parquet(path, index=False)
+    fraction = float(window.get("reference_fraction", 0.2))
+    args = dict((config.get("data") or {}).get("init_args") or {})
+    args |= {"served": str(path.resolve()), "n_rows": max(20, round(len(served) * fraction / (1 - fraction)))}
+    return {"class_path": f"{TextDataModule.__module__}.{TextDataModule.__name__}", "init_args": args}

@@ -129,3 +129,16 @@ def test_bad_ref_name_and_empty_data(frame, schema, store: Path) -> None:
     with pytest.raises(ValueError, match="empty snapshot"):
         write_snapshot(frame.iloc[:0], schema, name="x", store=store)
     assert not (store / "snapshots").exists()
+
+
+def test_given_splits_are_kept_for_a_subset_of_another_snapshot(snapshot, schema, store) -> None:
+    """The retraining loop's profile snapshot: the first rows of a training snapshot, with their splits."""
+    part = write_snapshot(snapshot.frame().iloc[:500], schema, name="tx-part", store=store,
+                          splits=snapshot.splits()[:500])
+    assert list(part.splits()) == list(snapshot.splits()[:500])
+    assert part.frame().equals(snapshot.frame().iloc[:500])
+    assert part.manifest["split"] == {"method": "given"} and sum(part.manifest["splits"].values()) == 500
+    with pytest.raises(ValueError, match="splits must name one of train, val, test for each of the 500 rows"):
+        write_snapshot(snapshot.frame().iloc[:500], schema, name="tx-bad", store=store, splits=["train"] * 499)
+    with pytest.raises(ValueError, match=r"\['holdout'\]"):
+        write_snapshot(snapshot.frame().iloc[:2], schema, name="tx-bad", store=store, splits=["train", "holdout"])

@@ -103,3 +103,13 @@ def test_wrong_type_names_the_key():
 def test_missing_config_file_is_named(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         parse_train_config(["--config", str(tmp_path / "nope.yaml")])
+
+
+def test_data_profile_names_a_snapshot_for_the_snapshot_datamodule_only(tmp_path):
+    base = ["--config", str(ROOT / "configs/train/transactions.yaml")]
+    assert parse_train_config([*base, "--data.profile", "fraud-incident-3-profile"]).data.profile == (
+        "fraud-incident-3-profile")
+    assert parse_train_config([*base, "--data.profile", "null"]).data.profile is None
+    with pytest.raises(ConfigError, match="data.profile .'rows'. names a snapshot for the snapshot datamodule; "
+                                          "some.DataModule gives its serving reference by a profile_dataloader"):
+        parse_train_config([*base, "--data.class_path", "some.DataModule", "--data.profile", "rows"])

@@ -83,3 +83,55 @@ def test_a_dataclass_argument_given_as_a_mapping_is_built_and_survives_the_confi
         DataSource.from_class_path("modelyard.workloads.TextDataModule", {"drift": {"scale": 2.0}})
     with pytest.raises(ValueError, match="init_args.drift is not a TextDrift .*new_vocabulary is 3"):
         DataSource.from_class_path("modelyard.workloads.TextDataModule", {"drift": {"new_vocabulary": 3}})
+
+
+class ServedDataModule(PairsDataModule):
+    """A datamodule whose serving traffic differs from its validation split: ``profile_dataloader()``."""
+
+    def profile_dataloader(self) -> DataLoader:
+        data = [{"x": torch.full((3,), 2.0), "w": torch.ones(2, dtype=torch.int64), "y": torch.tensor(0)}] * 4
+        return DataLoader(data, batch_size=4)
+
+
+def test_the_reference_profile_comes_from_profile_dataloader_when_a_datamodule_has_one():
+    served = DataSource.from_class_path(f"{__name__}.ServedDataModule", batch_adapter=f"{__name__}.to_convention")
+    assert served.reference_split == "profile" and "ServedDataModule.profile_dataloader()" in (
+        served.reference_description())
+    ((inputs, target),) = served.samples(served.reference_split)
+    assert float(inputs["x"][0, 0]) == 2.0 and target.tolist() == [0, 0, 0, 0]
+    plain = DataSource.from_class_path(f"{__name__}.PairsDataModule", batch_adapter=f"{__name__}.to_convention")
+    assert plain.reference_split == "val" and "validation split" in plain.reference_description()
+
+
+def test_the_snapshot_datamodule_describes_its_profile_snapshot(tmp_path):
+    from modelyard.data import DataConfig, Snapshot, write_snapshot
+    from modelyard.data import run as make_snapshot
+    from modelyard.data.generators import make_transactions
+    from modelyard.train.datamodule import SnapshotDataModule
+
+    store = tmp_path / "store"
+    training = Snapshot(make_snapshot(DataConfig(dataset="transactions", rows=1000, seed=0, store=str(store))).path)
+    served = write_snapshot(training.frame().iloc[:300], training.schema, name="served", store=store,
+                            splits=training.splits()[:300])
+    module = SnapshotDataModule("transactions", str(store), profile="served")
+    frame, held_out, features_from, predictions_from = module.reference()
+    assert frame.equals(served.frame()) and features_from["split"] == "all" and features_from["rows"] == 300
+    assert len(held_out) == int((served.splits() != "train").sum()) == predictions_from["rows"]
+    assert predictions_from == {"snapshot": "served", "digest": served.digest, "profile_of": "transactions",
+                                "split": "val+test", "rows": len(held_out)}
+    assert "snapshot served" in module.reference_description()
+    own = SnapshotDataModule("transactions", str(store)).reference()
+    assert own[2]["split"] == "train" and own[3]["split"] == "val" and len(own[0]) == len(training.split("train"))
+
+    trained_only = write_snapshot(training.split("train").head(50), training.schema, name="trained-only",
+                                  store=store, splits=["train"] * 50)
+    with pytest.raises(ValueError, match="has no val or test rows: the reference predictions need rows held out"):
+        SnapshotDataModule("transactions", str(store), profile=trained_only.name).prepare()
+    other = make_transactions(20, seed=1).drop(columns=["channel"])
+    from modelyard.data import Schema
+
+    narrower = Schema.from_dict({**training.schema.to_dict(), "columns": [
+        c for c in training.schema.to_dict()["columns"] if c["name"] != "channel"]})
+    write_snapshot(other, narrower, name="narrower", store=store)
+    with pytest.raises(ValueError, match="the profile must describe the same inputs"):
+        SnapshotDataModule("transactions", str(store), profile="narrower").prepare()
