@@ -2,9 +2,9 @@
 signature's bound), raw text tokenised by the version's own tokenizer, requests of different lengths
 padded into one batch, a canary between two versions, and bad input refused naming the input.
 
-The model is trained and exported by the CLI (small sizes, one process), served on a real Ray Serve
-instance (127.0.0.1, free port) and called with ``tritonclient.http``; every answer is compared with
-ONNX Runtime run directly on the same inputs.
+The model is trained and exported by the CLI (the session's shared text model, any_models.py), served
+on a real Ray Serve instance (127.0.0.1, free port) and called with ``tritonclient.http``; every answer
+is compared with ONNX Runtime run directly on the same inputs.
 """
 
 from __future__ import annotations
@@ -17,9 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
-import yaml
 
-from integration_helpers import run_cli
+from any_models import MAX_BATCH, TEXT_MAX_LENGTH
 from netutil import free_port
 
 pytest.importorskip("ray.serve")
@@ -27,38 +26,21 @@ httpclient = pytest.importorskip("tritonclient.http")
 pytestmark = pytest.mark.slow
 
 MODEL = "text"
-MAX_LENGTH = 64
+MAX_LENGTH = TEXT_MAX_LENGTH  # the signature's `seq` bound
 ATOL = 1e-4
 TEXTS = ["rain and storm on the coast overnight", "shares rally as investors cheer earnings",
          "the striker scored in the final", "researchers study a protein " * 20]  # the last is truncated
 
 
 @pytest.fixture(scope="module")
-def versions(tmp_path_factory) -> dict[str, Path]:
-    """Version 1 trained and exported by the CLI; version 2 the same files with perturbed weights."""
-    tmp = tmp_path_factory.mktemp("text")
-    config = {
-        "seed_everything": 3,
-        "trainer": {"accelerator": "cpu", "devices": 1, "max_epochs": 1, "enable_progress_bar": False,
-                    "enable_model_summary": False, "log_every_n_steps": 5},
-        "data": {"class_path": "modelyard.workloads.TextDataModule",
-                 "init_args": {"n_rows": 300, "seed": 0, "batch_size": 32, "eval_batch_size": 4,
-                               "max_length": MAX_LENGTH}},
-        "model": {"class_path": "modelyard.models.TextClassifier",
-                  "init_args": {"max_length": MAX_LENGTH, "d_model": 16, "n_layers": 1, "n_heads": 2}},
-        "checkpoint": {"monitor": "val_acc", "mode": "max"},
-    }
-    (tmp / "text.yaml").write_text(yaml.safe_dump(config))
-    assert run_cli("train", "--config", "text.yaml", "--mlflow.experiment", MODEL, cwd=tmp, timeout=600).returncode == 0
-    exported = run_cli("export", "--experiment", MODEL, "--signature.axis_names", '{"dim1": "seq"}',
-                       "--signature.bounds.batch", "16", "--signature.bounds.seq", str(MAX_LENGTH), cwd=tmp,
-                       timeout=600)
-    assert exported.returncode == 0
-    signature = json.loads((tmp / "triton_models" / MODEL / "1" / "signature.json").read_text())
+def versions(any_models, tmp_path_factory) -> dict[str, Path]:
+    """Version 1 trained and exported by the CLI (the session's shared text model); version 2 a copy of
+    its files with perturbed weights."""
+    first = any_models(MODEL).version
+    signature = json.loads((first / "signature.json").read_text())
     assert signature["inputs"][0]["shape"] == ["batch", "seq"]
-    assert signature["bounds"] == {"batch": 16, "seq": MAX_LENGTH}
-    first = tmp / "triton_models" / MODEL / "1"
-    second = tmp / "canary" / "2"
+    assert signature["bounds"] == {"batch": MAX_BATCH, "seq": MAX_LENGTH}
+    second = tmp_path_factory.mktemp("canary") / "2"
     shutil.copytree(first, second)
     _perturb(second / "model.onnx")
     return {"1": first, "2": second}
@@ -123,7 +105,7 @@ def test_metadata_lists_dynamic_axes_as_minus_one_and_text_as_an_alternative(ser
     meta = server["client"].get_model_metadata(MODEL)
     assert meta["inputs"] == [{"name": "input_ids", "datatype": "INT64", "shape": [-1, -1]},
                               {"name": "attention_mask", "datatype": "INT64", "shape": [-1, -1]}]
-    assert [(o["name"], o["shape"]) for o in meta["outputs"]] == [("logits", [-1, 4]), ("embedding", [-1, 16])]
+    assert [(o["name"], o["shape"]) for o in meta["outputs"]] == [("logits", [-1, 4]), ("embedding", [-1, 32])]
     [text] = meta["parameters"]["alternative_inputs"]
     assert text == {"name": "text", "datatype": "BYTES", "shape": [-1], "replaces": ["input_ids", "attention_mask"]}
 
@@ -194,7 +176,8 @@ def _ids(name: str, rows: list[list[int]], datatype: str = "INT64") -> dict:
     ([_ids("input_ids", [[5, 6, 7]]), _ids("attention_mask", [[1, 1]])], ["'attention_mask'", "equal sizes"]),
     ([{"name": "input_ids", "datatype": "INT64", "shape": [1, 2, 1], "data": [5, 6]}, _ids("attention_mask", [[1, 1]])],
      ["'input_ids'", "[1, 2, 1]"]),
-    ([_ids("input_ids", [[5, 6]] * 17), _ids("attention_mask", [[1, 1]] * 17)], ["(batch)", "at most 16"]),
+    ([_ids("input_ids", [[5, 6]] * (MAX_BATCH + 1)), _ids("attention_mask", [[1, 1]] * (MAX_BATCH + 1))],
+     ["(batch)", f"at most {MAX_BATCH}"]),
     ([{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["rain"]}, _ids("input_ids", [[5]])],
      ["'text'", "replaces"]),
     ([{"name": "text", "datatype": "BYTES", "shape": [1], "data": [7]}], ["'text'", "strings"]),

@@ -1,7 +1,7 @@
 """`modelyard serve ray` serves the images workload (UINT8 ``[B, 3, H, W]`` pixels) and a user's own
-model (two inputs of two dtypes, two outputs), each trained and exported by the CLI (small sizes, one
-process), side by side on one Ray Serve instance (127.0.0.1, free port), called with
-``tritonclient.http`` and compared with ONNX Runtime run directly on the same inputs."""
+model (two inputs of two dtypes, two outputs), each trained and exported by the CLI (the session's
+shared models, any_models.py), side by side on one Ray Serve instance (127.0.0.1, free port), called
+with ``tritonclient.http`` and compared with ONNX Runtime run directly on the same inputs."""
 
 from __future__ import annotations
 
@@ -10,45 +10,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
-import yaml
 
-from integration_helpers import run_cli
+from any_models import IMAGE_SIZE as SIZE
 from netutil import free_port
 
 pytest.importorskip("ray.serve")
 httpclient = pytest.importorskip("tritonclient.http")
 pytestmark = pytest.mark.slow
 
-TRAINER = {"accelerator": "cpu", "devices": 1, "max_epochs": 1, "enable_progress_bar": False,
-           "enable_model_summary": False, "log_every_n_steps": 5}
-SIZE = 16
 ATOL = 1e-4
 
 
-def _train_and_export(tmp: Path, name: str, config: dict) -> Path:
-    (tmp / f"{name}.yaml").write_text(yaml.safe_dump(config))
-    trained = run_cli("train", "--config", f"{name}.yaml", "--mlflow.experiment", name, cwd=tmp, timeout=600)
-    assert trained.returncode == 0
-    assert run_cli("export", "--experiment", name, cwd=tmp, timeout=600).returncode == 0
-    return tmp / "triton_models" / name / "1" / "model.onnx"
-
-
 @pytest.fixture(scope="module")
-def models(tmp_path_factory) -> dict[str, Path]:
-    tmp = tmp_path_factory.mktemp("models")
-    return {
-        "images": _train_and_export(tmp, "images", {
-            "seed_everything": 3, "trainer": TRAINER,
-            "data": {"class_path": "modelyard.workloads.ImagesDataModule",
-                     "init_args": {"n_rows": 200, "size": SIZE, "batch_size": 32, "eval_batch_size": 32}},
-            "model": {"class_path": "modelyard.models.ImageClassifier", "init_args": {"channels": [4, 8]}},
-            "checkpoint": {"monitor": "val_acc", "mode": "max"}}),
-        "sensors": _train_and_export(tmp, "sensors", {
-            "seed_everything": 1, "trainer": TRAINER,
-            "data": {"class_path": "user_models.SensorsDataModule", "init_args": {"rows": 200}},
-            "model": {"class_path": "user_models.SensorsModel"},
-            "checkpoint": {"monitor": "val_loss", "mode": "min"}}),
-    }
+def models(any_models) -> dict[str, Path]:
+    """The ONNX files of the session's shared images and sensors models (any_models.py)."""
+    return {name: any_models(name).onnx for name in ("images", "sensors")}
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,9 @@
 """`modelyard serve triton` serves any signature: the text workload (INT64 token ids and mask with a
 dynamic sequence axis), the images workload (UINT8 pixels) and a user's own model (INT64 codes and
 FP32 readings in, ``logits`` and ``risk`` out), each trained and exported by the CLI into a Triton
-repository, served by the real embedded tritonserver on 127.0.0.1 and called with tritonclient over
-HTTP and gRPC; every output equals ONNX Runtime's on the same inputs, run directly on the model file."""
+repository (the session's shared models, any_models.py), served by the real embedded tritonserver on
+127.0.0.1 and called with tritonclient over HTTP and gRPC; every output equals ONNX Runtime's on the
+same inputs, run directly on the model file."""
 
 from __future__ import annotations
 
@@ -13,39 +14,14 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-import yaml
 
-from integration_helpers import run_cli
+from any_models import MAX_BATCH, TEXT_MAX_LENGTH
 from modelyard.serve.triton.server import TritonServeConfig, serving
 
 pytest.importorskip("pytriton", reason="nvidia-pytriton (the embedded tritonserver) is Linux-only")
 pytestmark = pytest.mark.slow
 
-TRAINER = {"accelerator": "cpu", "max_epochs": 1, "enable_progress_bar": False, "enable_model_summary": False,
-           "log_every_n_steps": 5}
-WORKLOADS = {
-    "text": ({
-        "seed_everything": 3, "trainer": TRAINER,
-        "data": {"class_path": "modelyard.workloads.TextDataModule",
-                 "init_args": {"n_rows": 600, "seed": 0, "batch_size": 32, "eval_batch_size": 16, "max_length": 48}},
-        "model": {"class_path": "modelyard.models.TextClassifier",
-                  "init_args": {"max_length": 48, "d_model": 32, "n_layers": 1, "n_heads": 2}},
-        "checkpoint": {"monitor": "val_acc", "mode": "max"},
-    }, ("--signature.axis_names", '{"dim1": "seq"}', "--signature.bounds.batch", "32")),
-    "images": ({
-        "seed_everything": 3, "trainer": TRAINER,
-        "data": {"class_path": "modelyard.workloads.ImagesDataModule",
-                 "init_args": {"n_rows": 200, "size": 16, "batch_size": 32, "eval_batch_size": 32}},
-        "model": {"class_path": "modelyard.models.ImageClassifier", "init_args": {"channels": [8, 16]}},
-        "checkpoint": {"monitor": "val_acc", "mode": "max"},
-    }, ()),
-    "sensors": ({
-        "seed_everything": 1, "trainer": TRAINER,
-        "data": {"class_path": "user_models.SensorsDataModule", "init_args": {"rows": 300}},
-        "model": {"class_path": "user_models.SensorsModel"},
-        "checkpoint": {"monitor": "val_loss", "mode": "min"},
-    }, ()),
-}
+WORKLOADS = ("images", "sensors", "text")
 
 
 def _free_ports(n: int = 3) -> list[int]:
@@ -59,23 +35,12 @@ def _free_ports(n: int = 3) -> list[int]:
             s.close()
 
 
-def _export(root: Path, name: str) -> Path:
-    """Train ``name`` (one process, one epoch) and export it; the Triton repository it was written to."""
-    config, export_args = WORKLOADS[name]
-    (root / f"{name}.yaml").write_text(yaml.safe_dump(config))
-    trained = run_cli("train", "--config", str(root / f"{name}.yaml"), "--trainer.devices", "1",
-                      "--mlflow.experiment", name, cwd=root, timeout=600)
-    assert trained.returncode == 0
-    exported = run_cli("export", "--experiment", name, "--register", "false", *export_args, cwd=root, timeout=600)
-    assert exported.returncode == 0, exported.stderr[-3000:]
-    return root / "triton_models"
-
-
-@pytest.fixture(scope="module", params=sorted(WORKLOADS))
-def served(request, tmp_path_factory):
-    """``(name, repo, endpoint)``: one workload exported and served by ``modelyard serve triton``."""
+@pytest.fixture(scope="module", params=WORKLOADS)
+def served(request, any_models):
+    """``(name, repo, endpoint)``: one workload (the session's shared model, any_models.py) served by
+    ``modelyard serve triton``."""
     name = request.param
-    repo = _export(tmp_path_factory.mktemp(name), name)
+    repo = any_models(name).repo
     http, grpc, metrics = _free_ports()
     cfg = TritonServeConfig(repo=str(repo), model=name, http_port=http, grpc_port=grpc, metrics_port=metrics,
                             ready_timeout_s=120.0)
@@ -175,5 +140,5 @@ def test_the_tensorrt_config_of_each_model_carries_profiles_from_its_signature(s
         assert low[tensor.name] == [1 if isinstance(s, str) else s for s in tensor.shape]
         assert all(a <= b <= c for a, b, c in zip(low[tensor.name], opt[tensor.name], high[tensor.name], strict=True))
     if name == "text":
-        assert high["input_ids"] == high["attention_mask"] == [32, 48]
+        assert high["input_ids"] == high["attention_mask"] == [MAX_BATCH, TEXT_MAX_LENGTH]
     assert validate_repository(tmp_path / "trt") == []
