@@ -7,10 +7,17 @@
 # Everything lands in ./mlflow.db, ./mlartifacts, ./data, ./runs, ./exports, ./triton_models,
 # ./inference_log, ./monitor and ./rollouts.
 #
-# `bash scripts/demo.sh text` and `bash scripts/demo.sh images` run the same flow for the text
-# workload (token ids + attention mask, a tokenizer that travels with the model) and the images
-# workload (UINT8 pixels): train on 2 DDP processes, export with the inferred signature behind the
-# parity gate (every output), check the Triton repository, serve on Triton and compare with ONNX Runtime.
+# `bash scripts/demo.sh text` and `bash scripts/demo.sh images` (`make demo WORKLOAD=text|images`) run
+# the same flow up to the rollout for the text workload (token ids + attention mask, a tokenizer that
+# travels with the model) and the images workload (UINT8 pixels): train v1 on 2 DDP processes, export
+# it with the inferred signature behind the parity gate (every output) as `champion`, check the Triton
+# repository, serve it on Triton and compare tritonclient's answers with ONNX Runtime; train v2 (the
+# same config, another seed, 2 DDP processes) and export it as `challenger`; then Ray Serve with
+# stable=@champion and canary=@challenger at 0%, live traffic (text: raw texts as a BYTES input that
+# the ingress tokenises with each version's own tokenizer, and token ids; images: UINT8 pixels), a
+# progressive rollout 10% -> 50% -> 100% judged on that traffic, promotion, and the audited champion
+# move (`modelyard registry history`). No data snapshot, drift monitor or retraining loop for these two.
+# Everything lands in ./mlflow.db, ./mlartifacts, ./runs, ./exports, ./triton_models and ./rollouts.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,14 +27,24 @@ case "$workload" in
   text|images)
     train_config="configs/train/${workload}.yaml"; export_config="configs/export/${workload}.yaml"
     if [ "$workload" = text ]; then train_config=configs/train/text-topics.yaml; export_config=configs/export/text-topics.yaml; fi
-    echo "== 1/4 train: 2 data-parallel CPU processes on the generated $workload data, one MLflow run"
+    echo "== 1/7 train v1: 2 data-parallel CPU processes on the generated $workload data, one MLflow run"
     modelyard train --config "$train_config" --trainer.devices 2 --trainer.strategy ddp
-    echo "== 2/4 export: signature inferred from the validation batches, parity gated on every output, registry (champion)"
+    echo "== 2/7 export v1: signature inferred from the validation batches, parity gated on every output, registry (champion)"
     modelyard export --config "$export_config"
-    echo "== 3/4 check the Triton model repository offline"
+    echo "== 3/7 check the Triton model repository offline"
     modelyard triton validate triton_models
-    echo "== 4/4 serve it with Triton and send test examples with tritonclient"
+    echo "== 4/7 serve v1 with Triton and send test examples with tritonclient"
     python scripts/demo_workload.py --workload "$workload"
+    echo "== 5/7 train v2: the same config with another seed, 2 data-parallel CPU processes, a second MLflow run"
+    modelyard train --config "$train_config" --trainer.devices 2 --trainer.strategy ddp --seed_everything 7
+    echo "== 6/7 export v2 behind the same parity gate, registry (challenger)"
+    modelyard export --config "$export_config" --alias challenger
+    echo "== 7/7 Ray Serve: champion stable, challenger canary, live traffic, progressive rollout, promotion"
+    python scripts/demo_rollout.py --workload "$workload"
+    echo
+    modelyard registry history "$workload"
+    echo
+    echo "Decisions: rollouts/$workload.decisions.jsonl"
     echo "Browse everything: mlflow ui --backend-store-uri sqlite:///$PWD/mlflow.db"
     exit 0;;
   *) echo "usage: bash scripts/demo.sh [fraud|text|images]" >&2; exit 2;;
