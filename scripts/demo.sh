@@ -11,8 +11,8 @@
 # the same flow up to the rollout for the text workload (token ids + attention mask, a tokenizer that
 # travels with the model) and the images workload (UINT8 pixels): train v1 on 2 DDP processes, export
 # it with the inferred signature behind the parity gate (every output) as `champion`, check the Triton
-# repository, serve it on Triton and compare tritonclient's answers with ONNX Runtime; train v2 (the
-# same config, another seed, 2 DDP processes) and export it as `challenger`; then Ray Serve with
+# repository, serve it on Triton and compare tritonclient's answers with ONNX Runtime; train v2 (another
+# seed, one more epoch, 2 DDP processes) and export it as `challenger`; then Ray Serve with
 # stable=@champion and canary=@challenger at 0%, live traffic (text: raw texts as a BYTES input that
 # the ingress tokenises with each version's own tokenizer, and token ids; images: UINT8 pixels), a
 # progressive rollout 10% -> 50% -> 100% judged on that traffic, promotion, and the audited champion
@@ -35,8 +35,10 @@ case "$workload" in
     modelyard triton validate triton_models
     echo "== 4/7 serve v1 with Triton and send test examples with tritonclient"
     python scripts/demo_workload.py --workload "$workload"
-    echo "== 5/7 train v2: the same config with another seed, 2 data-parallel CPU processes, a second MLflow run"
-    modelyard train --config "$train_config" --trainer.devices 2 --trainer.strategy ddp --seed_everything 7
+    epochs=$(python -c 'import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))["trainer"]["max_epochs"] + 1)' "$train_config")
+    echo "== 5/7 train v2: another seed and one more epoch ($epochs), 2 data-parallel CPU processes, a second MLflow run"
+    modelyard train --config "$train_config" --trainer.devices 2 --trainer.strategy ddp --seed_everything 7 \
+      --trainer.max_epochs "$epochs"
     echo "== 6/7 export v2 behind the same parity gate, registry (challenger)"
     modelyard export --config "$export_config" --alias challenger
     echo "== 7/7 Ray Serve: champion stable, challenger canary, live traffic, progressive rollout, promotion"

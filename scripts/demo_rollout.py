@@ -39,7 +39,7 @@ from netutil import free_port
 
 # Demo-sized steps: a few seconds each instead of the default's 30 s and 200 requests.
 FAST_ROLLOUT = ["--steps", "10,50,100", "--interval_s", "4", "--min_requests", "30", "--max_wait_s", "120",
-                "--max_latency_ratio_p95", "3", "--max_latency_ratio_p99", "5", "--min_agreement", "0.8"]
+                "--max_latency_ratio_p95", "3", "--max_latency_ratio_p99", "5", "--min_agreement", "0.7"]
 PER_CLASS = 2  # examples of each class in one request
 
 
@@ -76,6 +76,15 @@ def traffic(workload: str, champion_dir: Path) -> dict[str, dict[str, np.ndarray
     return {f"UINT8 pixels, images {r * len(b) + 1}-{(r + 1) * len(b)}": {"pixels": b} for r, b in enumerate(batches)}
 
 
+def _accuracy(version_dir: Path) -> str:
+    """The validation accuracy of the exported graph, as the export's parity gate measured it."""
+    import json
+
+    parity = version_dir / "parity.json"
+    accuracy = json.loads(parity.read_text())["fp32"].get("accuracy_onnx") if parity.is_file() else None
+    return "unknown" if accuracy is None else f"{accuracy:.4f}"
+
+
 def main() -> None:
     from modelyard.config import parse_config
     from modelyard.registry.reference import resolve_reference
@@ -95,7 +104,8 @@ def main() -> None:
         print(f"[{time.monotonic() - started:6.1f}s] {line}", flush=True)
 
     champion, challenger = (resolve_reference(ref, model) for ref in ("@champion", "@challenger"))
-    say(f"{model}: champion v{champion.label} ({champion.path}), challenger v{challenger.label}")
+    for role, source in (("champion", champion), ("challenger", challenger)):
+        say(f"{model}@{role}: v{source.label}, {source.path}, validation accuracy {_accuracy(source.files_dir)}")
     requests = traffic(args.workload, champion.files_dir)
     serve_cfg = RayServeConfig(model=model, stable="@champion", canary="@challenger", canary_weight=0.0,
                                port=free_port(), log_dir=None)
