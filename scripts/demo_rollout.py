@@ -14,9 +14,10 @@ live traffic, and a progressive rollout that promotes the challenger.
 3. Runs the progressive rollout (configs/rollout/default.yaml, demo-sized: 10% -> 50% -> 100%, a few
    seconds per step), the same ``modelyard.rollout.run`` that `modelyard rollout start` and the
    monitor loop call: each step is judged on live traffic (error rate, p95/p99 latency against the
-   stable version, agreement of predicted classes), then the challenger is promoted and `champion`
-   moves to it (audited).
-4. Prints the decisions as they are made, then the requests each version answered.
+   stable version, agreement of predicted classes; no labels are fed back here, so there is no
+   live-accuracy gate), then the challenger is promoted and `champion` moves to it (audited).
+4. Prints each version's validation accuracy (from its export), the decisions as they are made,
+   then the requests each version answered.
 Everything it starts is stopped at the end; the decisions stay in rollouts/<workload>.decisions.jsonl
 and the alias moves in the registry (scripts/demo.sh then prints `modelyard registry history`).
 """
