@@ -69,8 +69,8 @@ class DriftSettings:
             of the window's embeddings: ``mmd`` (kernel two-sample test, permutation p-value),
             ``classifier`` (domain classifier, cross-validated AUC) or ``both`` (two p-values in the
             window's family).
-        embedding_pca: principal components (fitted on reference and window pooled) the embedding
-            tests run on; ``null``: the raw embedding.
+        embedding_pca: principal components (of reference and window pooled, each whitened) the
+            embedding tests run on; ``null``: all of them (the embedding sphered, not reduced).
         permutations: permutations of the MMD test; the smallest p-value it can give is
             ``1 / (permutations + 1)``, so keep it well above ``tests / alpha``.
         embedding_max_rows: window rows the embedding tests use at most (a seeded sample of a larger

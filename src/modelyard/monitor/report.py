@@ -43,7 +43,7 @@ def plot_embedding_drift(feature: FeatureDrift) -> bytes:
         if side.get("mean"):
             left.scatter(*side["mean"], s=160, color=color, marker="X", edgecolors="black", linewidths=1.0)
     ratio = ref.get("explained_variance") or []
-    axes = [f"PC{i + 1}" + (f" ({ratio[i]:.0%} of variance)" if i < len(ratio) else "") for i in range(2)]
+    axes = [f"PC{i + 1} of both" + (f" ({ratio[i]:.0%} of variance)" if i < len(ratio) else "") for i in range(2)]
     left.set_xlabel(axes[0], fontsize=8)
     left.set_ylabel(axes[1], fontsize=8)
     left.legend(fontsize=8, markerscale=3)
@@ -156,8 +156,9 @@ def _html(report: DriftReport, performance: PerformanceReport | None, title: str
         summary += f" Embedding drift: <b>{'yes' if report.embedding_drift else 'no'}</b>."
     rules = (f"alpha {s.alpha:g} after {e(s.correction)} correction, PSI threshold {s.psi_threshold:g}, "
              f"at least {s.min_samples} values per feature. {e(json.dumps(report.meta, default=str))}")
-    if any(f.kind == "embedding" for f in report.features):
-        pca = f"{s.embedding_pca} principal components" if s.embedding_pca else "the raw embedding"
+    embedding = next((f for f in report.features if f.kind == "embedding"), None)
+    if embedding is not None:
+        pca = f"{embedding.current.get('pca')} whitened principal components"
         rules += (f" Embedding test: {e(s.embedding_test)} on {e(pca)}, {s.permutations} MMD permutations, "
                   f"at most {s.embedding_max_rows} window rows, seed {s.seed}.")
     parts = [
