@@ -249,3 +249,21 @@ def test_the_report_shows_the_embedding_picture_and_the_gauges_skip_its_psi(tmp_
     assert 'modelyard_drift_statistic{feature="embedding:mmd",model="images",test="mmd"}' in text
     assert 'modelyard_drift_psi{feature="embedding:mmd"' not in text
     assert 'modelyard_drift_psi{feature="predictions"' in text
+
+
+def test_a_run_without_a_data_spec_is_a_reference_built_from_its_output_profile(tmp_path):
+    from mlflow import MlflowClient
+
+    from modelyard.monitor.check import load_reference
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    run = client.create_run(client.create_experiment("images", artifact_location=str(tmp_path / "artifacts")))
+    profile = _profile()
+    client.log_text(run.info.run_id, json.dumps(profile), "reference_profile.json")  # no data_spec.json: a datamodule
+    client.create_registered_model("images")
+    version = client.create_model_version("images", str(tmp_path / "unused"), run_id=run.info.run_id)
+    client.set_registered_model_alias("images", "champion", version.version)
+    ref = load_reference("images", "@champion", uri)
+    assert ref.version == "1" and ref.profile["embedding"]["dim"] == DIM
+    assert ref.spec.features == () and ref.spec.classes == CLASSES
