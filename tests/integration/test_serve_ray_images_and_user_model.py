@@ -5,6 +5,7 @@ with ``tritonclient.http`` and compared with ONNX Runtime run directly on the sa
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ import pytest
 import requests
 
 from any_models import IMAGE_SIZE as SIZE
+from modelyard.monitor.store import MonitorStore
 from netutil import free_port
 
 pytest.importorskip("ray.serve")
@@ -28,21 +30,24 @@ def models(any_models) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def server(models):
+def server(models, tmp_path_factory):
     from modelyard.serve.ray.app import RayServeConfig, deploy, serving_ray
 
     mp = pytest.MonkeyPatch()
     mp.delenv("RAY_ADDRESS", raising=False)  # a local Ray of its own
-    images = RayServeConfig(model="images", stable=f"path:{models['images']}", port=free_port(), log_dir=None,
-                            batch_wait_timeout_s=0.002)
+    log_dir = tmp_path_factory.mktemp("inference_log")
+    # images: the default log settings (embedding logged, no pixels); sensors: every raw input kept
+    images = RayServeConfig(model="images", stable=f"path:{models['images']}", port=free_port(),
+                            log_dir=str(log_dir), log_flush_interval_s=0.2, batch_wait_timeout_s=0.002)
     try:
         with serving_ray(images) as url:
             sensors = RayServeConfig(model="sensors", stable=f"path:{models['sensors']}", port=images.port,
-                                     log_dir=None, batch_wait_timeout_s=0.002)
+                                     log_dir=str(log_dir), log_flush_interval_s=0.2, log_input_sample_rate=1.0,
+                                     batch_wait_timeout_s=0.002)
             deploy(sensors, app_name="sensors", route_prefix="/sensors")
             host = url.removeprefix("http://")
             yield {"url": url, "images": httpclient.InferenceServerClient(host),
-                   "sensors": httpclient.InferenceServerClient(f"{host}/sensors")}
+                   "sensors": httpclient.InferenceServerClient(f"{host}/sensors"), "log_dir": log_dir}
     finally:
         mp.undo()
 
@@ -84,6 +89,43 @@ def test_a_users_two_inputs_of_two_dtypes_answer_as_onnx_runtime(server, models,
     expected = _ort(models["sensors"], inputs)
     for name in ("logits", "risk"):
         np.testing.assert_allclose(answer.as_numpy(name), expected[name], atol=ATOL, rtol=0)
+
+
+def _logged(log_dir: Path, model: str, request_id: str, rows: int) -> object:
+    """The logged rows of ``request_id`` once the log's writer has flushed them (it runs every 0.2 s)."""
+    deadline = time.monotonic() + 30
+    while True:
+        frame = MonitorStore(log_dir, model).inferences()
+        frame = frame[frame["request_id"] == request_id]
+        if len(frame) == rows or time.monotonic() > deadline:
+            return frame.sort_values("row")
+        time.sleep(0.2)
+
+
+def test_the_log_keeps_the_embedding_and_scores_not_the_pixels(server):
+    pixels = np.random.default_rng(2).integers(0, 256, (3, 3, SIZE, SIZE), dtype=np.uint8)
+    tensor = httpclient.InferInput("pixels", list(pixels.shape), "UINT8")
+    tensor.set_data_from_numpy(pixels)
+    answer = server["images"].infer("images", [tensor], request_id="images-logged")
+    frame = _logged(server["log_dir"], "images", "images-logged", 3)
+    assert len(frame) == 3
+    assert all(len(f) == 0 for f in frame["features"])  # no whole image in the log by default
+    np.testing.assert_allclose(np.stack(frame["embedding"]).astype(np.float32), answer.as_numpy("embedding"),
+                               rtol=2e-3, atol=2e-3)  # float16 storage
+    np.testing.assert_allclose(np.stack(frame["outputs"]), answer.as_numpy("logits"), atol=1e-6)
+    assert list(frame["predicted"]) == answer.as_numpy("logits").argmax(axis=1).tolist()
+
+
+def test_raw_inputs_of_a_model_without_columns_are_logged_when_configured(server):
+    rng = np.random.default_rng(3)
+    codes, readings = rng.integers(0, 5, (2, 6)).astype(np.int64), rng.standard_normal((2, 3)).astype(np.float32)
+    tensors = [httpclient.InferInput("codes", [2, 6], "INT64"), httpclient.InferInput("readings", [2, 3], "FP32")]
+    tensors[0].set_data_from_numpy(codes)
+    tensors[1].set_data_from_numpy(readings)
+    server["sensors"].infer("sensors", tensors, request_id="sensors-logged")
+    frame = _logged(server["log_dir"], "sensors", "sensors-logged", 2)
+    np.testing.assert_allclose(np.stack(frame["features"]), np.hstack([codes, readings]).astype(np.float32))
+    assert all(len(e) == 0 for e in frame["embedding"])  # the model has no output named embedding
 
 
 @pytest.mark.parametrize(("path", "inputs", "words"), [

@@ -30,6 +30,7 @@ __all__ = ["InferenceLog"]
 logger = logging.getLogger(__name__)
 
 STALE_TEMP_S = 3600.0  # dot files older than this are leftovers of a killed writer
+_FLOAT16_MAX = 65504.0  # the largest finite float16
 
 
 class _Entry(NamedTuple):
@@ -37,9 +38,10 @@ class _Entry(NamedTuple):
     ts: float
     version: str
     role: str
-    features: np.ndarray
+    features: np.ndarray | None
     outputs: np.ndarray | None
     rows: int
+    embedding: np.ndarray | None = None
 
 
 class InferenceLog:
@@ -56,6 +58,10 @@ class InferenceLog:
         max_age_days: files older than this are deleted (``None``: keep by age).
         max_bytes: the oldest files are deleted while the log is larger (``None``: no size bound);
             the newest file is always kept.
+        input_sample_rate: share of recorded requests whose ``features`` (the raw inputs) are kept;
+            the others are logged with their outputs and embedding only. The serving ingress passes 1
+            for a model whose input is a row of table columns, which the drift tests read, and the
+            configured rate (0 by default) for token ids or pixels.
         seed: seed of the sampling decisions (reproducible tests).
 
     Raises:
@@ -65,9 +71,11 @@ class InferenceLog:
 
     def __init__(self, root: str | Path, model: str, sample_rate: float = 1.0, flush_interval_s: float = 1.0,
                  flush_rows: int = 5000, max_buffer_rows: int = 200_000, max_age_days: float | None = 30.0,
-                 max_bytes: int | None = None, seed: int | None = None) -> None:
+                 max_bytes: int | None = None, seed: int | None = None, input_sample_rate: float = 1.0) -> None:
         problems = [msg for bad, msg in (
             (not 0.0 <= sample_rate <= 1.0, f"sample_rate must be within [0, 1], got {sample_rate}"),
+            (not 0.0 <= input_sample_rate <= 1.0,
+             f"input_sample_rate must be within [0, 1], got {input_sample_rate}"),
             (flush_interval_s <= 0, f"flush_interval_s must be > 0, got {flush_interval_s}"),
             (flush_rows < 1, f"flush_rows must be >= 1, got {flush_rows}"),
             (max_buffer_rows < 1, f"max_buffer_rows must be >= 1, got {max_buffer_rows}"),
@@ -77,7 +85,7 @@ class InferenceLog:
         if problems:
             raise ValueError("; ".join(problems))
         self.folder = model_folder(root, model, "inference log folder") / "inferences"
-        self.model, self.sample_rate = model, sample_rate
+        self.model, self.sample_rate, self.input_sample_rate = model, sample_rate, input_sample_rate
         self.flush_interval_s, self.flush_rows, self.max_buffer_rows = flush_interval_s, flush_rows, max_buffer_rows
         self.max_age_days, self.max_bytes = max_age_days, max_bytes
         self._rng = random.Random(seed)
@@ -85,7 +93,8 @@ class InferenceLog:
         self._flush_lock = threading.Lock()  # one writer at a time: files and retention stay in order
         self._buffer: list[_Entry] = []
         self._pending = 0  # rows buffered or being written: what max_buffer_rows bounds
-        self._counts = {"recorded": 0, "written": 0, "dropped": 0, "sampled_out": 0, "write_errors": 0}
+        self._counts = {"recorded": 0, "written": 0, "dropped": 0, "sampled_out": 0, "write_errors": 0,
+                        "inputs_kept": 0}
         self._last_error: str | None = None
         self._reported_drops = 0
         self._files: list[tuple[PartFile, int]] | None = None  # (part, size), oldest first; None = not scanned
@@ -102,16 +111,26 @@ class InferenceLog:
             self._counts["sampled_out"] += 1
         return False
 
-    def record(self, request_id: str, version: str, role: str, features: np.ndarray, outputs: np.ndarray | None,
-               timestamp: float | None = None) -> None:
-        """Queue one answered request: ``features`` ``(N, F)`` (or ``(N, ...)``), ``outputs`` ``(N, C)`` or None.
+    def inputs_sampled(self) -> bool:
+        """Whether to keep the raw inputs of the next recorded request (``input_sample_rate`` chance)."""
+        return self.input_sample_rate >= 1.0 or (self.input_sample_rate > 0.0
+                                                 and self._rng.random() < self.input_sample_rate)
+
+    def record(self, request_id: str, version: str, role: str, features: np.ndarray | None,
+               outputs: np.ndarray | None, timestamp: float | None = None, embedding: np.ndarray | None = None,
+               rows: int | None = None) -> None:
+        """Queue one answered request: ``features`` ``(N, F)`` (or ``(N, ...)``) or None (inputs not kept),
+        ``outputs`` ``(N, C)`` or None, ``embedding`` ``(N, D)`` or None; ``rows`` (N) is needed only
+        when ``features`` is None.
 
         Only appends references to a buffer (the arrays must not be modified afterwards); conversion
         and I/O happen in the writer thread. Drops and counts the rows when the buffer is full.
         """
-        rows = int(features.shape[0]) if features.ndim else 1
+        if rows is None:
+            shaped = next((a for a in (features, outputs, embedding) if a is not None), None)
+            rows = int(shaped.shape[0]) if shaped is not None and np.ndim(shaped) else 1
         entry = _Entry(request_id, time.time() if timestamp is None else timestamp, version, role, features,
-                       outputs, rows)
+                       outputs, rows, embedding)
         with self._lock:
             if self._closed or self._pending + rows > self.max_buffer_rows:
                 self._counts["dropped"] += rows
@@ -119,6 +138,8 @@ class InferenceLog:
             self._buffer.append(entry)
             self._pending += rows
             self._counts["recorded"] += rows
+            if features is not None:
+                self._counts["inputs_kept"] += rows
             wake = self._pending >= self.flush_rows
         if wake:
             self._wake.set()
@@ -185,21 +206,28 @@ class InferenceLog:
         """The Arrow table of ``group`` and the entries in it; unconvertible entries are dropped and counted."""
         import pyarrow as pa
 
-        feats, outs, kept = [], [], []
+        feats, outs, embeds, kept = [], [], [], []
+
+        def rows_of(values: np.ndarray | None, rows: int) -> np.ndarray:
+            """``(N, W)`` float32 of ``values`` (``W = 0`` for None)."""
+            return (np.zeros((rows, 0), np.float32) if values is None
+                    else np.asarray(values, dtype=np.float32).reshape(rows, -1))
+
         for e in group:
             try:
-                f = np.asarray(e.features, dtype=np.float32).reshape(e.rows, -1)  # (N, F)
-                o = (np.zeros((e.rows, 0), np.float32) if e.outputs is None
-                     else np.asarray(e.outputs, dtype=np.float32).reshape(e.rows, -1))  # (N, C)
+                f, o, m = rows_of(e.features, e.rows), rows_of(e.outputs, e.rows), rows_of(e.embedding, e.rows)
             except (TypeError, ValueError) as err:
                 self._error(f"request {e.request_id!r}: features {getattr(e.features, 'shape', '?')} / outputs "
-                            f"{getattr(e.outputs, 'shape', '?')} are not numeric (N, ...) arrays ({err}); dropped")
+                            f"{getattr(e.outputs, 'shape', '?')} / embedding {getattr(e.embedding, 'shape', '?')} "
+                            f"are not numeric (N, ...) arrays ({err}); dropped")
                 with self._lock:
                     self._pending -= e.rows
                     self._counts["dropped"] += e.rows
                 continue
             feats.append(f)
             outs.append(o)
+            # float16 halves the column; a value beyond its range is stored at the range's end, not inf
+            embeds.append(np.clip(m, -_FLOAT16_MAX, _FLOAT16_MAX).astype(np.float16))
             kept.append(e)
         rows = np.array([e.rows for e in kept], dtype=np.int64)
         owner = pa.array(np.repeat(np.arange(len(kept)), rows))  # entry index of each row
@@ -217,6 +245,7 @@ class InferenceLog:
             per_row([e.role for e in kept], pa.string()),
             _list_column(feats), _list_column(outs),
             pa.array(np.concatenate(predicted or [np.zeros(0, np.int32)])),
+            _list_column(embeds, pa.float16()),
         ]
         return pa.Table.from_arrays(columns, schema=inference_schema()), kept
 
@@ -298,15 +327,18 @@ class InferenceLog:
             files = list(self._files or [])
             return {**self._counts, "pending": self._pending, "files": len(files),
                     "bytes": sum(size for _, size in files), "last_error": self._last_error,
-                    "sample_rate": self.sample_rate, "folder": str(self.folder)}
+                    "sample_rate": self.sample_rate, "input_sample_rate": self.input_sample_rate,
+                    "folder": str(self.folder)}
 
 
-def _list_column(arrays: Sequence[np.ndarray]) -> pa.Array:
-    """A ``list<float32>`` column with one list per row of the ``(N_i, W_i)`` arrays (widths may differ)."""
+def _list_column(arrays: Sequence[np.ndarray], kind: pa.DataType | None = None) -> pa.Array:
+    """A ``list<float32>`` (or ``list<kind>``) column with one list per row of the ``(N_i, W_i)`` arrays
+    (widths may differ)."""
     import pyarrow as pa
 
+    kind = pa.float32() if kind is None else kind
     widths = np.concatenate([np.full(a.shape[0], a.shape[1], np.int64) for a in arrays]) if arrays else np.zeros(0)
     offsets = np.zeros(len(widths) + 1, np.int32)
     np.cumsum(widths, out=offsets[1:])
-    values = np.concatenate([a.ravel() for a in arrays]) if arrays else np.zeros(0, np.float32)
-    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(values, pa.float32()))
+    values = np.concatenate([a.ravel() for a in arrays]) if arrays else np.zeros(0, kind.to_pandas_dtype())
+    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(values, kind))

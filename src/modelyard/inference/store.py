@@ -33,17 +33,26 @@ if TYPE_CHECKING:
 __all__ = ["FEEDBACK_COLUMNS", "INFERENCE_COLUMNS", "PartFile", "delete_parts_older_than", "feedback_schema",
            "inference_schema", "list_parts", "model_folder", "utc_day", "write_part"]
 
-INFERENCE_COLUMNS = ("request_id", "row", "ts", "version", "role", "features", "outputs", "predicted")
+INFERENCE_COLUMNS = ("request_id", "row", "ts", "version", "role", "features", "outputs", "predicted", "embedding")
 FEEDBACK_COLUMNS = ("request_id", "row", "label", "ts")
 _PART = re.compile(r"^part-(\d{13})-[0-9a-f]{8}\.parquet$")
 
 
 def inference_schema() -> pa.Schema:
+    """Columns of an inference part file.
+
+    ``features``: the model input of the row, flattened (empty when not kept: the raw inputs of a
+    model whose inputs are not table columns are kept only for a configured sample); ``outputs``: its
+    class scores; ``embedding``: its embedding output in float16 (empty when the model has none).
+    ``embedding`` was added last: files written before it have no such column, and readers that pass
+    this schema get it as null.
+    """
     import pyarrow as pa
 
     return pa.schema([("request_id", pa.string()), ("row", pa.int32()), ("ts", pa.float64()),
                       ("version", pa.string()), ("role", pa.string()), ("features", pa.list_(pa.float32())),
-                      ("outputs", pa.list_(pa.float32())), ("predicted", pa.int32())])
+                      ("outputs", pa.list_(pa.float32())), ("predicted", pa.int32()),
+                      ("embedding", pa.list_(pa.float16()))])
 
 
 def feedback_schema() -> pa.Schema:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pandas as pd
 
 from modelyard.errors import ModelyardError
 from modelyard.monitor.drift import DriftReport, decode_features, detect_drift
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
     from modelyard.monitor.config import MonitorConfig
     from modelyard.monitor.store import MonitorStore
 
-__all__ = ["CheckResult", "Reference", "Trigger", "evaluate", "load_reference", "prediction_scores"]
+__all__ = ["CheckResult", "Reference", "Trigger", "evaluate", "load_reference", "output_spec", "prediction_scores"]
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +71,9 @@ class Reference:
 def load_reference(model: str, reference: str = "@champion", tracking_uri: str | None = None) -> Reference:
     """The registry version behind ``reference`` with its run's ``reference_profile.json`` and data spec.
 
+    A run on a datamodule (text, images, a user's) has no ``data_spec.json``: its spec is built from the
+    profile (no features; the classes of its validation predictions).
+
     Raises:
         ReferenceError: no such alias/version, or its run has no profile (trained before profiles existed).
     """
@@ -90,8 +94,11 @@ def load_reference(model: str, reference: str = "@champion", tracking_uri: str |
     with tempfile.TemporaryDirectory(prefix="modelyard-reference-") as tmp, quiet_downloads():
         try:
             profile = json.loads(Path(client.download_artifacts(mv.run_id, "reference_profile.json", tmp)).read_text())
-            spec = DataSpec.from_dict(json.loads(Path(client.download_artifacts(mv.run_id, "data_spec.json", tmp))
-                                                 .read_text()))
+            if profile.get("features") or profile.get("features_from") is not None:
+                spec = DataSpec.from_dict(json.loads(Path(client.download_artifacts(mv.run_id, "data_spec.json", tmp))
+                                                     .read_text()))
+            else:
+                spec = output_spec(profile)
         except Exception as err:  # noqa: BLE001 - missing artifact
             raise ReferenceError(f"{model} v{mv.version}: run {mv.run_id} has no reference_profile.json/data_spec.json "
                                  f"artifact ({err}); retrain it with `modelyard train`") from None
@@ -102,6 +109,15 @@ def load_reference(model: str, reference: str = "@champion", tracking_uri: str |
         if moves:
             since = datetime.strptime(moves[-1].when, "%Y-%m-%dT%H:%M:%S%z").timestamp()
     return Reference(model, str(mv.version), mv.run_id, profile, spec, since)
+
+
+def output_spec(profile: dict[str, Any]) -> DataSpec:
+    """The data spec of a model whose inputs are not table columns, from its output profile: no
+    features, the classes its validation predictions were counted under."""
+    from modelyard.models.spec import DataSpec
+
+    classes = tuple((profile.get("predictions") or {}).get("class_frequencies") or ())
+    return DataSpec(features=(), label="", classes=classes, digest=str(profile.get("data_digest") or ""))
 
 
 def prediction_scores(outputs: np.ndarray) -> np.ndarray:
@@ -183,16 +199,24 @@ def evaluate(cfg: MonitorConfig, store: MonitorStore, ref: Reference, now: float
     result = CheckResult(time=now, model=cfg.model, reference_version=ref.version, reference_run=ref.run_id,
                          window=window, drift=None, performance=None)
     if len(frame):
-        matrix = store.features_matrix(frame)
-        if matrix.shape[1] != ref.spec.num_features:
-            raise ModelyardError(f"logged rows have {matrix.shape[1]} features; the reference {cfg.model} "
-                                 f"v{ref.version} expects {ref.spec.num_features} ({ref.spec.feature_names})")
+        if ref.profile.get("features"):
+            matrix = store.features_matrix(frame)
+            if matrix.shape[1] != ref.spec.num_features:
+                raise ModelyardError(f"logged rows have {matrix.shape[1]} features; the reference {cfg.model} "
+                                     f"v{ref.version} expects {ref.spec.num_features} ({ref.spec.feature_names})")
+            current = decode_features(matrix, ref.spec)
+        else:  # token ids, pixels: no column to test, and their raw inputs are logged for a sample at most
+            current = pd.DataFrame(index=pd.RangeIndex(len(frame)))
         served = frame["version"].astype(str).to_numpy() == ref.version
         scores = None
         if served.any():
             outputs = np.stack([np.asarray(o, dtype=np.float32) for o in frame.loc[served, "outputs"]])
             scores = prediction_scores(outputs)
-        result.drift = detect_drift(ref.profile, decode_features(matrix, ref.spec), scores, cfg.drift)
+        embeddings = _embeddings(store, frame, served, ref, result) if ref.profile.get("embedding") else None
+        try:
+            result.drift = detect_drift(ref.profile, current, scores, cfg.drift, embeddings)
+        except ValueError as err:  # e.g. embeddings of another width than the profile's
+            raise ModelyardError(f"{cfg.model} v{ref.version}: {err}") from None
         result.drift.meta.update(model=cfg.model, reference_version=ref.version, reference_run=ref.run_id,
                                  window=window, reference_data=ref.profile.get("features_from"))
     else:
@@ -209,6 +233,19 @@ def evaluate(cfg: MonitorConfig, store: MonitorStore, ref: Reference, now: float
     return result
 
 
+def _embeddings(store: MonitorStore, frame: pd.DataFrame, served: np.ndarray, ref: Reference,
+                result: CheckResult) -> np.ndarray | None:
+    """The logged embeddings of the rows the reference version answered (another version's embedding
+    lives in another space); None, with a note, when none of them has one."""
+    matrix, has = store.embeddings_matrix(frame.loc[served])
+    if not has.any():
+        result.notes.append(f"the reference profile has an embedding sample, but no logged row of v{ref.version} "
+                            "in this window has an embedding (serve with log_embedding set to the model's "
+                            "embedding output)")
+        return None
+    return matrix
+
+
 def apply_policy(cfg: MonitorConfig, result: CheckResult, ref: Reference, now: float,
                  last_retrain: float | None) -> list[Trigger]:
     """The triggers that fire for ``result`` under ``cfg.policy`` (empty: all quiet)."""
@@ -216,7 +253,13 @@ def apply_policy(cfg: MonitorConfig, result: CheckResult, ref: Reference, now: f
     drift = result.drift
     if drift is not None and p.min_drifted_features is not None:
         drifted = drift.drifted
-        if len(drifted) >= p.min_drifted_features:
+        embedding = [f.name for f in drift.features if f.kind == "embedding" and f.drifted]
+        if embedding:
+            # One multivariate test of the whole input is one verdict, not one noisy column among many:
+            # min_drifted_features counts columns, an embedding test fires on its own.
+            out.append(Trigger("drift", "the embedding drifted: " + "; ".join(
+                f"{f.name} {f.reason}" for f in drift.features if f.name in embedding), len(embedding), 1))
+        elif len(drifted) >= p.min_drifted_features:
             out.append(Trigger("drift", f"{len(drifted)} drifted feature(s) >= {p.min_drifted_features}: "
                                         + ", ".join(drifted), len(drifted), p.min_drifted_features))
         elif drifted:

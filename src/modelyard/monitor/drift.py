@@ -6,7 +6,10 @@ One window of live rows is compared with the run's reference profile (:mod:`mode
   window, and the population stability index (PSI) on the profile's equal-frequency bins;
 * categorical feature: chi-squared test of the 2 x K table (training frequencies, window counts), with
   categories never seen in training in one extra column, and PSI on the same categories;
-* predictions (when scores are given): KS and PSI of the window's scores against the validation scores.
+* predictions (when scores are given): KS and PSI of the window's scores against the validation scores;
+* embedding (a model whose inputs are not columns, when the profile has an embedding sample and the
+  window's embeddings are given): a multivariate two-sample test, MMD and/or a domain classifier
+  (:mod:`modelyard.monitor.embedding`).
 
 The p-values of one window form one family and are corrected together, so that a quiet window raises a
 false alarm on *any* feature with probability about ``alpha``. A test alone is a poor judge at both ends
@@ -26,9 +29,10 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
-from jsonargparse.typing import OpenUnitInterval, PositiveFloat, PositiveInt
+from jsonargparse.typing import NonNegativeInt, OpenUnitInterval, PositiveFloat, PositiveInt
 
 from modelyard.config import declared_problems
+from modelyard.monitor.embedding import embedding_tests
 
 if TYPE_CHECKING:
     from modelyard.models.spec import DataSpec
@@ -37,6 +41,7 @@ __all__ = ["CORRECTIONS", "UNSEEN", "DriftReport", "DriftSettings", "FeatureDrif
            "contingency_test", "decode_features", "detect_drift", "population_stability_index"]
 
 Correction = Literal["bh", "by", "bonferroni", "holm"]
+EmbeddingTest = Literal["mmd", "classifier", "both"]
 CORRECTIONS: tuple[str, ...] = ("bh", "by", "bonferroni", "holm")
 UNSEEN = "(unseen)"  # a category the model never saw in training (code 0 of encode_features)
 # An empty bin makes ln(0) infinite. 1e-4 (0.01 %) keeps PSI finite while a bin holding 10 % on one
@@ -60,12 +65,29 @@ class DriftSettings:
         psi_threshold: a feature with PSI >= this is drifted whatever its p-value; 0.2 is the
             industry rule of thumb for a significant shift (0.1-0.2 moderate).
         min_samples: a feature with fewer current values is "insufficient" and never alarms.
+        embedding_test: for a profile with an embedding sample (text, images), the multivariate test
+            of the window's embeddings: ``mmd`` (kernel two-sample test, permutation p-value),
+            ``classifier`` (domain classifier, cross-validated AUC) or ``both`` (two p-values in the
+            window's family).
+        embedding_pca: principal components (of reference and window pooled, each whitened) the
+            embedding tests run on; ``null``: all of them (the embedding sphered, not reduced).
+        permutations: permutations of the MMD test; the smallest p-value it can give is
+            ``1 / (permutations + 1)``, so keep it well above ``tests / alpha``.
+        embedding_max_rows: window rows the embedding tests use at most (a seeded sample of a larger
+            window): the kernel matrix grows with the square of the rows.
+        seed: seed of the permutations, the classifier's folds and the row samples (one window, one
+            verdict).
     """
 
     alpha: OpenUnitInterval = 0.01
     correction: Correction = "bh"
     psi_threshold: PositiveFloat = 0.2
     min_samples: PositiveInt = 500
+    embedding_test: EmbeddingTest = "mmd"
+    embedding_pca: PositiveInt | None = 16
+    permutations: PositiveInt = 1000
+    embedding_max_rows: PositiveInt = 2000
+    seed: NonNegativeInt = 0
 
     def problems(self) -> list[str]:
         """Every value that does not fit its declared type, named (empty when the settings are usable)."""
@@ -80,11 +102,17 @@ class FeatureDrift:
     for numeric values and scores (outer bins also hold values beyond the reference range),
     ``{"categories", "counts"}`` for categories; both carry ``missing_share`` (missing / all rows).
     ``n_reference`` is the size of the reference sample the test used.
+
+    Embedding tests (``kind="embedding"``, named ``embedding:<test>``) have no bins and no PSI (0);
+    ``reference``/``current`` hold the two samples on the reference's first two principal axes
+    (``{"points", "mean"}``, see :func:`~modelyard.monitor.embedding.projection`) and ``current`` also
+    the test's own figures (``test_figures``: MMD^2 and its permutation null, or the classifier's AUC
+    and its out-of-fold scores).
     """
 
     name: str
-    kind: str  # numeric | categorical | prediction
-    test: str  # ks | chi2
+    kind: str  # numeric | categorical | prediction | embedding
+    test: str  # ks | chi2 | mmd | classifier
     statistic: float
     p_value: float
     p_adjusted: float
@@ -102,7 +130,8 @@ class FeatureDrift:
 
 @dataclass
 class DriftReport:
-    """All features of one window (profile order), then ``predictions`` when scores were tested."""
+    """All features of one window (profile order), the embedding tests, then ``predictions`` when scores
+    were tested."""
 
     features: list[FeatureDrift]
     settings: DriftSettings
@@ -118,17 +147,22 @@ class DriftReport:
     def prediction_drift(self) -> bool:
         return any(f.drifted for f in self.features if f.kind == "prediction")
 
+    @property
+    def embedding_drift(self) -> bool:
+        """Whether an embedding test drifted (one multivariate verdict on the whole input)."""
+        return any(f.drifted for f in self.features if f.kind == "embedding")
+
     def to_dict(self) -> dict[str, Any]:
         return {"features": [f.to_dict() for f in self.features], "settings": asdict(self.settings),
                 "n_current": self.n_current, "meta": self.meta, "drifted": self.drifted,
-                "prediction_drift": self.prediction_drift}
+                "prediction_drift": self.prediction_drift, "embedding_drift": self.embedding_drift}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, default=str)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DriftReport:
-        """Inverse of :meth:`to_dict` (the derived ``drifted``/``prediction_drift`` keys are ignored)."""
+        """Inverse of :meth:`to_dict` (the derived ``drifted``/``..._drift`` keys are ignored)."""
         return cls(features=[FeatureDrift(**f) for f in data["features"]],
                    settings=DriftSettings(**data.get("settings", {})),
                    n_current=int(data["n_current"]), meta=dict(data.get("meta", {})))
@@ -298,6 +332,10 @@ def _verdict(test: dict[str, Any], p_adjusted: float, settings: DriftSettings) -
     n = test["n_current"]
     if n < settings.min_samples:
         drifted, reason = False, f"insufficient samples ({n} < {settings.min_samples})"
+    elif test["kind"] == "embedding":  # no bins, no PSI: the test's p-value alone
+        drifted = p_adjusted < settings.alpha
+        reason = (f"p_adj={p_adjusted:.2g} < {settings.alpha:g} ({test['test']} {test['statistic']:.3g})" if drifted
+                  else f"no drift (p_adj={p_adjusted:.2g}, {test['test']} {test['statistic']:.3g})")
     else:
         reasons = []
         if p_adjusted < settings.alpha:
@@ -310,8 +348,8 @@ def _verdict(test: dict[str, Any], p_adjusted: float, settings: DriftSettings) -
 
 
 def detect_drift(profile: dict[str, Any], current: pd.DataFrame, scores: np.ndarray | None = None,
-                 settings: DriftSettings | None = None) -> DriftReport:
-    """Test every profiled feature (and the prediction scores) of one window for drift.
+                 settings: DriftSettings | None = None, embeddings: np.ndarray | None = None) -> DriftReport:
+    """Test every profiled feature (the embeddings, the prediction scores) of one window for drift.
 
     Args:
         profile: a reference profile of version >= 2 (``reference_profile.json`` of a run).
@@ -322,10 +360,13 @@ def detect_drift(profile: dict[str, Any], current: pd.DataFrame, scores: np.ndar
             ``None``: predictions are not tested.
         settings: significance, correction, PSI threshold, minimum sample size. Default
             :class:`DriftSettings()`.
+        embeddings: ``(M, D)`` the window's embeddings (the output the profile's ``embedding`` entry
+            names). Tested when the profile has an embedding sample; ``None``: not tested.
 
     Raises:
         ValueError: invalid settings; a profile older than version 2; profiled features missing from
-            ``current``; ``scores`` that are not one-dimensional.
+            ``current``; ``scores`` that are not one-dimensional; embeddings of another width than the
+            profile's.
     """
     settings = settings or DriftSettings()
     if problems := settings.problems():
@@ -341,6 +382,9 @@ def detect_drift(profile: dict[str, Any], current: pd.DataFrame, scores: np.ndar
         hist = entry.get("histogram", {"edges": [0.0, 1.0], "counts": [0]})  # absent: no training values
         x = values.astype("float64").to_numpy(dtype=np.float64, na_value=np.nan)
         tests.append(_numeric(name, "numeric", entry.get("sample", []), hist, x, ref_missing))
+
+    if embeddings is not None and (profile.get("embedding") or {}).get("sample"):
+        tests += embedding_tests(profile["embedding"], embeddings, settings)
 
     predictions = profile.get("predictions") or {}
     if scores is not None:

@@ -21,13 +21,70 @@ from modelyard._io import atomic_write_bytes, atomic_write_text
 from modelyard.monitor.drift import DriftReport, FeatureDrift
 from modelyard.monitor.performance import PerformanceReport
 
-__all__ = ["DriftGauges", "plot_feature_drift", "write_report"]
+__all__ = ["DriftGauges", "plot_embedding_drift", "plot_feature_drift", "write_report"]
 
 _REFERENCE_COLOR, _CURRENT_COLOR = "#4c72b0", "#dd8452"
 
 
+def plot_embedding_drift(feature: FeatureDrift) -> bytes:
+    """PNG of one embedding test: reference and window on the reference's first two principal axes
+    (each cloud's mean marked), beside the test's own figure (the MMD permutation null with the
+    observed value, or the classifier's held-out scores of both groups); the figures in the titles."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10.0, 4.0))
+    left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.2, 1.0]})
+    ref, cur = feature.reference, feature.current
+    for side, label, color, marker in ((ref, "reference (validation)", _REFERENCE_COLOR, "o"),
+                                       (cur, "window", _CURRENT_COLOR, "o")):
+        points = np.asarray(side.get("points") or np.zeros((0, 2)), dtype=np.float64).reshape(-1, 2)
+        left.scatter(points[:, 0], points[:, 1], s=6, alpha=0.35, color=color, marker=marker, label=label,
+                     linewidths=0)
+        if side.get("mean"):
+            left.scatter(*side["mean"], s=160, color=color, marker="X", edgecolors="black", linewidths=1.0)
+    ratio = ref.get("explained_variance") or []
+    axes = [f"PC{i + 1} of both" + (f" ({ratio[i]:.0%} of variance)" if i < len(ratio) else "") for i in range(2)]
+    left.set_xlabel(axes[0], fontsize=8)
+    left.set_ylabel(axes[1], fontsize=8)
+    left.legend(fontsize=8, markerscale=3)
+    left.set_title(f"{cur.get('output', 'embedding')}: {feature.n_reference} reference vs {feature.n_current} "
+                   "window rows (X: means)", fontsize=9)
+    figures = cur.get("test_figures") or {}
+    if feature.test == "mmd":
+        null = figures.get("null_histogram") or {}
+        if null.get("edges"):
+            right.stairs(null["counts"], null["edges"], fill=True, color="#999999", alpha=0.7,
+                         label=f"{figures.get('permutations', 0)} permutations (no drift)")
+        right.axvline(feature.statistic, color=_CURRENT_COLOR, linewidth=2.5, label="this window")
+        right.set_xlabel("MMD² (Gaussian kernel, median bandwidth)", fontsize=8)
+        right.set_title(f"MMD² {feature.statistic:.3g}, p {feature.p_value:.2g}, p_adj {feature.p_adjusted:.2g}",
+                        fontsize=9)
+    else:
+        for key, label, color in (("scores_reference", "reference rows", _REFERENCE_COLOR),
+                                  ("scores_current", "window rows", _CURRENT_COLOR)):
+            hist = figures.get(key) or {}
+            if hist.get("edges"):
+                right.stairs(hist["counts"], hist["edges"], label=label, color=color, linewidth=2,
+                             fill=key == "scores_reference", alpha=0.6 if key == "scores_reference" else 1.0)
+        right.set_xlabel("domain classifier score on held-out rows (higher: looks like the window)", fontsize=8)
+        right.set_title(f"AUC {feature.statistic:.3f} (0.5: indistinguishable), p {feature.p_value:.2g}, "
+                        f"p_adj {feature.p_adjusted:.2g}", fontsize=9)
+    right.set_ylabel("count", fontsize=8)
+    right.legend(fontsize=8)
+    for ax in (left, right):
+        ax.tick_params(labelsize=7)
+    fig.suptitle(f"{feature.name}: {'DRIFTED' if feature.drifted else 'no drift'} ({feature.reason})", fontsize=10)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    return buf.getvalue()
+
+
 def plot_feature_drift(feature: FeatureDrift) -> bytes:
-    """PNG of the reference vs current histogram of one feature, the test figures in the title."""
+    """PNG of the reference vs current histogram of one feature, the test figures in the title
+    (an embedding test: :func:`plot_embedding_drift`)."""
+    if feature.kind == "embedding":
+        return plot_embedding_drift(feature)
     # no pyplot: no global backend switch, no display needed
     from matplotlib.figure import Figure
 
@@ -83,9 +140,11 @@ def _html(report: DriftReport, performance: PerformanceReport | None, title: str
             "reason"]
     rows = []
     for f in report.features:
+        embedding = f.kind == "embedding"  # no bins: no PSI, no missing share
         cells = [f.name, f.kind, f.test, f"{f.statistic:.4g}", f"{f.p_value:.3g}", f"{f.p_adjusted:.3g}",
-                 f"{f.psi:.4f}", str(f.n_reference), str(f.n_current),
-                 f"{f.current.get('missing_share', 0.0):.1%}", "yes" if f.drifted else "no", f.reason]
+                 "-" if embedding else f"{f.psi:.4f}", str(f.n_reference), str(f.n_current),
+                 "-" if embedding else f"{f.current.get('missing_share', 0.0):.1%}", "yes" if f.drifted else "no",
+                 f.reason]
         rows.append(f"<tr class=\"{'drifted' if f.drifted else ''}\">" + "".join(f"<td>{e(c)}</td>" for c in cells)
                     + "</tr>")
     s = report.settings
@@ -93,8 +152,15 @@ def _html(report: DriftReport, performance: PerformanceReport | None, title: str
     summary = (f"{report.n_current} rows in the window; drifted features: "
                f"<b>{e(', '.join(report.drifted) or 'none')}</b>; prediction drift: "
                f"<b>{'yes' if report.prediction_drift else 'no'}</b>.")
+    if any(f.kind == "embedding" for f in report.features):
+        summary += f" Embedding drift: <b>{'yes' if report.embedding_drift else 'no'}</b>."
     rules = (f"alpha {s.alpha:g} after {e(s.correction)} correction, PSI threshold {s.psi_threshold:g}, "
              f"at least {s.min_samples} values per feature. {e(json.dumps(report.meta, default=str))}")
+    embedding = next((f for f in report.features if f.kind == "embedding"), None)
+    if embedding is not None:
+        pca = f"{embedding.current.get('pca')} whitened principal components"
+        rules += (f" Embedding test: {e(s.embedding_test)} on {e(pca)}, {s.permutations} MMD permutations, "
+                  f"at most {s.embedding_max_rows} window rows, seed {s.seed}.")
     parts = [
         f"<!doctype html><html><head><meta charset=\"utf-8\"><title>{name}</title><style>{_CSS}</style></head>",
         f"<body><h1>{name}</h1><p>{summary}</p><p class=\"muted\">{rules}</p>",
@@ -113,7 +179,8 @@ def _html(report: DriftReport, performance: PerformanceReport | None, title: str
             + (f"<table><tr><th>version</th><th>n</th><th>accuracy</th></tr>{versions}</table>" if versions else "")
         )
     if images:
-        parts.append("<h2>Drifted features</h2>")
+        parts.append("<h2>Drifted features and the embedding</h2>" if any(
+            f.kind == "embedding" for f in report.features) else "<h2>Drifted features</h2>")
         for name, png in images.items():
             data = base64.b64encode(png).decode("ascii")
             parts.append(f"<h3>{e(name)}</h3><img alt=\"{e(name)}\" src=\"data:image/png;base64,{data}\">")
@@ -123,7 +190,9 @@ def _html(report: DriftReport, performance: PerformanceReport | None, title: str
 
 def write_report(report: DriftReport, out_dir: Path, performance: PerformanceReport | None = None,
                  title: str = "") -> dict[str, Path]:
-    """Write ``report.json``, ``report.html`` and ``drift_<feature>.png`` per drifted feature/prediction.
+    """Write ``report.json``, ``report.html`` and ``drift_<feature>.png`` per drifted feature/prediction
+    and per embedding test, drifted or not (``drift_embedding_mmd.png``: for a text or images model the
+    embedding's picture is the only view of its input, so a quiet window shows it too).
 
     ``report.json`` is ``{"title", "drift": report.to_dict(), "performance": ... | null}``. Every file
     is written atomically; ``out_dir`` is created. Returns ``{"json": ..., "html": ..., "plot:<name>": ...}``.
@@ -134,7 +203,7 @@ def write_report(report: DriftReport, out_dir: Path, performance: PerformanceRep
     images: dict[str, bytes] = {}
     used: set[str] = set()
     for f in report.features:
-        if not f.drifted:
+        if not f.drifted and f.kind != "embedding":
             continue
         png = plot_feature_drift(f)
         stem = _safe_name(f.name)
@@ -165,8 +234,8 @@ class DriftGauges:
 
         self.psi = gauge("modelyard_drift_psi", "Population stability index of the feature's live window "
                          "against the training reference", ["model", "feature"])
-        self.statistic = gauge("modelyard_drift_statistic", "Drift test statistic (ks or chi2)",
-                               ["model", "feature", "test"])
+        self.statistic = gauge("modelyard_drift_statistic", "Drift test statistic (ks, chi2; embeddings: mmd "
+                               "is MMD squared, classifier is AUC)", ["model", "feature", "test"])
         self.p_adjusted = gauge("modelyard_drift_p_value_adjusted", "Drift test p-value after the "
                                 "multiple-testing correction", ["model", "feature"])
         self.detected = gauge("modelyard_drift_detected", "1 when the feature drifted in the latest check",
@@ -189,7 +258,8 @@ class DriftGauges:
 
         if report is not None:
             for f in report.features:
-                put(self.psi, (model, f.name), f.psi)
+                if f.kind != "embedding":  # an embedding test has no bins, hence no PSI
+                    put(self.psi, (model, f.name), f.psi)
                 put(self.statistic, (model, f.name, f.test), f.statistic)
                 put(self.p_adjusted, (model, f.name), f.p_adjusted)
                 put(self.detected, (model, f.name), float(f.drifted))

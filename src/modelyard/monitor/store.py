@@ -70,7 +70,9 @@ class MonitorStore:
                    versions: Sequence[str] | None = None) -> pd.DataFrame:
         """Logged rows with ``since <= ts < until`` of ``versions``, sorted by ``ts``; ``last_rows``: the newest N.
 
-        Columns as stored (:data:`INFERENCE_COLUMNS`); ``features``/``outputs`` cells are float32 arrays.
+        Columns as stored (:data:`INFERENCE_COLUMNS`); ``features``/``outputs`` cells are float32 arrays,
+        ``embedding`` cells float16 arrays (empty when the row has none; None in files written before the
+        column existed).
         """
         import pyarrow.compute as pc
 
@@ -135,6 +137,26 @@ class MonitorStore:
             raise ValueError(f"feature rows of widths {sorted(widths)} received; expected one width "
                              "(select one model signature, e.g. with versions=)")
         return np.stack(frame["features"].to_numpy()).astype(np.float32, copy=False)  # (N, F)
+
+    @staticmethod
+    def embeddings_matrix(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """``(matrix (M, D) float32, has (N,) bool)``: the logged embeddings of the rows of ``frame`` that
+        have one (``has``), in frame order; ``(0, 0)`` when none has.
+
+        Raises:
+            ValueError: embeddings of different widths (the served model changed within ``frame``).
+        """
+        if len(frame) == 0 or "embedding" not in frame.columns:
+            return np.zeros((0, 0), dtype=np.float32), np.zeros(len(frame), dtype=bool)
+        has = np.array([v is not None and len(v) > 0 for v in frame["embedding"]], dtype=bool)
+        if not has.any():
+            return np.zeros((0, 0), dtype=np.float32), has
+        cells = frame["embedding"].to_numpy()[has]
+        widths = {len(v) for v in cells}
+        if len(widths) != 1:
+            raise ValueError(f"embeddings of widths {sorted(widths)} received; expected one width "
+                             "(select one model version, e.g. with versions=)")
+        return np.stack(cells).astype(np.float32), has  # (M, D)
 
     def feedback(self) -> pd.DataFrame:
         """Every stored label (columns :data:`FEEDBACK_COLUMNS`), oldest first; the first label of a row wins."""

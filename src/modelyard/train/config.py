@@ -23,7 +23,7 @@ from jsonargparse.typing import NonNegativeInt, PositiveInt
 
 from modelyard.config import ConfigError, declared_problems, parse_config
 
-__all__ = ["CheckpointConfig", "DataModuleConfig", "MlflowConfig", "ModelConfig", "TrainConfig",
+__all__ = ["CheckpointConfig", "DataModuleConfig", "MlflowConfig", "ModelConfig", "ProfileConfig", "TrainConfig",
            "build_parser", "parse_train_config"]
 
 # Trainer arguments modelyard sets itself (from the sections below), so they are not user keys.
@@ -108,6 +108,21 @@ class MlflowConfig:
 
 
 @dataclass
+class ProfileConfig:
+    """What the run's reference profile keeps for the drift monitor, beyond features and predictions.
+
+    Args:
+        embedding: for a model whose inputs are not table columns (text, images, a user's
+            datamodule), the output whose validation values are kept as the reference of the
+            monitor's embedding drift tests. ``null``, or an output the model does not have: none.
+        embedding_sample: validation rows of it kept at most (a seeded sample).
+    """
+
+    embedding: str | None = "embedding"
+    embedding_sample: PositiveInt = 2000
+
+
+@dataclass
 class ModelConfig:
     class_path: str
     init_args: dict[str, Any] = field(default_factory=dict)
@@ -122,6 +137,7 @@ class TrainConfig:
     trainer: dict[str, Any] = field(default_factory=dict)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+    profile: ProfileConfig = field(default_factory=ProfileConfig)
     seed_everything: int = 42
     output_dir: str = "runs"
     resume: str | None = None
@@ -153,6 +169,7 @@ class TrainConfig:
             trainer=dict(data.get("trainer", {})),
             checkpoint=CheckpointConfig(**data.get("checkpoint", {})),
             mlflow=MlflowConfig(**data.get("mlflow", {})),
+            profile=ProfileConfig(**(data.get("profile") or {})),
             **{k: data[k] for k in ("seed_everything", "output_dir", "resume", "launcher", "num_workers")
                if k in data},
         )
@@ -185,6 +202,7 @@ def build_parser() -> ArgumentParser:
     parser.add_class_arguments(Trainer, "trainer", skip=_MANAGED_TRAINER_ARGS)
     parser.add_class_arguments(CheckpointConfig, "checkpoint")
     parser.add_class_arguments(MlflowConfig, "mlflow")
+    parser.add_class_arguments(ProfileConfig, "profile")
     parser.add_argument("--output_dir", type=str, default="runs",
                         help="Job folders (checkpoints, state) go under OUTPUT_DIR/<experiment>/<job id>.")
     parser.add_argument("--resume", type=str | None, nargs="?", const="latest", default=None,

@@ -244,7 +244,8 @@ def _finish_run(cfg: TrainConfig, job: Job, run_id: str | None, uri: str, model:
     else:
         outputs, labels = _validation_outputs(model, source)
         profile = build_output_profile(outputs, source.classes(), val_labels=labels, data_digest=source.digest(),
-                                       **meta)
+                                       embedding=cfg.profile.embedding,
+                                       embedding_sample=cfg.profile.embedding_sample, **meta)
         profile["predictions_from"]["split"] = source.reference_split
     model.cpu()
     atomic_write_text(job.dir / "reference_profile.json", json.dumps(profile, indent=2))

@@ -7,6 +7,11 @@ feature the category frequencies, and the distribution of the model's prediction
 Version 2 adds what two-sample tests need: a seeded random sample of every numeric feature and of the
 validation scores (the KS test compares raw values, not bins), the training label frequencies and the
 model's validation accuracy (the yardsticks for label shift and live accuracy).
+
+A model whose inputs are not table columns (text, images) has no features to profile; when it has an
+embedding output (named by the training config's ``profile.embedding``), its profile keeps a seeded
+sample of the validation embeddings instead, the reference of the monitor's multivariate embedding
+tests (:mod:`modelyard.monitor.embedding`).
 """
 
 from __future__ import annotations
@@ -25,8 +30,9 @@ if TYPE_CHECKING:
 
     from modelyard.models.spec import DataSpec
 
-__all__ = ["PROFILE_VERSION", "build_reference_profile", "feature_profile", "label_frequencies",
-           "plot_reference_profile", "prediction_profile", "prediction_scores"]
+__all__ = ["EMBEDDING_SAMPLE", "PROFILE_VERSION", "build_output_profile", "build_reference_profile",
+           "embedding_profile", "feature_profile", "label_frequencies", "plot_reference_profile",
+           "prediction_profile", "prediction_scores"]
 
 PROFILE_VERSION = 2
 QUANTILES = [0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 1.0]
@@ -38,6 +44,10 @@ HISTOGRAM_BINS = 10
 # the fixed seed makes the same data give the same profile.
 SAMPLE_SIZE = 20_000
 SAMPLE_SEED = 0
+# Validation embeddings kept: the MMD kernel matrix of a check is (sample + window)^2, and 2,000 rows
+# against a 2,000-row window take about a second on two cores. Values keep 4 significant digits
+# (the inference log stores float16, 3.3 digits), so 2,000 x 64 values are ~1 MB of JSON.
+EMBEDDING_SAMPLE = 2_000
 
 
 def _sample(x: np.ndarray) -> list[float]:
@@ -151,15 +161,36 @@ def build_reference_profile(train_frame: pd.DataFrame, val_logits: torch.Tensor,
     }
 
 
+def embedding_profile(values: torch.Tensor | np.ndarray, output: str,
+                      sample: int = EMBEDDING_SAMPLE) -> dict[str, Any]:
+    """``{"output", "dim", "count", "sample"}``: up to ``sample`` rows of ``values`` ``(N, D)`` drawn
+    without replacement (seeded, original order kept), 4 significant digits per value.
+
+    Raises:
+        ValueError: ``values`` is not ``(N, D)``, or holds a non-finite value.
+    """
+    x = np.asarray(values.detach().float().cpu().numpy() if hasattr(values, "detach") else values, np.float64)
+    if x.ndim != 2:
+        raise ValueError(f"the embedding output {output!r} must be (N, D) per row, got shape {x.shape}")
+    if not np.isfinite(x).all():
+        raise ValueError(f"the embedding output {output!r} has non-finite values on the validation split")
+    if len(x) > sample:
+        x = x[np.sort(np.random.default_rng(SAMPLE_SEED).choice(len(x), size=sample, replace=False))]
+    return {"output": output, "dim": int(x.shape[1]), "count": int(len(values)),
+            "sample": [[float(f"{v:.4g}") for v in row] for row in x.tolist()]}
+
+
 def build_output_profile(outputs: dict[str, torch.Tensor], classes: tuple[str, ...] | None, *,
                          val_labels: torch.Tensor | np.ndarray | None = None, data_digest: str = "",
+                         embedding: str | None = "embedding", embedding_sample: int = EMBEDDING_SAMPLE,
                          **meta: Any) -> dict[str, Any]:
     """The profile of a model whose inputs are not table columns (a user's datamodule, text, images):
     no per-feature entries, the predictions of its ``logits`` output (else its first output) on the
-    validation split."""
+    validation split, and, when the model has the output named ``embedding``, a sample of it
+    (:func:`embedding_profile`); ``None`` or an output the model lacks: no ``embedding`` entry."""
     name = "logits" if "logits" in outputs else next(iter(outputs))
     main = outputs[name]
-    return {
+    profile = {
         "version": PROFILE_VERSION,
         "data_digest": data_digest,
         "features_from": None,
@@ -167,8 +198,11 @@ def build_output_profile(outputs: dict[str, torch.Tensor], classes: tuple[str, .
         "labels": {},
         "predictions_from": {"split": "val", "rows": len(main), "output": name},
         "predictions": prediction_profile(main, tuple(classes or ()), val_labels),
-        **meta,
     }
+    if embedding is not None and embedding in outputs and embedding != name and len(outputs[embedding]):
+        profile["embedding_from"] = {"split": "val", "rows": len(outputs[embedding]), "output": embedding}
+        profile["embedding"] = embedding_profile(outputs[embedding], embedding, embedding_sample)
+    return profile | meta
 
 
 def plot_reference_profile(profile: dict[str, Any], path: str) -> None:

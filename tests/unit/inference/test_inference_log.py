@@ -139,14 +139,19 @@ def test_unconvertible_rows_are_dropped_and_counted_not_retried(tmp_path):
     assert stats["dropped"] == 1 and stats["pending"] == 0 and "'bad'" in stats["last_error"]
 
 
+def _pre_embedding_schema() -> pa.Schema:
+    """The inference schema before the ``embedding`` column existed (what older part files hold)."""
+    return pa.schema([f for f in inference_schema() if f.name != "embedding"])
+
+
 def _old_file(log: InferenceLog, age_days: float, rows: int = 50) -> Path:
-    """A part file written ``age_days`` ago, as an earlier run would have left it."""
+    """A part file written ``age_days`` ago, as an earlier run (before the embedding column) left it."""
     when = time.time() - age_days * DAY
     x, y = _x(rows)
     table = pa.table({"request_id": [f"old-{age_days}"] * rows, "row": np.arange(rows, dtype=np.int32),
                       "ts": [when] * rows, "version": ["1"] * rows, "role": ["stable"] * rows,
                       "features": list(x), "outputs": list(y), "predicted": np.argmax(y, axis=1).astype(np.int32)},
-                     schema=inference_schema())
+                     schema=_pre_embedding_schema())
     return write_part(log.folder, utc_day(when), table, now=when).path
 
 

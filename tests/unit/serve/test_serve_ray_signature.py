@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from modelyard.serve.ray.codec import KServeError, decode_request, tensor_metadata
-from modelyard.serve.ray.ingress import TEXT_INPUT, text_length
+from modelyard.serve.ray.ingress import TEXT_INPUT, _embedding_rows, _first_2d, table_input, text_length
 from modelyard.serve.ray.models import pad_batch, read_signature, split_outputs
 from modelyard.signature import SIGNATURE_FILE, Signature, TensorSig
 
@@ -170,3 +170,25 @@ def test_integers_outside_the_datatype_are_refused_not_wrapped(value, datatype):
     sig = Signature((TensorSig("x", datatype, ("batch", 2)),), ())
     message = _error(sig, {"name": "x", "datatype": datatype, "shape": [1, 2], "data": [1, value]})
     assert "'x'" in message and "value 1" in message and f"outside the {datatype} range" in message
+
+
+def test_only_a_row_of_table_columns_is_logged_for_every_request():
+    """The inference log keeps a table row always (the per-column drift tests read it); token ids,
+    pixels and several inputs only for the configured sample of ``log_input_sample_rate``."""
+    table = Signature((TensorSig("features", "FP32", ("batch", 8)),), (TensorSig("logits", "FP32", ("batch", 2)),))
+    assert table_input(table) and not table_input(TEXT) and not table_input(IMAGES)
+    assert not table_input(Signature((TensorSig("ids", "INT64", ("batch", "seq")),), ()))  # a sequence, not columns
+    from modelyard.serve.ray.config import RayServeConfig
+
+    assert RayServeConfig(log_dir="log").log_settings()["input_sample_rate"] == 0.0
+    assert RayServeConfig().log_embedding == "embedding"
+
+
+def test_the_logged_scores_are_not_the_embedding_and_the_embedding_is_one_vector_per_row():
+    logits, embedding = np.zeros((3, 4), np.float32), np.ones((3, 16), np.float32)
+    assert _first_2d({"embedding": embedding, "logits": logits}, skip="embedding") is logits
+    assert _first_2d({"embedding": embedding, "logits": logits}) is embedding  # without skip: the first one
+    assert _embedding_rows({"logits": logits, "embedding": embedding}, "embedding") is embedding
+    assert _embedding_rows({"logits": logits}, "embedding") is None
+    assert _embedding_rows({"embedding": np.ones((3, 5, 2))}, "embedding") is None  # per token: not a row vector
+    assert _embedding_rows({"embedding": embedding}, None) is None

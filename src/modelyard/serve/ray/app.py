@@ -112,6 +112,7 @@ def build_app(cfg: RayServeConfig) -> Any:
         tokenizers={label: text for label, text in tokenizers.items() if text is not None},
         canary_weight=cfg.canary_weight, shadow_weight=cfg.shadow_weight, sticky_header=cfg.sticky_header,
         max_body_bytes=cfg.max_body_bytes, max_inflight=cfg.max_ongoing_requests, inference_log=cfg.log_settings(),
+        log_embedding=cfg.log_embedding,
         request_timeout_s=cfg.request_timeout_s, request_attempts=cfg.request_attempts,
         control_host=control["host"], control_port=control["port"], control_token_sha256=control["token_sha256"],
         control_token_env=control["token_env"] or "MODELYARD_CONTROL_TOKEN")

@@ -66,6 +66,11 @@ class RayServeConfig:
             ``<log_dir>/<model>/feedback/``; relative paths are resolved against the current folder
             when the app is built. ``None`` or ``""`` turns the log (and the feedback route) off.
         log_sample_rate: share of requests logged (0..1); feedback can only label logged requests.
+        log_embedding: the model output logged as each logged row's embedding (float16), which the
+            monitor's embedding drift tests read; ``None``, or an output the model lacks: none.
+        log_input_sample_rate: share of logged requests whose raw inputs are kept, for a model whose
+            inputs are not a row of table columns (token ids, pixels); 0: never (whole images stay
+            out of the log). A table row is always kept: the per-column drift tests read it.
         log_flush_interval_s: the log is written this often (and on a clean stop); each write is one
             file per UTC day touched.
         log_max_age_days: log files older than this are deleted (``None``: no age limit).
@@ -111,6 +116,8 @@ class RayServeConfig:
     canary_fault_delay_ms: NonNegativeFloat = 0.0
     log_dir: str | None = "inference_log"
     log_sample_rate: ClosedUnitInterval = 1.0
+    log_embedding: str | None = "embedding"
+    log_input_sample_rate: ClosedUnitInterval = 0.0
     log_flush_interval_s: PositiveFloat = 5.0
     log_max_age_days: PositiveFloat | None = 30.0
     log_max_bytes: PositiveInt | None = None
@@ -148,7 +155,7 @@ class RayServeConfig:
             return None
         return {"root": str(Path(self.log_dir).expanduser().resolve()), "sample_rate": self.log_sample_rate,
                 "flush_interval_s": self.log_flush_interval_s, "max_age_days": self.log_max_age_days,
-                "max_bytes": self.log_max_bytes}
+                "max_bytes": self.log_max_bytes, "input_sample_rate": self.log_input_sample_rate}
 
     def control_settings(self) -> dict[str, Any]:
         """What the ingress needs for its control routes: where they live and the token's digest.

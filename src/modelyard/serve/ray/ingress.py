@@ -9,6 +9,10 @@ header. Ray Serve's proxy owns that header: it keeps the client's or generates o
 it back in the response, so the ingress adopts it rather than add a second, different one. With an
 inference log (``log_dir``), a sample of answered requests is recorded (a buffer append; a thread
 writes Parquet) and ``POST /v2/models/{name}/feedback`` takes ground-truth labels for those ids later.
+A logged request keeps its class scores and, when the model has the output ``log_embedding`` names,
+its embedding (the monitor's drift tests of text and images read it); its raw inputs are kept when
+they are a row of table columns (the per-column drift tests read them), and for token ids or pixels
+only for the configured sample (``log_input_sample_rate``, 0 by default: no whole image is logged).
 
 Inputs: every request is decoded and checked against the model's :class:`~modelyard.signature.Signature`
 (400 naming the input and the rule) before it joins a batch. For a text model whose version carries
@@ -69,7 +73,7 @@ from modelyard.serve.ray.router import TrafficRouter, validate_weights
 from modelyard.serve.ray.stats import ShadowLog, VersionStats
 from modelyard.signature import Signature, TensorSig
 
-__all__ = ["IngressSettings", "KServeIngress", "predicted_classes"]
+__all__ = ["IngressSettings", "KServeIngress", "predicted_classes", "table_input"]
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +98,10 @@ class IngressSettings:
         max_body_bytes: largest request body (:class:`~modelyard.serve.ray.middleware.BodyLimitMiddleware`).
         max_inflight: requests in flight beyond which the ingress answers 503.
         inference_log: ``InferenceLog`` keyword arguments with an absolute ``root``
-            (``RayServeConfig.log_settings``); None: no inference log and no feedback route.
+            (``RayServeConfig.log_settings``); None: no inference log and no feedback route. Its
+            ``input_sample_rate`` applies to inputs that are not table columns (see :func:`table_input`).
+        log_embedding: the model output logged as each row's embedding; None or an output the model
+            lacks: none.
         request_timeout_s, request_attempts: per model call: wait, and attempts on dead or silent replicas.
         control_host, control_port: where the control routes live; ``control_port`` None: the serving port.
         control_token_sha256: digest of the control token; None: the control routes need no token.
@@ -112,6 +119,7 @@ class IngressSettings:
     max_body_bytes: int = 1_000_000
     max_inflight: int = 64
     inference_log: dict[str, Any] | None = None
+    log_embedding: str | None = "embedding"
     request_timeout_s: float = 10.0
     request_attempts: int = 3
     control_host: str = "127.0.0.1"
@@ -197,9 +205,26 @@ def _feature_rows(inputs: dict[str, np.ndarray], specs: tuple[TensorSig, ...], r
     return np.hstack([inputs[s.name].reshape(rows, -1).astype(np.float32) for s in specs])  # (rows, sum F_i)
 
 
-def _first_2d(outputs: dict[str, np.ndarray]) -> np.ndarray | None:
-    """The first 2-D output (class scores, as :func:`predicted_classes` reads them), None without one."""
-    return next((a for a in outputs.values() if a.ndim == 2), None)
+def _first_2d(outputs: dict[str, np.ndarray], skip: str | None = None) -> np.ndarray | None:
+    """The first 2-D output other than ``skip`` (class scores, as :func:`predicted_classes` reads them),
+    None without one."""
+    return next((a for name, a in outputs.items() if a.ndim == 2 and name != skip), None)
+
+
+def table_input(signature: Signature) -> bool:
+    """Whether the model's input is a row of table columns: one numeric input ``(batch, F)`` of fixed
+    width, whose values the per-column drift tests read, so the inference log keeps it for every logged
+    request. Token ids, pixels or several inputs are not: they are kept only for a configured sample."""
+    if len(signature.inputs) != 1:
+        return False
+    only = signature.inputs[0]
+    return len(only.shape) == 2 and isinstance(only.shape[1], int) and only.dtype not in ("BYTES", "BOOL")
+
+
+def _embedding_rows(outputs: dict[str, np.ndarray], name: str | None) -> np.ndarray | None:
+    """The output ``name`` when it is one vector per row ``(N, D)``, else None."""
+    value = outputs.get(name) if name is not None else None
+    return value if value is not None and value.ndim == 2 else None
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -253,7 +278,10 @@ class KServeIngress:
         self._control_task: asyncio.Task | None = None
         self._background: set[asyncio.Task] = set()  # strong references: the loop keeps only weak ones
         self._retired: list[tuple[str, Any]] = []
-        log = settings.inference_log
+        log = dict(settings.inference_log) if settings.inference_log else None
+        if log is not None and table_input(self.signature):
+            log["input_sample_rate"] = 1.0  # the per-column drift tests read every logged row's input
+        self.log_embedding = settings.log_embedding
         self.log = InferenceLog(model=self.model, **log) if log else None
         self.feedback_log = FeedbackLog(log["root"], self.model, log.get("max_age_days")) if log else None
         if self.log is not None:
@@ -398,8 +426,10 @@ class KServeIngress:
             self._background.add(task)
             task.add_done_callback(self._background.discard)
         if self.log is not None and self.log.sampled():  # a buffer append; the writer thread does the I/O
-            self.log.record(request_id, label, role, _feature_rows(inputs, self.inputs, req.rows),
-                            _first_2d(result["outputs"]))
+            outputs = result["outputs"]
+            features = _feature_rows(inputs, self.inputs, req.rows) if self.log.inputs_sampled() else None
+            self.log.record(request_id, label, role, features, _first_2d(outputs, skip=self.log_embedding),
+                            embedding=_embedding_rows(outputs, self.log_embedding), rows=req.rows)
         body = encode_response(self.model, label, request_id, result["outputs"], self.outputs, req.outputs)
         return JSONResponse(body, headers={"x-model-version": label})
 
