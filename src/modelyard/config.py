@@ -20,9 +20,10 @@ import difflib
 import functools
 import inspect
 import re
+import sys
 import types
 import typing
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -31,7 +32,7 @@ from jsonargparse import ActionConfigFile, ArgumentError, ArgumentParser, Defaul
 from jsonargparse.typing import import_object, restricted_number_type
 
 __all__ = ["Confidence", "ConfigError", "Port", "SeedInt", "config_parser", "declared_problems", "flatten",
-           "group_parser", "load_config", "parse_config", "suggest"]
+           "group_parser", "load_config", "parse_config", "pick_action", "suggest"]
 
 T = TypeVar("T")
 
@@ -387,3 +388,24 @@ def group_parser(prog: str, description: str, subcommands: dict[str, tuple[str, 
         subparser = subparser or ArgumentParser(prog=f"{prog} {name}", description=summary)
         commands.add_subcommand(name, subparser, help=summary)
     return parser
+
+
+def pick_action(prog: str, argv: Sequence[str], actions: Iterable[str], group: Callable[[], ArgumentParser],
+                action_parser: Callable[[str], ArgumentParser]) -> tuple[str, list[str]] | int:
+    """The action of a command group's arguments (``modelyard rollout start ...``) and the rest, or,
+    when there is nothing to run, the exit status after printing what the user asked for or needs:
+    the group's help (0 when asked, 2 without an action), an unknown action with the valid ones (2),
+    or the action's own help (0)."""
+    argv, actions = list(argv), list(actions)
+    if not argv or argv[0] in ("-h", "--help"):
+        group().print_help()
+        return 0 if argv else 2
+    if argv[0] not in actions:
+        print(f"{prog}: unknown action {argv[0]!r}; expected one of: {', '.join(actions)}\n\n"
+              f"{group().format_help()}", file=sys.stderr)
+        return 2
+    action, rest = argv[0], argv[1:]
+    if "-h" in rest or "--help" in rest:
+        action_parser(action).print_help()
+        return 0
+    return action, rest

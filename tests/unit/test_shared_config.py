@@ -101,3 +101,25 @@ def test_rules_between_fields_and_directly_built_objects():
         Example(high=0, section=Section(share=2.0))
     assert "high must be an integer >0, got 0" in str(err.value)
     assert "section.share must be a number ≥0 and ≤1, got 2.0" in str(err.value)
+
+
+def test_pick_action_runs_an_action_or_prints_what_the_user_needs(capsys):
+    from jsonargparse import ArgumentParser
+
+    from modelyard.config import pick_action
+
+    def group() -> ArgumentParser:
+        return ArgumentParser(prog="modelyard thing", description="the group's help")
+
+    def action(name: str) -> ArgumentParser:
+        return ArgumentParser(prog=f"modelyard thing {name}", description=f"help of {name}")
+
+    pick = [("start", "stop"), group, action]
+    assert pick_action("modelyard thing", ["start", "--x", "1"], *pick) == ("start", ["--x", "1"])
+    assert pick_action("modelyard thing", [], *pick) == 2 and "the group's help" in capsys.readouterr().out
+    assert pick_action("modelyard thing", ["--help"], *pick) == 0
+    capsys.readouterr()
+    assert pick_action("modelyard thing", ["go"], *pick) == 2
+    assert "unknown action 'go'; expected one of: start, stop" in capsys.readouterr().err
+    assert pick_action("modelyard thing", ["stop", "-h"], *pick) == 0
+    assert "help of stop" in capsys.readouterr().out

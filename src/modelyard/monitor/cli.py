@@ -11,7 +11,7 @@ from typing import Any
 
 from jsonargparse import ArgumentParser
 
-from modelyard.config import config_parser, group_parser, parse_config
+from modelyard.config import config_parser, group_parser, parse_config, pick_action
 from modelyard.monitor.config import MonitorConfig
 from modelyard.monitor.incidents import IncidentStore, local_time
 from modelyard.monitor.loop import Monitor
@@ -70,18 +70,10 @@ def build_parser() -> ArgumentParser:
 
 def main(argv: Sequence[str]) -> int:
     """Run ``modelyard monitor ACTION [--config FILE.yaml] [--key VALUE ...]``."""
-    argv = list(argv)
-    if not argv or argv[0] in ("-h", "--help"):
-        build_parser().print_help()
-        return 0 if argv else 2
-    if argv[0] not in SUBCOMMANDS:
-        print(f"modelyard monitor: unknown action {argv[0]!r}; expected one of: {', '.join(SUBCOMMANDS)}\n\n"
-              f"{build_parser().format_help()}", file=sys.stderr)
-        return 2
-    action, rest = argv[0], argv[1:]
-    if "-h" in rest or "--help" in rest:
-        _parser(action).print_help()
-        return 0
+    picked = pick_action("modelyard monitor", argv, SUBCOMMANDS, build_parser, _parser)
+    if isinstance(picked, int):
+        return picked
+    action, rest = picked
     history_flags = {"--json": False, "--checks": False}
     if action == "history":
         for flag in history_flags:

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Sequence
 
 from jsonargparse import ArgumentParser
 
 from modelyard._io import atomic_write_text
-from modelyard.config import config_parser, group_parser, parse_config
+from modelyard.config import config_parser, group_parser, parse_config, pick_action
 from modelyard.pipeline.config import CanaryConfig, CompileConfig
 
 __all__ = ["SUBCOMMANDS", "build_parser", "main"]
@@ -60,18 +59,10 @@ def build_parser() -> ArgumentParser:
 
 def main(argv: Sequence[str]) -> int:
     """Run ``modelyard pipeline ACTION [--config FILE.yaml] [--key VALUE ...]``."""
-    argv = list(argv)
-    if not argv or argv[0] in ("-h", "--help"):
-        build_parser().print_help()
-        return 0 if argv else 2
-    if argv[0] not in SUBCOMMANDS:
-        print(f"modelyard pipeline: unknown action {argv[0]!r}; expected one of: {', '.join(SUBCOMMANDS)}\n\n"
-              f"{build_parser().format_help()}", file=sys.stderr)
-        return 2
-    action, rest = argv[0], argv[1:]
-    if "-h" in rest or "--help" in rest:
-        _parser(action).print_help()
-        return 0
+    picked = pick_action("modelyard pipeline", argv, SUBCOMMANDS, build_parser, _parser)
+    if isinstance(picked, int):
+        return picked
+    action, rest = picked
     _, cls, description = SUBCOMMANDS[action]
     cfg = parse_config(cls, rest, prog=f"modelyard pipeline {action}", description=description)
     return _compile(cfg) if action == "compile" else _canary(cfg)

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from jsonargparse import ArgumentParser
 
-from modelyard.config import config_parser, group_parser, parse_config
+from modelyard.config import config_parser, group_parser, parse_config, pick_action
 from modelyard.rollout.config import ManualAction, RolloutConfig, expand_spellings
 from modelyard.rollout.controller import RolloutController
 from modelyard.rollout.decision import Decision
@@ -68,18 +68,10 @@ def _print(decision: Decision) -> None:
 
 def main(argv: Sequence[str]) -> int:
     """Run ``modelyard rollout ACTION [--config FILE.yaml] [--key VALUE ...]``."""
-    argv = list(argv)
-    if not argv or argv[0] in ("-h", "--help"):
-        build_parser().print_help()
-        return 0 if argv else 2
-    if argv[0] not in SUBCOMMANDS:
-        print(f"modelyard rollout: unknown action {argv[0]!r}; expected one of: {', '.join(SUBCOMMANDS)}\n\n"
-              f"{build_parser().format_help()}", file=sys.stderr)
-        return 2
-    action, rest = argv[0], argv[1:]
-    if "-h" in rest or "--help" in rest:
-        _parser(action).print_help()
-        return 0
+    picked = pick_action("modelyard rollout", argv, SUBCOMMANDS, build_parser, _parser)
+    if isinstance(picked, int):
+        return picked
+    action, rest = picked
     cfg = parse_config(SUBCOMMANDS[action][1], expand_spellings(rest), prog=f"modelyard rollout {action}",
                        source="rollout configuration")
     if action == "status":
