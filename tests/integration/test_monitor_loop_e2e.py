@@ -207,8 +207,9 @@ def test_a_users_datamodule_is_retrained_through_the_hook_and_promoted(tmp_path,
         mv = client.get_model_version_by_alias("sensors", "champion")
         return Reference("sensors", str(mv.version), mv.run_id, {}, None, since=None)
 
+    # the hook retrains on the served inputs: a model without a single table input logs them only when asked
     serve_cfg = RayServeConfig(model="sensors", stable="@champion", tracking_uri=uri, port=free_port(),
-                               log_dir=str(tmp_path / "log"), log_flush_interval_s=0.3)
+                               log_dir=str(tmp_path / "log"), log_flush_interval_s=0.3, log_input_sample_rate=1.0)
     codes, readings, _ = _sensor_rows(40, seed=9)
     with serving_ray(serve_cfg) as url:
         assert _served_with_labels(url, 300, seed=5) == 300

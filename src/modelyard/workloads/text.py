@@ -363,6 +363,12 @@ def retraining_window(window: Mapping[str, Any]) -> dict[str, Any]:
                                                                str(folder))).read_text())
     labelled = pd.read_parquet(window["feedback"])
     labelled = labelled[labelled["version"].astype(str) == str(window["champion_version"])]
+    kept = labelled["features"].map(lambda f: f is not None and len(f) > 0)
+    if not kept.any():
+        raise ValueError(f"none of the {len(labelled)} labelled rows the champion answered kept its token ids: "
+                         "the serving log keeps the raw inputs of a text model only for log_input_sample_rate of "
+                         "requests (0 by default); set it above 0 in the serve config to retrain from traffic")
+    labelled = labelled[kept]
     texts = served_texts(labelled["features"].to_list(), tokenizer)
     profile_since = window.get("profile_since")
     served = pd.DataFrame({"text": texts, "label": labelled["label_index"].to_numpy(np.int64),

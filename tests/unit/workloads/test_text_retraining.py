@@ -127,6 +127,24 @@ def test_the_built_in_text_hook_retrains_on_the_served_texts(tmp_path, champion)
     assert profile_targets == held_out and len(held_out) >= 10
 
 
+def test_text_retraining_without_logged_token_ids_fails_its_incident_and_says_why(tmp_path, champion):
+    uri, run_id, _ = champion
+    log = InferenceLog(tmp_path / "log", "text")  # the serving default for a text model: no raw inputs kept
+    for i in range(3):
+        log.record(f"req-{i}", "1", "stable", None, np.zeros((20, len(TOPICS)), np.float32),
+                   timestamp=time.time() - 600 + i)
+    log.close()
+    FeedbackLog(tmp_path / "log", "text").submit([{"id": f"req-{i}", "labels": [0] * 20} for i in range(3)])
+    cfg = MonitorConfig(model="text", log_dir=str(tmp_path / "log"), state_dir=str(tmp_path / "state"),
+                        tracking_uri=uri, retrain=RetrainConfig(serve_config=None, serve_url="http://127.0.0.1:1",
+                                                                min_labelled_rows=20))
+    reference = Reference("text", "1", run_id, {}, None, since=None)
+    monitor = Monitor(cfg, pipeline=Recording(cfg), echo=lambda line: None, reference_loader=lambda: reference)
+    incident = monitor.retrain_now("new topics in the news")
+    assert incident.state == "failed" and "log_input_sample_rate" in incident.error
+    assert monitor.pipeline.trained_on == []
+
+
 def _split_names(n: int) -> list[str]:
     from modelyard.workloads.text import _split
 
