@@ -36,8 +36,8 @@ def test_help_lists_every_command_and_the_readme_documents_them(tmp_path):
 
 
 def test_unknown_command_is_named(tmp_path):
-    proc = modelyard("deploy", cwd=tmp_path)
-    assert proc.returncode == 2 and "unknown command 'deploy'" in proc.stderr
+    proc = modelyard("launch", cwd=tmp_path)
+    assert proc.returncode == 2 and "unknown command 'launch'" in proc.stderr
 
 
 def test_every_subcommand_explains_its_options(tmp_path):
