@@ -8,6 +8,7 @@ its key overrides) plus the options below; :func:`kuberay_parser` is one parser 
 from __future__ import annotations
 
 import dataclasses
+import posixpath
 import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -122,6 +123,8 @@ class KubeRayConfig:
             problems.append(f"log_dir {log_dir!r} is a folder of one pod on a cluster (lost when it restarts, "
                             "not shared between replicas); give --state_uri s3://bucket/prefix (log_dir goes "
                             "under it), --log_dir s3://bucket/prefix/inference_log, or --log_dir null (no log)")
+        if log_dir and self.state_uri and not _URI.match(log_dir) and posixpath.normpath(log_dir).startswith(".."):
+            problems.append(f"log_dir {log_dir!r} leaves state_uri; expected a folder under it such as inference_log")
         if self.target == "cpu" and self.serve.num_gpus > 0:
             problems.append(f"num_gpus={self.serve.num_gpus} (GPUs per model replica) needs --target gpu")
         if problems:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import json
+import posixpath
 import shlex
 from importlib import metadata
 from typing import Any
@@ -46,7 +47,7 @@ def _installed_ray() -> str:
 def _log_dir(cfg: KubeRayConfig) -> str | None:
     log_dir = cfg.serve.log_dir
     if log_dir and cfg.state_uri and "://" not in log_dir and not log_dir.startswith("/"):
-        return f"{cfg.state_uri.rstrip('/')}/{log_dir.lstrip('./')}"
+        return f"{cfg.state_uri.rstrip('/')}/{posixpath.normpath(log_dir)}"  # ./inference_log -> inference_log
     return log_dir or None
 
 

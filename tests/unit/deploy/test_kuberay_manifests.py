@@ -88,8 +88,11 @@ def test_gpu_target_asks_for_gpus_and_cpu_target_for_none(tmp_path):
     assert serve_config_of(cpu)["applications"][0]["args"]["num_gpus"] == 0.0
     assert problems(gpu) == problems(cpu) == []
 
-    half = rayservice(_cfg(target="gpu", serve={"num_gpus": 0.5}))
+    half = rayservice(_cfg(target="gpu", serve={"num_gpus": 0.5, "log_dir": "./logs/inference"}))
     assert serve_config_of(half)["applications"][0]["args"]["num_gpus"] == 0.5
+    assert serve_config_of(half)["applications"][0]["args"]["log_dir"] == "s3://bucket/modelyard/logs/inference"
+    kept = rayservice(_cfg(serve={"log_dir": "gs://other/log"}))
+    assert serve_config_of(kept)["applications"][0]["args"]["log_dir"] == "gs://other/log"
 
 
 def test_triton_runs_nvidia_container_over_the_repository_with_probes(tmp_path):
@@ -210,6 +213,8 @@ def test_weights_command_prints_the_patch_and_rewrites_the_file(tmp_path, capsys
     (["--state_uri", "s3://b/p", "--target", "cpu", "--num_gpus", "1"], "num_gpus=1.0 (GPUs per model replica) "
                                                                         "needs --target gpu"),
     (["--state_uri", "s3://b/p", "--imgae", "x"], "did you mean 'image'"),
+    (["--state_uri", "s3://b/p", "--log_dir", "../elsewhere"], "log_dir '../elsewhere' leaves state_uri"),
+    (["--state_uri", "/data/modelyard"], "state_uri must be a URI such as s3://bucket/modelyard"),
 ])
 def test_bad_options_are_refused_naming_the_fix(tmp_path, args, expected):
     argv = ["--config", str(SERVE_CONFIG), "--out", str(tmp_path), *args]
