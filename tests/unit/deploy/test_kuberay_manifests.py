@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -246,3 +247,12 @@ def test_run_writes_nothing_when_a_manifest_breaks_its_schema(tmp_path, monkeypa
     with pytest.raises(ManifestError, match="headGroupSpec: 'template' is a required property"):
         run(_cfg(out=str(tmp_path)))
     assert not any(tmp_path.iterdir())
+
+
+def test_the_project_image_has_what_kuberay_runs_in_it():
+    """KubeRay runs `ulimit -n 65536; ray start ...` under /bin/bash in the Ray container and probes it with
+    `wget ... | grep success`: the image (Dockerfile.cuda) must have bash, Ray and wget."""
+    dockerfile = (ROOT / "Dockerfile.cuda").read_text()
+    assert re.search(r"apt-get install[^&;|]*\bwget\b", dockerfile)
+    assert "FROM nvidia/cuda:" in dockerfile and "ubuntu" in dockerfile  # bash is in the base image
+    assert re.search(r'"ray\[serve', (ROOT / "pyproject.toml").read_text())
