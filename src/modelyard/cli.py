@@ -190,6 +190,12 @@ def _pipeline(argv: Sequence[str]) -> int:
     return pipeline_main(argv)
 
 
+def _deploy(argv: Sequence[str]) -> int:
+    from modelyard.deploy.cli import main as deploy_main
+
+    return deploy_main(argv)
+
+
 def _tracking(argv: Sequence[str]) -> int:
     from modelyard.tracking_server import main as tracking_main
 
@@ -219,6 +225,8 @@ COMMANDS: dict[str, Command] = {
     "monitor": Command("drift and live-accuracy checks; the retrain -> export -> canary -> promote loop", _monitor),
     "pipeline": Command("`pipeline compile`: the stages as a Kubeflow pipeline (train, or the retrain an incident "
                         "triggers)", _pipeline),
+    "deploy": Command("`deploy kuberay`: a KubeRay RayService and Triton on Kubernetes, manifests validated "
+                      "offline", _deploy),
     "tracking": Command("`tracking server`: the MLflow tracking server with authentication, on 127.0.0.1", _tracking),
 }
 

@@ -37,6 +37,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("rollout", ("rollout",)),
     ("monitor", ("monitor",)),
     ("pipeline", ("pipeline",)),
+    ("deploy", ("deploy",)),
     ("cli", ("cli", "__main__", "tracking_server")),
 ]
 RANK = {name: rank for rank, (_, names) in enumerate(LAYERS) for name in names}

@@ -38,7 +38,8 @@ FUNCTIONS = {"always", "success", "failure", "cancelled", "contains", "startsWit
 LITERALS = {"true", "false", "null"}
 # `modelyard GROUP ACTION`: the actions of each command group (the others take options only)
 GROUP_ACTIONS_FROM = {"monitor": "modelyard.monitor.cli", "rollout": "modelyard.rollout.cli",
-                      "registry": "modelyard.registry.cli", "pipeline": "modelyard.pipeline.cli"}
+                      "registry": "modelyard.registry.cli", "pipeline": "modelyard.pipeline.cli",
+                      "deploy": "modelyard.deploy.cli"}
 GROUP_ACTIONS = {"serve": {"triton", "ray"}, "triton": {"validate"}, "tracking": {"server"}}
 KEYWORDS = {"if", "then", "elif", "else", "fi", "do", "done", "while", "until", "!", "{", "}", "(", "esac"}
 EXPRESSION = re.compile(r"\$\{\{(.*?)\}\}", re.S)

@@ -29,10 +29,11 @@ from typing import Any
 from modelyard._wait import wait_until
 from modelyard.config import ConfigError, parse_config
 from modelyard.registry.reference import ModelSource, resolve_reference
-from modelyard.serve.ray.config import RayServeConfig
+from modelyard.serve.ray.config import RayServeConfig, ingress_deployment_name
 from modelyard.signature import Signature
 
-__all__ = ["RayServeConfig", "build_app", "control_url", "deploy", "main", "run", "serving_ray", "update_traffic"]
+__all__ = ["RayServeConfig", "build", "build_app", "control_url", "deploy", "main", "run", "serving_ray",
+           "update_traffic"]
 
 logger = logging.getLogger(__name__)
 
@@ -95,12 +96,15 @@ def build_app(cfg: RayServeConfig) -> Any:
                                    "max_ongoing_requests": max(cfg.max_ongoing_requests, cfg.max_batch_size),
                                    "health_check_period_s": cfg.health_check_period_s,
                                    "health_check_timeout_s": cfg.health_check_timeout_s}
+        if cfg.num_gpus:
+            options["ray_actor_options"] = {"num_cpus": 0, "num_gpus": cfg.num_gpus}
         if cfg.autoscaling_config:
             options["autoscaling_config"] = cfg.autoscaling_config
         else:
             options["num_replicas"] = cfg.num_replicas
         return ModelVersion.options(**options).bind(cfg.model, label, path, signature, cfg.max_batch_size,
-                                                     cfg.batch_wait_timeout_s, *faults, cfg.max_batch_run_s)
+                                                     cfg.batch_wait_timeout_s, *faults, cfg.max_batch_run_s,
+                                                     cfg.num_gpus > 0)
 
     stable_app = model_deployment(stable.label, stable.path, signature)
     canary_faults = (cfg.canary_fault_error_rate, cfg.canary_fault_delay_ms)
@@ -116,9 +120,22 @@ def build_app(cfg: RayServeConfig) -> Any:
         request_timeout_s=cfg.request_timeout_s, request_attempts=cfg.request_attempts,
         control_host=control["host"], control_port=control["port"], control_token_sha256=control["token_sha256"],
         control_token_env=control["token_env"] or "MODELYARD_CONTROL_TOKEN")
-    ingress = KServeIngress.options(name=f"{cfg.model}-ingress",
+    ingress = KServeIngress.options(name=ingress_deployment_name(cfg.model),
                                     max_ongoing_requests=cfg.max_ongoing_requests + INGRESS_HEADROOM)
     return ingress.bind(settings, stable_app, canary_app)
+
+
+def build(args: dict[str, Any]) -> Any:
+    """Ray Serve application builder: ``import_path: modelyard.serve.ray.app:build`` with ``args``
+    holding the serve configuration's keys (as in its YAML file), which is how a Serve config file
+    or a KubeRay ``RayService``'s ``serveConfigV2`` names this application. Ray calls it where the
+    application is deployed, so model references and relative paths resolve on the cluster.
+
+    Raises:
+        ConfigError: an unknown key or a bad value among ``args``.
+        ValueError: a bad model reference (see :func:`build_app`).
+    """
+    return build_app(RayServeConfig.from_args(args))
 
 
 def _ensure_ray(metrics_port: int | None = None) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,10 +23,19 @@ from jsonargparse.typing import (
     restricted_string_type,
 )
 
-from modelyard.config import ConfigError, Port, declared_problems
+from modelyard.config import ConfigError, Port, declared_problems, load_config
 from modelyard.safety import name_problem
 
-__all__ = ["RayServeConfig"]
+__all__ = ["TRAFFIC_KEYS", "RayServeConfig", "ingress_deployment_name"]
+
+# The ingress settings that change at run time without a redeploy (a canary's weight, shadow share,
+# sticky header): the keys of the ingress deployment's ``user_config``.
+TRAFFIC_KEYS = ("canary_weight", "shadow_weight", "sticky_header")
+
+
+def ingress_deployment_name(model: str) -> str:
+    """The Ray Serve deployment name of ``model``'s ingress (where its traffic weights live)."""
+    return f"{model}-ingress"
 
 ControlPort = restricted_number_type("ControlPort", int, [(">=", 1), ("<=", 65535)],
                                      docstring="int restricted to be ≥1 and ≤65535")  # 0 would leave callers lost
@@ -48,6 +58,9 @@ class RayServeConfig:
         max_batch_size: dynamic batching: largest batch a model replica runs.
         batch_wait_timeout_s: dynamic batching: longest wait for a batch to fill.
         num_replicas: replicas per model version (ignored with ``autoscaling_config``).
+        num_gpus: GPUs each model replica reserves (Ray's ``num_gpus``; a fraction shares one GPU
+            between replicas). Above 0 the replica runs ONNX Runtime on CUDA where its build has it,
+            else on the CPU; 0: CPU only.
         autoscaling_config: Ray Serve autoscaling config of the model deployments.
         max_ongoing_requests: requests one model replica (and the ingress) takes at once; beyond it
             the ingress answers 503 with ``Retry-After``.
@@ -105,6 +118,7 @@ class RayServeConfig:
     max_batch_size: PositiveInt = 32
     batch_wait_timeout_s: NonNegativeFloat = 0.005
     num_replicas: PositiveInt = 1
+    num_gpus: NonNegativeFloat = 0.0
     autoscaling_config: dict[str, Any] | None = None
     max_ongoing_requests: PositiveInt = 64
     max_body_bytes: PositiveInt = 1_000_000
@@ -145,6 +159,26 @@ class RayServeConfig:
                 problems.append(f"model (the served model name) {self.model!r} is refused: {why}")
         if problems:
             raise ConfigError(problems, "serve ray configuration")
+
+    @classmethod
+    def from_args(cls, args: Mapping[str, Any], source: str = "Ray Serve application args") -> RayServeConfig:
+        """The configuration given as a Ray Serve application's ``args`` (the keys of this class, as
+        in its YAML file), checked as a parsed configuration is.
+
+        Raises:
+            ConfigError: every unknown key (with the nearest valid ones) and every bad value.
+        """
+        if not isinstance(args, Mapping):
+            raise ConfigError([f"args must be a mapping of serve configuration keys, got {type(args).__name__}"],
+                              source)
+        try:
+            return load_config(cls, **dict(args))
+        except ConfigError as err:
+            raise ConfigError(err.problems, source) from None
+
+    def traffic_user_config(self) -> dict[str, Any]:
+        """The ingress deployment's ``user_config``: the traffic settings (:data:`TRAFFIC_KEYS`)."""
+        return {key: getattr(self, key) for key in TRAFFIC_KEYS}
 
     def log_settings(self) -> dict[str, Any] | None:
         """The inference log settings the ingress gets, ``log_dir`` made absolute; ``None`` when off.

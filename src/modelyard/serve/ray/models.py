@@ -22,7 +22,7 @@ import numpy as np
 from ray import serve
 from ray.serve.metrics import Histogram
 
-from modelyard.onnx_runtime import session
+from modelyard.onnx_runtime import CPU, session
 from modelyard.signature import Signature, load_signature
 
 __all__ = ["ModelVersion", "pad_batch", "read_signature", "split_outputs"]
@@ -30,9 +30,10 @@ __all__ = ["ModelVersion", "pad_batch", "read_signature", "split_outputs"]
 logger = logging.getLogger(__name__)
 
 
-def _session(path: str) -> Any:
+def _session(path: str, gpu: bool = False) -> Any:
     # Replicas share few cores; one intra-op thread each avoids oversubscription under batching.
-    return session(path, intra_threads=1, inter_threads=1)
+    # A replica given a GPU (num_gpus) runs on CUDA where this ONNX Runtime build has it.
+    return session(path, intra_threads=1, inter_threads=1, providers="auto" if gpu else CPU)
 
 
 def read_signature(path: str, folder: str | None = None) -> Signature:
@@ -111,7 +112,8 @@ class ModelVersion:
 
     def __init__(self, model: str, label: str, path: str, signature: Signature, max_batch_size: int,
                  batch_wait_timeout_s: float,
-                 fault_error_rate: float = 0.0, fault_delay_ms: float = 0.0, max_batch_run_s: float = 30.0) -> None:
+                 fault_error_rate: float = 0.0, fault_delay_ms: float = 0.0, max_batch_run_s: float = 30.0,
+                 gpu: bool = False) -> None:
         self.model, self.label = model, label
         self.replica = _replica_id()
         self.max_batch_run_s = max_batch_run_s
@@ -122,7 +124,7 @@ class ModelVersion:
         if fault_error_rate or fault_delay_ms:
             logger.warning("%s v%s injects faults: %.0f%% errors, +%.0f ms latency (drill configuration)",
                            model, label, fault_error_rate * 100, fault_delay_ms)
-        self.session = _session(path)
+        self.session = _session(path, gpu)
         self.signature = signature
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.predict.set_max_batch_size(max_batch_size)
