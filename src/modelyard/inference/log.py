@@ -1,16 +1,21 @@
 """The inference log: a sample of served requests, appended to partitioned Parquet off the request path.
 
-The ingress calls :meth:`InferenceLog.record` for each sampled request after it has its answer; that
-call only appends a reference to an in-memory buffer under a lock. A daemon thread turns the buffer
-into Parquet files (see :mod:`modelyard.inference.store` for the layout) every ``flush_interval_s`` or
-once ``flush_rows`` rows wait, and applies retention. :meth:`InferenceLog.close` writes whatever
-is left, so a clean stop loses nothing that was accepted. Nothing here raises into the request path:
-a full buffer drops (and counts) new rows, a failed write keeps its rows for the next attempt.
+The ingress calls :meth:`InferenceLog.record` for each sampled request after it has its answer and
+before it returns it; that call appends a reference to an in-memory buffer under a lock and, once
+the log is started, the request to a local journal (one ``os.write``: :mod:`modelyard.inference.journal`).
+A daemon thread turns the buffer into Parquet files (see :mod:`modelyard.inference.store` for the
+layout) every ``flush_interval_s`` or once ``flush_rows`` rows wait, deletes the journal segments
+it wrote, and applies retention. :meth:`InferenceLog.close` writes whatever is left, so a clean stop
+loses nothing that was accepted; a killed process leaves its journal, which the next log started on
+the same journal folder writes to Parquet (:meth:`InferenceLog.recover`), so a kill loses nothing
+either. Nothing here raises into the request path: a full buffer drops (and counts) new rows, a
+failed write keeps its rows (and their journal) for the next attempt.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import random
 import threading
 import time
@@ -20,7 +25,24 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
-from modelyard.inference.store import PartFile, inference_schema, list_parts, model_folder, utc_day, write_part
+from modelyard.inference.journal import (
+    Journal,
+    JournalRecord,
+    dead_owners,
+    encode,
+    read_segment,
+    segment_token,
+    segments_of,
+)
+from modelyard.inference.store import (
+    PartFile,
+    has_part,
+    inference_schema,
+    list_parts,
+    model_folder,
+    utc_day,
+    write_part,
+)
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -42,6 +64,7 @@ class _Entry(NamedTuple):
     outputs: np.ndarray | None
     rows: int
     embedding: np.ndarray | None = None
+    segment: str | None = None  # the journal segment holding it (None: not journaled)
 
 
 class InferenceLog:
@@ -63,6 +86,9 @@ class InferenceLog:
             for a model whose input is a row of table columns, which the drift tests read, and the
             configured rate (0 by default) for token ids or pixels.
         seed: seed of the sampling decisions (reproducible tests).
+        journal: journal each recorded request on local disk before :meth:`record` returns, once
+            :meth:`start` ran, so a killed process loses no recorded row (a few microseconds per request).
+        journal_dir: where (a local folder, one per log); None: ``<root>/<model>/journal``.
 
     Raises:
         ValueError: a parameter out of range (the message names it); an
@@ -71,7 +97,8 @@ class InferenceLog:
 
     def __init__(self, root: str | Path, model: str, sample_rate: float = 1.0, flush_interval_s: float = 1.0,
                  flush_rows: int = 5000, max_buffer_rows: int = 200_000, max_age_days: float | None = 30.0,
-                 max_bytes: int | None = None, seed: int | None = None, input_sample_rate: float = 1.0) -> None:
+                 max_bytes: int | None = None, seed: int | None = None, input_sample_rate: float = 1.0,
+                 journal: bool = True, journal_dir: str | Path | None = None) -> None:
         problems = [msg for bad, msg in (
             (not 0.0 <= sample_rate <= 1.0, f"sample_rate must be within [0, 1], got {sample_rate}"),
             (not 0.0 <= input_sample_rate <= 1.0,
@@ -85,6 +112,9 @@ class InferenceLog:
         if problems:
             raise ValueError("; ".join(problems))
         self.folder = model_folder(root, model, "inference log folder") / "inferences"
+        self.journal_dir = (Path(journal_dir) if journal_dir is not None else self.folder.parent / "journal") \
+            if journal else None
+        self._journal: Journal | None = None
         self.model, self.sample_rate, self.input_sample_rate = model, sample_rate, input_sample_rate
         self.flush_interval_s, self.flush_rows, self.max_buffer_rows = flush_interval_s, flush_rows, max_buffer_rows
         self.max_age_days, self.max_bytes = max_age_days, max_bytes
@@ -94,10 +124,11 @@ class InferenceLog:
         self._buffer: list[_Entry] = []
         self._pending = 0  # rows buffered or being written: what max_buffer_rows bounds
         self._counts = {"recorded": 0, "written": 0, "dropped": 0, "sampled_out": 0, "write_errors": 0,
-                        "inputs_kept": 0}
+                        "inputs_kept": 0, "recovered": 0, "journal_errors": 0}
         self._last_error: str | None = None
         self._reported_drops = 0
         self._files: list[tuple[PartFile, int]] | None = None  # (part, size), oldest first; None = not scanned
+        self._segments: list[str] = []  # closed journal segments whose rows are not all in Parquet yet
         self._wake, self._stop = threading.Event(), threading.Event()
         self._thread: threading.Thread | None = None
         self._closed = False
@@ -129,13 +160,23 @@ class InferenceLog:
         if rows is None:
             shaped = next((a for a in (features, outputs, embedding) if a is not None), None)
             rows = int(shaped.shape[0]) if shaped is not None and np.ndim(shaped) else 1
-        entry = _Entry(request_id, time.time() if timestamp is None else timestamp, version, role, features,
-                       outputs, rows, embedding)
+        ts = time.time() if timestamp is None else timestamp
+        journal = self._journal
+        frame = encode(JournalRecord(request_id, ts, version, role, features, outputs, rows, embedding)) \
+            if journal is not None else b""
         with self._lock:
             if self._closed or self._pending + rows > self.max_buffer_rows:
                 self._counts["dropped"] += rows
                 return
-            self._buffer.append(entry)
+            segment = None
+            if journal is not None:
+                try:
+                    journal.append(frame)  # under the lock: a flush rotates segments under it too
+                    segment = journal.segment
+                except OSError as err:  # disk full: the row is still buffered, only its durability is lost
+                    self._counts["journal_errors"] += 1
+                    self._last_error = f"journal write failed: {type(err).__name__}: {err}"
+            self._buffer.append(_Entry(request_id, ts, version, role, features, outputs, rows, embedding, segment))
             self._pending += rows
             self._counts["recorded"] += rows
             if features is not None:
@@ -146,13 +187,21 @@ class InferenceLog:
 
     # --- writer -------------------------------------------------------------------------------------
     def start(self) -> None:
-        """Start the background writer (a daemon thread); it applies retention first."""
+        """Open the journal and start the background writer (a daemon thread), which first writes what
+        dead writers left in the journal folder (:meth:`recover`) and applies retention.
+
+        Raises:
+            OSError: the journal folder cannot be created or written.
+        """
         if self._thread is None and not self._closed:
+            if self.journal_dir is not None and self._journal is None:
+                self._journal = Journal(self.journal_dir)
             self._thread = threading.Thread(target=self._loop, name=f"inference-log-{self.model}", daemon=True)
             self._thread.start()
 
     def _loop(self) -> None:
         with self._flush_lock:
+            self.recover()
             self._retention()
         while not self._stop.is_set():
             self._wake.wait(self.flush_interval_s)
@@ -165,25 +214,95 @@ class InferenceLog:
         with self._flush_lock:
             with self._lock:
                 entries, self._buffer = self._buffer, []
+                if entries and self._journal is not None:
+                    self._rotate()
             written = 0
             if entries:
                 written = self._write(entries)
+                with self._lock:
+                    done = not any(e.segment in self._segments for e in self._buffer)
+                    if done:  # every row of the closed segments is in Parquet: they can go
+                        segments, self._segments = self._segments, []
+                if done and self._journal is not None:
+                    for segment in segments:
+                        self._journal.remove(segment)
             self._retention()
             self._report_drops()
             return written
 
+    def _rotate(self) -> None:
+        """Close the journal segment the swapped-out rows are in (the caller holds ``_lock``)."""
+        assert self._journal is not None
+        try:
+            self._segments.append(self._journal.rotate())
+        except OSError as err:  # the next records fail their journal write and are counted
+            self._counts["journal_errors"] += 1
+            self._last_error = f"starting a journal segment failed: {type(err).__name__}: {err}"
+
+    def recover(self) -> int:
+        """Write to Parquet the journal segments that dead writers left in :attr:`journal_dir`; returns
+        the rows written. The writer thread calls it when it starts; call it to recover a journal
+        folder without serving. Never raises: problems are logged and kept in ``stats()``.
+
+        A (segment, day) whose part exists already (its writer died between writing it and deleting
+        the segment) is not written again; a segment that cannot be written is kept for the next try.
+        """
+        if self.journal_dir is None or not self.journal_dir.is_dir():
+            return 0
+        recovered = 0
+        for owner, lock_fd in dead_owners(self.journal_dir):
+            try:
+                recovered += self._recover_owner(owner)
+            except Exception as err:  # noqa: BLE001 - a damaged journal must not stop the log
+                self._error(f"recovering the journal of {owner} under {self.journal_dir} failed: "
+                            f"{type(err).__name__}: {err}; kept for the next start")
+            finally:
+                os.close(lock_fd)
+        if recovered:
+            self._files = None  # rescan for retention
+            logger.warning("inference log %s: wrote %d rows that a stopped writer left in its journal",
+                           self.model, recovered)
+        with self._lock:
+            self._counts["recovered"] += recovered
+        return recovered
+
+    def _recover_owner(self, owner: str) -> int:
+        assert self.journal_dir is not None
+        rows = 0
+        for path in segments_of(self.journal_dir, owner):
+            segment = path.name.removesuffix(".journal")
+            records, problems = read_segment(path)
+            for problem in problems:
+                self._error(f"journal {path.name}: {problem}")
+            by_day: dict[str, list[_Entry]] = {}
+            for r in records:
+                by_day.setdefault(utc_day(r.ts), []).append(_Entry(*r, segment=segment))
+            for day, group in by_day.items():
+                token = segment_token(segment, day)
+                if has_part(self.folder, day, token):
+                    continue
+                table, kept = self._table(group)
+                if kept:
+                    write_part(self.folder, day, table, token=token)
+                    rows += sum(e.rows for e in kept)
+            path.unlink()
+        (self.journal_dir / f"{owner}.lock").unlink(missing_ok=True)
+        return rows
+
     def _write(self, entries: list[_Entry]) -> int:
-        by_day: dict[str, list[_Entry]] = {}
+        # One part per (journal segment, day), named after them, so a recovery can tell it was written.
+        by_day: dict[tuple[str | None, str], list[_Entry]] = {}
         for entry in entries:
-            by_day.setdefault(utc_day(entry.ts), []).append(entry)
+            by_day.setdefault((entry.segment, utc_day(entry.ts)), []).append(entry)
         written, failed = 0, []
-        for day, group in by_day.items():
-            if failed:  # an earlier day failed: keep the order, retry all of it later
+        for (segment, day), group in by_day.items():
+            if failed:  # an earlier group failed: keep the order, retry all of it later
                 failed.extend(group)
                 continue
             table, kept = self._table(group)
+            token = segment_token(segment, day) if segment is not None else None
             try:
-                part = write_part(self.folder, day, table) if kept else None
+                part = write_part(self.folder, day, table, token=token) if kept else None
             except Exception as err:  # noqa: BLE001 - a write failure must never reach the request path
                 self._error(f"writing {table.num_rows} rows under {self.folder / f'date={day}'} failed: "
                             f"{type(err).__name__}: {err}; kept for the next attempt")
@@ -318,8 +437,12 @@ class InferenceLog:
             self._thread.join()
         self.flush()
         if self._pending:
-            self._error(f"{self._pending} rows could not be written before close and are lost "
-                        f"(last error: {self._last_error})")
+            self._error(f"{self._pending} rows could not be written before close"
+                        + (f"; their journal stays in {self.journal_dir} for the next start"
+                           if self._journal is not None else " and are lost")
+                        + f" (last error: {self._last_error})")
+        elif self._journal is not None:
+            self._journal.close()
 
     def stats(self) -> dict[str, Any]:
         """Counters in rows (``sampled_out`` in requests), files and bytes on disk, and the last error."""
@@ -328,7 +451,8 @@ class InferenceLog:
             return {**self._counts, "pending": self._pending, "files": len(files),
                     "bytes": sum(size for _, size in files), "last_error": self._last_error,
                     "sample_rate": self.sample_rate, "input_sample_rate": self.input_sample_rate,
-                    "folder": str(self.folder)}
+                    "folder": str(self.folder),
+                    "journal": str(self.journal_dir) if self._journal is not None else None}
 
 
 def _list_column(arrays: Sequence[np.ndarray], kind: pa.DataType | None = None) -> pa.Array:

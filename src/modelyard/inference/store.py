@@ -31,11 +31,13 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
 __all__ = ["FEEDBACK_COLUMNS", "INFERENCE_COLUMNS", "PartFile", "delete_parts_older_than", "feedback_schema",
+           "has_part",
            "inference_schema", "list_parts", "model_folder", "utc_day", "write_part"]
 
 INFERENCE_COLUMNS = ("request_id", "row", "ts", "version", "role", "features", "outputs", "predicted", "embedding")
 FEEDBACK_COLUMNS = ("request_id", "row", "label", "ts")
-_PART = re.compile(r"^part-(\d{13})-[0-9a-f]{8}\.parquet$")
+# 8 random hex characters, or 16 derived from a journal segment and day (modelyard.inference.journal)
+_PART = re.compile(r"^part-(\d{13})-(?:[0-9a-f]{8}|[0-9a-f]{16})\.parquet$")
 
 
 def inference_schema() -> pa.Schema:
@@ -130,12 +132,21 @@ def delete_parts_older_than(folder: Path, max_age_days: float, now: float | None
     return deleted
 
 
-def write_part(folder: Path, day: str, table: pa.Table, now: float | None = None) -> PartFile:
-    """Write ``table`` as a new part file of partition ``day``, atomically."""
+def write_part(folder: Path, day: str, table: pa.Table, now: float | None = None, token: str | None = None) -> PartFile:
+    """Write ``table`` as a new part file of partition ``day``, atomically.
+
+    ``token``: the 16 hex characters that end the name (:func:`modelyard.inference.journal.segment_token`),
+    so that :func:`has_part` can tell whether these rows were written already; None: a random name.
+    """
     import pyarrow.parquet as pq
 
     written_ms = int((time.time() if now is None else now) * 1000)
-    path = folder / f"date={day}" / f"part-{written_ms:013d}-{uuid.uuid4().hex[:8]}.parquet"
+    path = folder / f"date={day}" / f"part-{written_ms:013d}-{token or uuid.uuid4().hex[:8]}.parquet"
     with atomic_open(path) as handle:  # dot-prefixed temporary in the same folder, fsync, rename
         pq.write_table(table, handle)
     return PartFile(path, day, written_ms)
+
+
+def has_part(folder: Path, day: str, token: str) -> bool:
+    """Whether partition ``day`` under ``folder`` holds a committed part named with ``token``."""
+    return any(p.path.name.endswith(f"-{token}.parquet") for p in list_parts(folder) if p.day == day)
