@@ -27,7 +27,7 @@ PACKAGE = "modelyard"
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     # layer       what it holds
     ("base", ("__init__", "_io", "_wait", "config", "environments", "errors", "inference", "metrics", "onnx_runtime",
-              "safety", "signature", "tracking")),
+              "safety", "signature", "storage", "tracking")),
     ("data", ("data",)),
     ("models", ("models", "workloads")),
     ("train", ("train",)),

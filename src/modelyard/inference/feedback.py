@@ -14,14 +14,16 @@ import reprlib
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any
 
 from modelyard.inference.store import (
+    Folder,
     delete_parts_older_than,
     feedback_schema,
     list_parts,
-    model_folder,
+    model_root,
+    read_part,
     utc_day,
     write_part,
 )
@@ -74,23 +76,21 @@ class _RowIndex:
     forgets files that retention deleted; lookups are vectorised ``is_in`` over all of them.
     """
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Folder) -> None:
         self.folder = folder
-        self._tables: dict[Path, pa.Table] = {}
+        self._tables: dict[PurePath, pa.Table] = {}
 
     def refresh(self) -> None:
-        import pyarrow.parquet as pq
-
-        parts = {p.path for p in list_parts(self.folder)}
-        for gone in set(self._tables) - parts:
+        parts = {p.path: p for p in list_parts(self.folder)}
+        for gone in set(self._tables) - set(parts):
             del self._tables[gone]
-        for path in sorted(parts - set(self._tables)):
+        for path in sorted(set(parts) - set(self._tables)):
             try:
-                self._tables[path] = pq.read_table(path, columns=["request_id", "row"])
+                self._tables[path] = read_part(parts[path], ["request_id", "row"])
             except FileNotFoundError:
                 continue
 
-    def add(self, path: Path, table: pa.Table) -> None:
+    def add(self, path: PurePath, table: pa.Table) -> None:
         self._tables[path] = table.select(["request_id", "row"])
 
     def rows(self, ids: set[str]) -> dict[str, set[int]]:
@@ -118,7 +118,7 @@ class FeedbackLog:
     """
 
     def __init__(self, root: str | Path, model: str, max_age_days: float | None = None) -> None:
-        folder = model_folder(root, model, "feedback folder")  # refused before any disk access
+        folder = model_root(root, model, "feedback folder")  # refused before any disk access
         self.model, self.max_age_days = model, max_age_days
         self.folder = folder / "feedback"
         self._known = _RowIndex(folder / "inferences")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import tempfile
 import threading
 import time
 from collections.abc import Sequence
@@ -36,10 +37,11 @@ from modelyard.inference.journal import (
 )
 from modelyard.inference.store import (
     PartFile,
+    delete_part,
     has_part,
     inference_schema,
     list_parts,
-    model_folder,
+    model_root,
     utc_day,
     write_part,
 )
@@ -111,9 +113,10 @@ class InferenceLog:
         ) if bad]
         if problems:
             raise ValueError("; ".join(problems))
-        self.folder = model_folder(root, model, "inference log folder") / "inferences"
-        self.journal_dir = (Path(journal_dir) if journal_dir is not None else self.folder.parent / "journal") \
-            if journal else None
+        folder = model_root(root, model, "inference log folder")
+        self.folder = folder / "inferences"
+        self.journal_dir = None if not journal else Path(journal_dir) if journal_dir is not None \
+            else folder / "journal" if isinstance(folder, Path) else _remote_journal_dir(str(folder))
         self._journal: Journal | None = None
         self.model, self.sample_rate, self.input_sample_rate = model, sample_rate, input_sample_rate
         self.flush_interval_s, self.flush_rows, self.max_buffer_rows = flush_interval_s, flush_rows, max_buffer_rows
@@ -311,7 +314,7 @@ class InferenceLog:
             rows = sum(e.rows for e in kept)
             written += rows
             if part is not None and self._files is not None:
-                self._files.append((part, part.path.stat().st_size))
+                self._files.append((part, part.size or 0))
             with self._lock:
                 self._pending -= rows
                 self._counts["written"] += rows
@@ -386,11 +389,7 @@ class InferenceLog:
                     doomed.append(part)
                     total -= size
             for part in doomed:
-                part.path.unlink(missing_ok=True)
-                try:
-                    part.path.parent.rmdir()  # only succeeds once the day folder is empty
-                except OSError:
-                    pass
+                delete_part(part)
             if doomed:
                 logger.info("inference log retention: deleted %d files", len(doomed))
         except OSError as err:
@@ -399,7 +398,7 @@ class InferenceLog:
     def _scan(self) -> list[tuple[PartFile, int]]:
         """Files already on disk (an earlier run's), oldest first; removes stale temporaries."""
         now = time.time()
-        for temp in self.folder.glob("date=*/.*"):
+        for temp in self.folder.glob("date=*/.*") if isinstance(self.folder, Path) else ():
             try:
                 if now - temp.stat().st_mtime > STALE_TEMP_S:
                     temp.unlink()
@@ -408,7 +407,7 @@ class InferenceLog:
         out = []
         for part in list_parts(self.folder):
             try:
-                out.append((part, part.path.stat().st_size))
+                out.append((part, part.size if part.size is not None else part.path.stat().st_size))
             except FileNotFoundError:
                 pass
         return out
@@ -453,6 +452,15 @@ class InferenceLog:
                     "sample_rate": self.sample_rate, "input_sample_rate": self.input_sample_rate,
                     "folder": str(self.folder),
                     "journal": str(self.journal_dir) if self._journal is not None else None}
+
+
+def _remote_journal_dir(uri: str) -> Path:
+    """The local journal folder of a log on object storage: under ``MODELYARD_LOG_JOURNAL_DIR`` (a
+    persistent local volume, so a restarted replica finds it), else under the temporary folder."""
+    import hashlib
+
+    base = os.environ.get("MODELYARD_LOG_JOURNAL_DIR") or os.path.join(tempfile.gettempdir(), "modelyard-journal")
+    return Path(base) / hashlib.sha256(uri.encode()).hexdigest()[:16]
 
 
 def _list_column(arrays: Sequence[np.ndarray], kind: pa.DataType | None = None) -> pa.Array:

@@ -20,7 +20,8 @@ from modelyard.inference.store import (
     feedback_schema,
     inference_schema,
     list_parts,
-    model_folder,
+    model_root,
+    read_part,
     utc_day,
 )
 
@@ -36,12 +37,11 @@ logger = logging.getLogger(__name__)
 def _read(parts: Sequence[PartFile], columns: Sequence[str], schema: pa.Schema) -> pa.Table:
     """Concatenated ``columns`` of ``parts``; files deleted meanwhile (retention) are skipped."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     tables = []
     for part in parts:
         try:
-            tables.append(pq.read_table(part.path, columns=list(columns), schema=schema))
+            tables.append(read_part(part, columns, schema))
         except FileNotFoundError:
             continue
     if not tables:
@@ -53,15 +53,16 @@ class MonitorStore:
     """Reads the inference log and feedback labels of ``model`` under ``root``.
 
     Args:
-        root: the inference log root (``log_dir`` of ``modelyard serve ray``).
+        root: the inference log root (``log_dir`` of ``modelyard serve ray``): a local folder or a
+            ``s3://``/``gs://`` URI (:mod:`modelyard.storage`).
         model: served model name.
         classes: class names in output order, so that labels given as names map to class indices;
             without them only integer-like labels map.
     """
 
     def __init__(self, root: str | Path, model: str, classes: Sequence[str] | None = None) -> None:
-        folder = model_folder(root, model, "inference log folder")
-        self.root, self.model = Path(root), model
+        folder = model_root(root, model, "inference log folder")
+        self.root, self.model = root, model
         self.classes = list(classes) if classes is not None else None
         self.inference_dir = folder / "inferences"
         self.feedback_dir = folder / "feedback"

@@ -25,6 +25,7 @@ from jsonargparse.typing import (
 
 from modelyard.config import ConfigError, Port, declared_problems, load_config
 from modelyard.safety import name_problem
+from modelyard.storage import is_remote
 
 __all__ = ["TRAFFIC_KEYS", "RayServeConfig", "ingress_deployment_name"]
 
@@ -76,7 +77,8 @@ class RayServeConfig:
         canary_fault_delay_ms: extra latency added to every canary request (drills and tests).
         log_dir: inference log root: a sample of answered requests (id, time, version, inputs,
             outputs) goes to ``<log_dir>/<model>/inferences/`` as Parquet, feedback labels to
-            ``<log_dir>/<model>/feedback/``; relative paths are resolved against the current folder
+            ``<log_dir>/<model>/feedback/``; a local folder or a ``s3://``/``gs://`` URI
+            (:mod:`modelyard.storage`); relative paths are resolved against the current folder
             when the app is built. ``None`` or ``""`` turns the log (and the feedback route) off.
         log_sample_rate: share of requests logged (0..1); feedback can only label logged requests.
         log_embedding: the model output logged as each logged row's embedding (float16), which the
@@ -187,7 +189,8 @@ class RayServeConfig:
         """
         if not self.log_dir:
             return None
-        return {"root": str(Path(self.log_dir).expanduser().resolve()), "sample_rate": self.log_sample_rate,
+        root = self.log_dir if is_remote(self.log_dir) else str(Path(self.log_dir).expanduser().resolve())
+        return {"root": root, "sample_rate": self.log_sample_rate,
                 "flush_interval_s": self.log_flush_interval_s, "max_age_days": self.log_max_age_days,
                 "max_bytes": self.log_max_bytes, "input_sample_rate": self.log_input_sample_rate}
 
