@@ -97,9 +97,14 @@ class Location:
 
         selector = pafs.FileSelector(self.path, recursive=True, allow_not_found=True)
         try:
-            return [info for info in self.fs.get_file_info(selector) if info.type == pafs.FileType.File]
+            found = [info for info in self.fs.get_file_info(selector) if info.type == pafs.FileType.File]
+            bucket = self.path.split("/", 1)[0]
+            # A missing bucket lists as empty: say so rather than read nothing from a typo forever.
+            if not found and self.remote and self.fs.get_file_info(bucket).type == pafs.FileType.NotFound:
+                raise FileNotFoundError(f"bucket {bucket!r} does not exist (or these credentials cannot see it)")
         except OSError as err:
             raise self.error("listing", err) from err
+        return found
 
     def write_bytes(self, name: str, data: bytes) -> str:
         """Write ``data`` to ``name`` below this location; readers see it whole or not at all (local:

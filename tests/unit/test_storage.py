@@ -1,0 +1,69 @@
+"""Storage locations: what is accepted, and the errors for what is not (no server needed: every case
+here fails or resolves before any request)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from modelyard.inference.store import model_root
+from modelyard.safety import UnsafeNameError
+from modelyard.storage import Location, is_remote, location
+
+
+def test_local_paths_and_file_uris_are_local(tmp_path):
+    for given in (str(tmp_path), tmp_path, f"file://{tmp_path}"):
+        loc = location(given)
+        assert not loc.remote and loc.local_path == tmp_path
+    assert location("~/x").local_path == Path("~/x").expanduser()
+    assert isinstance(model_root(tmp_path, "fraud"), Path)
+    assert not is_remote(str(tmp_path)) and is_remote("s3://b/p") and is_remote("gs://b/p")
+
+
+def test_s3_uri_takes_the_endpoint_from_the_environment_or_the_uri(monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    loc = location("s3://bucket/some/prefix/")
+    assert loc.remote and loc.path == "bucket/some/prefix" and loc.uri == "s3://bucket/some/prefix"
+    assert type(loc.fs).__name__ == "S3FileSystem"
+    assert _options(loc)["endpoint_override"] == "127.0.0.1:9" and _options(loc)["scheme"] == "http"
+    override = location("s3://bucket/p?endpoint_override=http://127.0.0.1:10")
+    assert _options(override)["endpoint_override"] == "127.0.0.1:10"
+    child = model_root("s3://bucket/p", "fraud") / "inferences"
+    assert isinstance(child, Location) and child.path == "bucket/p/fraud/inferences"
+    assert str(child) == "s3://bucket/p/fraud/inferences"
+
+
+def _options(loc: Location) -> dict:
+    return loc.fs.__reduce__()[1][0]  # pyarrow's S3FileSystem shows its options only when pickled
+
+
+@pytest.mark.parametrize(("uri", "words"), [
+    ("ftp://host/folder", ["scheme 'ftp'", "s3://bucket/prefix"]),
+    ("hdfs://nn/x", ["scheme 'hdfs'", "not supported"]),
+    ("s3://", ["names no bucket", "s3://bucket/prefix"]),
+    ("s3:///prefix", ["names no bucket"]),
+    ("s3://key:secret@bucket/p", ["credentials", "environment"]),
+    ("s3://bucket/a/../b", ["'..'"]),
+    ("s3://bucket/p?region=x", ["unknown options ['region']", "endpoint_override"]),
+    ("file://otherhost/x", ["names host 'otherhost'", "file:///absolute/path"]),
+    ("", ["is empty", "s3://bucket/prefix"]),
+])
+def test_a_malformed_or_unsupported_uri_is_refused_naming_what_is_expected(uri, words):
+    with pytest.raises(ValueError) as err:
+        location(uri, "inference log root")
+    message = str(err.value)
+    assert (uri == "" or repr(uri) in message) and "inference log root" in message
+    for word in words:
+        assert word in message
+
+
+def test_an_endpoint_that_is_not_a_url_is_refused(monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "ftp://127.0.0.1:9")
+    with pytest.raises(ValueError, match="expected http://host:port"):
+        location("s3://bucket/p")
+
+
+def test_a_hostile_model_name_is_refused_under_a_remote_root_too():
+    with pytest.raises(UnsafeNameError):
+        model_root("s3://bucket/p", "../other")
