@@ -129,3 +129,22 @@ def test_a_missing_bucket_is_an_error_naming_it(s3):
     assert "AWS_ACCESS_KEY_ID" in message and "AWS_ENDPOINT_URL" in message
     with pytest.raises(StorageError, match="no-such-bucket"):
         location("s3://no-such-bucket/logs").write_bytes("x", b"1")
+
+
+def test_rollout_state_and_audit_on_s3(s3):
+    from modelyard.rollout.decision import Decision
+    from modelyard.rollout.state import RolloutState, StateStore
+
+    root = f"{s3}/rollouts"
+    store = StateStore(root)
+    assert store.load("fraud") is None and store.audit("fraud") == []
+    state = RolloutState(model="fraud", candidate="@challenger", steps=[0.1, 0.5, 1.0])
+    for step in range(3):
+        state.step_index, state.state = step, "running"
+        store.save(state)
+        store.append("fraud", Decision(seq=step + 1, action="advance", reason=f"step {step}", model="fraud",
+                                       step_index=step))
+    again = StateStore(root)  # a restarted controller
+    assert again.load("fraud").step_index == 2
+    assert [(d.seq, d.reason) for d in again.audit("fraud")] == [(1, "step 0"), (2, "step 1"), (3, "step 2")]
+    assert len(location(root).child("fraud.state").files()) == 1  # older states deleted after each save

@@ -1,13 +1,23 @@
 """The persisted state of a rollout: ``STATE_DIR/<model>.json`` (replaced atomically after every
 transition, so a restarted controller resumes where the last one stopped) and the append-only audit log
-``STATE_DIR/<model>.decisions.jsonl`` (one decision per line, never rewritten)."""
+``STATE_DIR/<model>.decisions.jsonl`` (one decision per line, never rewritten).
+
+``STATE_DIR`` may also be a ``s3://``/``gs://`` URI (:mod:`modelyard.storage`). Object storage has
+neither rename nor append, so there every save and every decision is a new object under a unique,
+time-ordered name, ``<model>.state/<ns>-<rand>.json`` and ``<model>.decisions/<ns>-<rand>.json``: the
+state is the newest state object (older ones are deleted once a newer one is written), the audit log
+is every decision object in name order. An object appears whole when its upload completes, so a
+reader never sees half a state.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
+import re
 import time
+import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,10 +25,13 @@ from typing import Any
 from modelyard._io import atomic_write_text
 from modelyard.rollout.decision import Decision
 from modelyard.safety import check_name
+from modelyard.storage import Location, is_remote, location
 
 __all__ = ["PHASES", "TERMINAL", "RolloutState", "StateStore"]
 
 logger = logging.getLogger(__name__)
+
+_OBJECT = re.compile(r"^\d{20}-[0-9a-f]{8}\.json$")
 
 SCHEMA = 1
 PHASES = ("pending", "running", "promoted", "rolled_back", "aborted", "refused")
@@ -89,20 +102,47 @@ class StateStore:
     """Reads and writes rollout state and the audit log under ``state_dir``."""
 
     def __init__(self, state_dir: str | os.PathLike[str]) -> None:
-        self.state_dir = Path(state_dir)
+        self.remote: Location | None = location(state_dir, "rollout state_dir") if is_remote(state_dir) else None
+        self.state_dir = Path(state_dir) if self.remote is None else self.remote
+        self._last_ns = 0
 
-    def state_path(self, model: str) -> Path:
+    def state_path(self, model: str) -> Path | Location:
+        if self.remote is not None:
+            return self.remote.child(f"{check_name(model, 'model name')}.state")
         return self.state_dir / f"{check_name(model, 'model name')}.json"
 
-    def audit_path(self, model: str) -> Path:
+    def audit_path(self, model: str) -> Path | Location:
+        if self.remote is not None:
+            return self.remote.child(f"{check_name(model, 'model name')}.decisions")
         return self.state_dir / f"{check_name(model, 'model name')}.decisions.jsonl"
 
-    def load(self, model: str) -> RolloutState | None:
+    def _object_name(self) -> str:
+        """A unique name that sorts after every name this store wrote before (time, then random)."""
+        self._last_ns = max(time.time_ns(), self._last_ns + 1)
+        return f"{self._last_ns:020d}-{uuid.uuid4().hex[:8]}.json"
+
+    @staticmethod
+    def _objects(folder: Location) -> list[str]:
+        """Paths of the objects written by :meth:`_object_name` under ``folder``, oldest first."""
+        return sorted((i.path for i in folder.files() if _OBJECT.match(i.path.rsplit("/", 1)[-1])),
+                      key=lambda p: p.rsplit("/", 1)[-1])
+
+    def _read_text(self, model: str) -> tuple[str, str] | None:
+        """``(where, text)`` of the saved state, None when there is none."""
         path = self.state_path(model)
-        if not path.is_file():
+        if isinstance(path, Location):
+            objects = self._objects(path)
+            return (f"{path}/{objects[-1].rsplit('/', 1)[-1]}", path.read_bytes(objects[-1]).decode()) \
+                if objects else None
+        return (str(path), path.read_text()) if path.is_file() else None
+
+    def load(self, model: str) -> RolloutState | None:
+        found = self._read_text(model)
+        if found is None:
             return None
+        path, text = found
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(text)
         except json.JSONDecodeError as err:
             # Atomic writes make this a file edited by hand, not a half-written one.
             raise ValueError(f"rollout state {path} is not valid JSON ({err}); fix or move it away") from None
@@ -110,14 +150,25 @@ class StateStore:
             raise ValueError(f"rollout state {path} has schema {data.get('schema')!r}, expected {SCHEMA}")
         return RolloutState(**data)
 
-    def save(self, state: RolloutState, now: float | None = None) -> Path:
+    def save(self, state: RolloutState, now: float | None = None) -> Path | str:
+        """Persist ``state``; returns where (a local path, or the object's path on the store)."""
         state.updated_at = time.time() if now is None else now
         text = json.dumps(asdict(state), indent=2, sort_keys=True) + "\n"
-        return atomic_write_text(self.state_path(state.model), text)
+        path = self.state_path(state.model)
+        if isinstance(path, Location):
+            older = self._objects(path)
+            written = path.write_bytes(self._object_name(), text.encode())
+            for old in older:  # the new state is whole and newest: the older ones can go
+                path.delete(old)
+            return written
+        return atomic_write_text(path, text)
 
-    def append(self, model: str, decision: Decision) -> Path:
+    def append(self, model: str, decision: Decision) -> Path | str:
         """Append one decision to the audit log and make it durable before anything acts on it."""
         path = self.audit_path(model)
+        if isinstance(path, Location):  # no append on object storage: one object per decision
+            return path.write_bytes(self._object_name(), (json.dumps(decision.to_dict(), sort_keys=True)
+                                                          + "\n").encode())
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(decision.to_dict(), sort_keys=True) + "\n")
@@ -128,6 +179,8 @@ class StateStore:
     def audit(self, model: str) -> list[Decision]:
         """Every decision of ``model`` ever logged, oldest first."""
         path = self.audit_path(model)
+        if isinstance(path, Location):
+            return [Decision.from_dict(json.loads(path.read_bytes(p))) for p in self._objects(path)]
         if not path.is_file():
             return []
         return [Decision.from_dict(json.loads(line)) for line in path.read_text().splitlines() if line.strip()]
