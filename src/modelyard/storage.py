@@ -31,7 +31,7 @@ from modelyard._io import atomic_write_bytes
 if TYPE_CHECKING:
     import pyarrow.fs as pafs
 
-__all__ = ["REMOTE_SCHEMES", "Location", "StorageError", "is_remote", "location"]
+__all__ = ["REMOTE_SCHEMES", "Location", "StorageError", "is_remote", "is_uri", "location"]
 
 REMOTE_SCHEMES = ("s3", "gs", "gcs")
 _ENDPOINT_VARS = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
@@ -46,6 +46,11 @@ _CREDENTIALS_HINT = {
 class StorageError(OSError):
     """A storage location that cannot be used: its URI is malformed, or the store refused (the message
     names the location and what to fix)."""
+
+
+def is_uri(uri: str | os.PathLike[str]) -> bool:
+    """Whether ``uri`` is written as a URI (``scheme://...``) rather than a plain path."""
+    return isinstance(uri, str) and "://" in uri
 
 
 def is_remote(uri: str | os.PathLike[str]) -> bool:

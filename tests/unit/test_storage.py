@@ -7,7 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from modelyard.inference.feedback import FeedbackLog
+from modelyard.inference.log import InferenceLog
 from modelyard.inference.store import model_root
+from modelyard.monitor.store import MonitorStore
+from modelyard.rollout.state import StateStore
 from modelyard.safety import UnsafeNameError
 from modelyard.storage import Location, is_remote, location
 
@@ -67,3 +71,16 @@ def test_an_endpoint_that_is_not_a_url_is_refused(monkeypatch):
 def test_a_hostile_model_name_is_refused_under_a_remote_root_too():
     with pytest.raises(UnsafeNameError):
         model_root("s3://bucket/p", "../other")
+
+
+@pytest.mark.parametrize("make", [
+    lambda root: InferenceLog(root, "fraud"),
+    lambda root: FeedbackLog(root, "fraud"),
+    lambda root: MonitorStore(root, "fraud"),
+    lambda root: StateStore(root),
+])
+def test_every_state_taking_a_uri_refuses_an_unknown_scheme_before_touching_the_disk(make, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="scheme 'ftp', which is not supported; expected a local path"):
+        make("ftp://host/logs")
+    assert list(tmp_path.iterdir()) == []

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from modelyard import safety
 from modelyard._io import atomic_write_bytes
-from modelyard.storage import Location, is_remote, location
+from modelyard.storage import Location, is_uri, location
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -107,10 +107,13 @@ def model_root(root: str | Path, model: str, what: str = "model folder") -> Fold
     Raises:
         UnsafeNameError: as :func:`model_folder`; ValueError: a malformed or unsupported URI.
     """
-    if not is_remote(root):
+    if not is_uri(root):
         return model_folder(root, model, what)
+    found = location(root, what)  # a scheme that is not supported is refused here, naming it
+    if not found.remote:
+        return model_folder(found.local_path, model, what)
     safety.check_name(model, "model name")
-    return location(root, what).child(model)
+    return found.child(model)
 
 
 def utc_day(ts: float) -> str:

@@ -25,7 +25,7 @@ from typing import Any
 from modelyard._io import atomic_write_text
 from modelyard.rollout.decision import Decision
 from modelyard.safety import check_name
-from modelyard.storage import Location, is_remote, location
+from modelyard.storage import Location, is_uri, location
 
 __all__ = ["PHASES", "TERMINAL", "RolloutState", "StateStore"]
 
@@ -102,8 +102,10 @@ class StateStore:
     """Reads and writes rollout state and the audit log under ``state_dir``."""
 
     def __init__(self, state_dir: str | os.PathLike[str]) -> None:
-        self.remote: Location | None = location(state_dir, "rollout state_dir") if is_remote(state_dir) else None
-        self.state_dir = Path(state_dir) if self.remote is None else self.remote
+        found = location(state_dir, "rollout state_dir") if is_uri(state_dir) else None  # refuses bad schemes
+        self.remote: Location | None = found if found is not None and found.remote else None
+        self.state_dir = self.remote if self.remote is not None else \
+            found.local_path if found is not None else Path(state_dir)
         self._last_ns = 0
 
     def state_path(self, model: str) -> Path | Location:

@@ -25,7 +25,7 @@ from jsonargparse.typing import (
 
 from modelyard.config import ConfigError, Port, declared_problems, load_config
 from modelyard.safety import name_problem
-from modelyard.storage import is_remote
+from modelyard.storage import is_uri
 
 __all__ = ["TRAFFIC_KEYS", "RayServeConfig", "ingress_deployment_name"]
 
@@ -189,7 +189,8 @@ class RayServeConfig:
         """
         if not self.log_dir:
             return None
-        root = self.log_dir if is_remote(self.log_dir) else str(Path(self.log_dir).expanduser().resolve())
+        # A URI goes as given (the log refuses a scheme it does not support, naming it); a path is made absolute.
+        root = self.log_dir if is_uri(self.log_dir) else str(Path(self.log_dir).expanduser().resolve())
         return {"root": root, "sample_rate": self.log_sample_rate,
                 "flush_interval_s": self.log_flush_interval_s, "max_age_days": self.log_max_age_days,
                 "max_bytes": self.log_max_bytes, "input_sample_rate": self.log_input_sample_rate}
