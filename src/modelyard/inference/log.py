@@ -227,8 +227,11 @@ class InferenceLog:
                     if done:  # every row of the closed segments is in Parquet: they can go
                         segments, self._segments = self._segments, []
                 if done and self._journal is not None:
-                    for segment in segments:
-                        self._journal.remove(segment)
+                    try:
+                        for segment in segments:
+                            self._journal.remove(segment)
+                    except OSError as err:  # left for a later recovery, which skips the parts written
+                        self._error(f"deleting a written journal segment failed: {type(err).__name__}: {err}")
             self._retention()
             self._report_drops()
             return written
