@@ -49,6 +49,10 @@ class RayServeConfig:
         batch_wait_timeout_s: dynamic batching: longest wait for a batch to fill.
         num_replicas: replicas per model version (ignored with ``autoscaling_config``).
         autoscaling_config: Ray Serve autoscaling config of the model deployments.
+        ingress_replicas: replicas of the HTTP ingress (ignored with ``ingress_autoscaling_config``).
+            They route alike (the weights are the application's configuration) and ``/-/status``
+            sums their statistics.
+        ingress_autoscaling_config: Ray Serve autoscaling config of the ingress.
         max_ongoing_requests: requests one model replica (and the ingress) takes at once; beyond it
             the ingress answers 503 with ``Retry-After``.
         max_body_bytes: largest request body; larger bodies get 413.
@@ -106,6 +110,8 @@ class RayServeConfig:
     batch_wait_timeout_s: NonNegativeFloat = 0.005
     num_replicas: PositiveInt = 1
     autoscaling_config: dict[str, Any] | None = None
+    ingress_replicas: PositiveInt = 1
+    ingress_autoscaling_config: dict[str, Any] | None = None
     max_ongoing_requests: PositiveInt = 64
     max_body_bytes: PositiveInt = 1_000_000
     host: str = "127.0.0.1"
