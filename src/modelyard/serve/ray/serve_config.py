@@ -25,6 +25,7 @@ A change is known to have reached every replica when each serving ingress replic
 from __future__ import annotations
 
 import logging
+import os
 import time
 import uuid
 from dataclasses import replace
@@ -168,11 +169,16 @@ class ServeConfigTrafficControl:
     promotion and rollback change the ingress deployment's ``user_config`` (:func:`apply_traffic`);
     the status comes from the ingress (summed over its replicas) through a deployment handle.
 
-    It needs a Ray connection to the cluster the application runs on (``ray.init`` / ``$RAY_ADDRESS``).
+    It connects to the cluster the application runs on when this process is not connected yet:
+    ``$RAY_ADDRESS``, else the local one (``ray.init(address="auto")``).
     """
 
     def __init__(self, model: str, app_name: str = "modelyard", timeout_s: float = APPLY_TIMEOUT_S) -> None:
+        import ray
+
         self.model, self.app_name, self.timeout_s = model, app_name, timeout_s
+        if not ray.is_initialized():
+            ray.init(address=os.environ.get("RAY_ADDRESS") or "auto", log_to_driver=False)
 
     def status(self) -> dict[str, Any]:
         from ray import serve
