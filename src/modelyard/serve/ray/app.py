@@ -30,7 +30,7 @@ from modelyard._wait import wait_until
 from modelyard.config import ConfigError, parse_config
 from modelyard.registry.reference import ModelSource, resolve_reference
 from modelyard.serve.ray.config import RayServeConfig
-from modelyard.serve.ray.router import TrafficConfig
+from modelyard.serve.ray.router import DEPLOYED_REVISION, TrafficConfig
 from modelyard.serve.ray.serve_config import ingress_name, stats_name
 from modelyard.signature import Signature
 
@@ -122,7 +122,7 @@ def build_app(cfg: RayServeConfig) -> Any:
     # The traffic weights are the ingress's user_config, so every ingress replica applies the same
     # ones and a change reaches all of them in place (modelyard.serve.ray.serve_config).
     traffic = TrafficConfig(canary_weight=cfg.canary_weight, shadow_weight=cfg.shadow_weight,
-                            sticky_header=cfg.sticky_header, revision="deployed")
+                            sticky_header=cfg.sticky_header, revision=DEPLOYED_REVISION)
     replicas: dict[str, Any] = ({"autoscaling_config": cfg.ingress_autoscaling_config}
                                 if cfg.ingress_autoscaling_config else {"num_replicas": cfg.ingress_replicas})
     ingress = KServeIngress.options(name=ingress_name(cfg.model), user_config=traffic.to_dict(),

@@ -725,11 +725,24 @@ class KServeIngress:
             return _error(400, f"bad traffic update: {err}")
         except TimeoutError as err:
             return _error(504, str(err))
+        except Exception as err:  # noqa: BLE001 - the Serve controller unreachable or restarting
+            logger.exception("%s: traffic change %s failed", self.model, changes)
+            return _error(503, f"the traffic change {changes} may not have been applied: the Serve controller "
+                          f"did not take it ({type(err).__name__}: {err}); check /-/status and retry",
+                          {"Retry-After": RETRY_AFTER_S})
         logger.info("traffic %s applied by every ingress replica", changes)
-        return JSONResponse(await self.merged_status())
+        return await self._status_response()
 
     async def _status(self, _request: Request) -> JSONResponse:
-        return JSONResponse(await self.merged_status())
+        return await self._status_response()
+
+    async def _status_response(self) -> JSONResponse:
+        try:
+            return JSONResponse(await self.merged_status())
+        except Exception as err:  # noqa: BLE001 - the statistics deployment is being replaced: retry
+            logger.warning("%s: status unavailable: %s", self.model, err)
+            return _error(503, f"the statistics of {self.model}'s ingress replicas cannot be read now "
+                          f"({type(err).__name__}: {err}); retry in a moment", {"Retry-After": RETRY_AFTER_S})
 
     async def status_json(self) -> dict[str, Any]:
         """The status as ``/-/status`` answers it (for callers holding a deployment handle)."""

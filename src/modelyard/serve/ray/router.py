@@ -15,12 +15,14 @@ import random
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-__all__ = ["Route", "TrafficConfig", "TrafficRouter", "key_point", "validate_weights"]
+__all__ = ["DEPLOYED_REVISION", "Route", "TrafficConfig", "TrafficRouter", "key_point", "validate_weights"]
 
 Role = Literal["stable", "canary"]
 
 # Decisions per shuffled block of keyless requests: the share is exact over every full block.
 BLOCK = 100
+# The revision of the configuration an application is deployed with: sorts before every later one.
+DEPLOYED_REVISION = "0-deployed"
 
 
 def key_point(key: str, salt: str = "canary") -> float:
@@ -63,7 +65,8 @@ class TrafficConfig:
         shadow_weight: share of stable requests mirrored to the canary (0..1).
         sticky_header: request header whose value pins a caller to one version.
         promoted: the version deployed as canary serves as stable, and there is no canary.
-        revision: names this configuration; a replica reports the revision it applied, which is how a
+        revision: names this configuration (``<epoch ns>-<random>``, so later ones sort after; the
+            deployed one is :data:`DEPLOYED_REVISION`); a replica reports the revision it applied, which is how a
             change is known to have reached every replica.
     """
 

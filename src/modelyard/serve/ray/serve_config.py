@@ -40,7 +40,8 @@ __all__ = ["APPLY_TIMEOUT_S", "ServeConfigTrafficControl", "apply_traffic", "cur
 logger = logging.getLogger(__name__)
 
 # How long a change may take to reach every serving ingress replica before the caller hears of it.
-APPLY_TIMEOUT_S = 15.0
+# Below HttpTrafficControl's default timeout (10 s), so its caller hears why rather than times out.
+APPLY_TIMEOUT_S = 8.0
 
 
 def ingress_name(model: str) -> str:
@@ -73,24 +74,24 @@ def _deployments(controller: Any, app_name: str) -> dict[str, tuple[Any, str | N
     return {dep.name: info for dep, info in infos.items() if dep.app_name == app_name and dep.name in names}
 
 
-def current_traffic(app_name: str, ingress: str) -> TrafficConfig:
-    """The traffic configuration the application's ingress deployment holds now."""
-    deployments = _deployments(_controller(), app_name)
+def _ingress_info(deployments: dict[str, tuple[Any, str | None]], app_name: str, ingress: str) -> Any:
     if ingress not in deployments:
         raise ValueError(f"application {app_name!r} has no deployment {ingress!r}; it has {sorted(deployments)}")
-    info, _route = deployments[ingress]
+    return deployments[ingress][0]
+
+
+def current_traffic(app_name: str, ingress: str) -> TrafficConfig:
+    """The traffic configuration the application's ingress deployment holds now."""
+    info = _ingress_info(_deployments(_controller(), app_name), app_name, ingress)
     return TrafficConfig.parse(info.deployment_config.user_config or {})
 
 
-def _submit(app_name: str, ingress: str, config: TrafficConfig) -> None:
-    """Re-submit the application's deployments as they are, the ingress with ``config`` as user_config."""
+def _submit(controller: Any, app_name: str, deployments: dict[str, tuple[Any, str | None]], ingress: str,
+            config: TrafficConfig) -> None:
+    """Re-submit the application's ``deployments`` as they are, the ingress with ``config`` as user_config."""
     import ray
     from ray.serve.generated.serve_pb2 import ApplicationArgs, DeploymentArgs
 
-    controller = _controller()
-    deployments = _deployments(controller, app_name)
-    if ingress not in deployments:
-        raise ValueError(f"application {app_name!r} has no deployment {ingress!r}; it has {sorted(deployments)}")
     args_list = []
     for name, (info, route) in deployments.items():
         deployment_config = info.deployment_config
@@ -142,23 +143,28 @@ def apply_traffic(app_name: str, model: str, changes: dict[str, Any], timeout_s:
     from ray import serve
 
     ingress = ingress_name(model)
-    config = replace(TrafficConfig.parse({**current_traffic(app_name, ingress).to_dict(), **changes}),
-                     revision=uuid.uuid4().hex)
-    _submit(app_name, ingress, config)
+    controller = _controller()
+    deployments = _deployments(controller, app_name)
+    current = TrafficConfig.parse(_ingress_info(deployments, app_name, ingress).deployment_config.user_config or {})
+    # Ordered by time: when two changes race, the first one's caller sees the later one applied (the
+    # last submitted wins, whole) instead of waiting for a revision that no replica will report.
+    revision = f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"
+    config = replace(TrafficConfig.parse({**current.to_dict(), **changes}), revision=revision)
+    _submit(controller, app_name, deployments, ingress, config)
     logger.info("%s: traffic configuration %s submitted (canary %.3f, shadow %.3f, promoted %s)", app_name,
-                config.revision[:8], config.canary_weight, config.shadow_weight, config.promoted)
+                config.revision, config.canary_weight, config.shadow_weight, config.promoted)
     handle = stats if stats is not None else serve.get_deployment_handle(stats_name(model), app_name)
     applied: dict[str, str] = {}
 
     def everywhere() -> bool:
         nonlocal applied
         applied = handle.revisions.remote().result()
-        done = sum(1 for revision in applied.values() if revision == config.revision)
+        done = sum(1 for revision in applied.values() if revision >= config.revision)
         return done >= max(1, _serving(app_name, ingress))
 
     if not wait_until(everywhere, timeout_s, 0.05):
-        lagging = sorted(r for r, rev in applied.items() if rev != config.revision)
-        raise TimeoutError(f"traffic configuration {config.revision[:8]} not applied by every ingress replica "
+        lagging = sorted(r for r, rev in applied.items() if rev < config.revision)
+        raise TimeoutError(f"traffic configuration {config.revision} not applied by every ingress replica "
                            f"of {app_name!r} within {timeout_s:g} s (still on another: {lagging}); it stays "
                            "configured and is applied as replicas catch up")
     return config
