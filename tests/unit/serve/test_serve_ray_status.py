@@ -154,3 +154,21 @@ def test_merge_status_sums_replicas_and_counts_inflight_of_live_ones():
     assert (log["recorded"], log["pending"], log["sample_rate"], log["folder"]) == (12, 2, 0.5, "/log")
     assert (log["files"], log["bytes"]) == (6, 60)  # the folder they share, not a sum
     assert merge_status([])["versions"] == {} and merge_status([])["inference_log"] is None
+
+
+def test_ingress_replicas_and_weights_are_the_ingress_deployment_options():
+    from pathlib import Path
+
+    from modelyard.serve.ray.app import build_app
+    from modelyard.serve.ray.config import RayServeConfig
+
+    stable = Path(__file__).resolve().parents[3] / "triton_models" / "example_fraud" / "1" / "model.onnx"
+    # Binding needs no Ray; the bound ingress is the application's top deployment (Ray's own attribute).
+    ingress = build_app(RayServeConfig(stable=f"path:{stable}", ingress_replicas=3, log_dir=None))._bound_deployment
+    assert (ingress.name, ingress.num_replicas) == ("fraud-ingress", 3)
+    assert ingress.user_config == {"canary_weight": 0.0, "shadow_weight": 0.0, "sticky_header": "x-routing-key",
+                                   "promoted": False, "revision": "0-deployed"}
+    scaled = build_app(RayServeConfig(stable=f"path:{stable}", log_dir=None, sticky_header="x-user",
+                                      ingress_autoscaling_config={"min_replicas": 1, "max_replicas": 4}))
+    assert scaled._bound_deployment._deployment_config.autoscaling_config.max_replicas == 4
+    assert scaled._bound_deployment.user_config["sticky_header"] == "x-user"
