@@ -12,9 +12,8 @@ from modelyard.config import config_parser, group_parser, parse_config, pick_act
 from modelyard.rollout.config import ManualAction, RolloutConfig, expand_spellings
 from modelyard.rollout.controller import RolloutController
 from modelyard.rollout.decision import Decision
-from modelyard.rollout.run import run
+from modelyard.rollout.run import run, traffic_control
 from modelyard.rollout.state import StateStore
-from modelyard.rollout.traffic import HttpTrafficControl
 
 __all__ = ["SUBCOMMANDS", "build_parser", "main"]
 
@@ -80,7 +79,7 @@ def main(argv: Sequence[str]) -> int:
         state = run(cfg, on_decision=_print)
         print(f"{cfg.model}: rollout of version {state.candidate_version} ended {state.state}")
         return 0 if state.state == "promoted" else 1
-    controller = RolloutController(cfg, HttpTrafficControl(cfg.serve_url, cfg.http_timeout_s), on_decision=_print)
+    controller = RolloutController(cfg, traffic_control(cfg), on_decision=_print)
     assert isinstance(cfg, ManualAction)
     reason = cfg.reason or ""
     decision = controller.abort(reason, cfg.who) if action == "abort" else controller.promote(reason, cfg.who)

@@ -62,6 +62,11 @@ class RolloutConfig:
         serve_url: base URL of the ingress's control routes (``/-/status``, ``/-/traffic`` ...): the serving URL, or
             ``http://<control_host>:<control_port>`` when the server runs with ``control_port``.
         http_timeout_s: timeout of each call to the serving ingress.
+        serve_app: name of the Ray Serve application (``modelyard`` for ``modelyard serve ray``): when
+            set, the weights, promotion and rollback change that application's Serve configuration
+            itself (the ingress deployment's ``user_config``) over a Ray connection (``$RAY_ADDRESS``,
+            else the local cluster), and the status is read through a deployment handle; ``serve_url``
+            is then unused. ``None``: the control routes at ``serve_url``.
         tracking_uri: MLflow; default ``$MLFLOW_TRACKING_URI``, else ``./mlflow.db``.
         promote_alias: on promotion, move the ``champion`` alias to the candidate (audited).
     """
@@ -85,6 +90,7 @@ class RolloutConfig:
     state_dir: str = "rollouts"
     serve_url: HttpUrl = "http://127.0.0.1:8000"
     http_timeout_s: PositiveFloat = 10.0
+    serve_app: str | None = None
     tracking_uri: str | None = None
     promote_alias: bool = True
 

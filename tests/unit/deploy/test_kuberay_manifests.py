@@ -133,14 +133,18 @@ def test_serve_config_v2_is_a_valid_ray_serve_config_and_its_builder_builds_the_
     assert [d.name for d in app_schema.deployments] == [ingress.name] == ["fraud-ingress"]
 
 
-@pytest.mark.xfail(condition=not hasattr(__import__("modelyard.serve.ray.ingress", fromlist=["KServeIngress"])
-                                         .KServeIngress.func_or_class, "reconfigure"),
-                   reason="the ingress takes its traffic weights from user_config (reconfigure) once that lands; "
-                          "until then Ray Serve refuses a user_config on it", strict=True)
-def test_the_ingress_accepts_the_user_config():
+def test_the_ingress_applies_the_manifests_user_config():
+    """The user_config KubeRay sets is what each ingress replica's ``reconfigure`` parses."""
     from modelyard.serve.ray.ingress import KServeIngress
+    from modelyard.serve.ray.router import TrafficConfig
 
     assert callable(KServeIngress.func_or_class.reconfigure)
+    service = with_weights(rayservice(_cfg(serve={"canary": "@challenger", "canary_weight": 0.1})),
+                           canary_weight=0.5, shadow_weight=0.2)
+    [app] = serve_config_of(service)["applications"]
+    [ingress] = app["deployments"]
+    traffic = TrafficConfig.parse(ingress["user_config"])
+    assert (traffic.canary_weight, traffic.shadow_weight, traffic.promoted) == (0.5, 0.2, False)
 
 
 def test_builder_args_are_checked_like_the_serve_config():

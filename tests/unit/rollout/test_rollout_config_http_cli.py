@@ -181,3 +181,14 @@ def test_the_documented_spellings_interval_with_unit_and_min_requests():
     assert parse_duration("2m") == 120.0 and parse_duration("500ms") == 0.5 and parse_duration("7") == 7.0
     with pytest.raises(Exception, match="not a duration"):
         expand_spellings(["--model", "fraud", "--candidate", "2", "--interval", "soon"])
+
+
+def test_traffic_control_is_the_control_routes_unless_serve_app_names_the_application():
+    from modelyard.rollout.run import traffic_control
+
+    control = traffic_control(RolloutConfig(model="fraud", serve_url="http://127.0.0.1:8001", http_timeout_s=3))
+    assert isinstance(control, HttpTrafficControl) and control.base_url == "http://127.0.0.1:8001"
+    assert control.timeout_s == 3
+    # With serve_app it connects to Ray: refused in this tier, which shows it tried to.
+    with pytest.raises(RuntimeError, match="must not start Ray"):
+        traffic_control(RolloutConfig(model="fraud", serve_app="modelyard"))

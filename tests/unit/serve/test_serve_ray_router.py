@@ -75,3 +75,19 @@ def test_validate_weights_names_the_problem(payload, words):
 
 def test_validate_weights_accepts_ints_and_floats():
     assert validate_weights({"canary_weight": 1, "shadow_weight": 0.5}) == {"canary_weight": 1.0, "shadow_weight": 0.5}
+
+
+def test_traffic_config_parses_the_user_config_and_names_every_problem():
+    from modelyard.serve.ray.router import TrafficConfig
+
+    config = TrafficConfig.parse({"canary_weight": 1, "shadow_weight": 0.5, "promoted": False, "revision": "r1"})
+    assert config == TrafficConfig(1.0, 0.5, "x-routing-key", False, "r1")
+    assert type(config.canary_weight) is float
+    assert TrafficConfig.parse(config.to_dict()) == config and TrafficConfig.parse({}) == TrafficConfig()
+    with pytest.raises(ValueError) as err:
+        TrafficConfig.parse({"canary_weight": 2, "sticky_header": " ", "promoted": "yes", "canary": 0.1})
+    text = str(err.value)
+    assert "unknown key 'canary'" in text and "canary_weight must be a number within [0, 1], got 2" in text
+    assert "sticky_header must be a non-empty header name" in text and "promoted must be a bool, got 'yes'" in text
+    with pytest.raises(ValueError, match="must be a mapping"):
+        TrafficConfig.parse([0.5])

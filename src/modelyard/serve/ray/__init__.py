@@ -5,6 +5,8 @@
 * :mod:`~modelyard.serve.ray.models`: one deployment per model version (ONNX Runtime, batching).
 * :mod:`~modelyard.serve.ray.router`, :mod:`~modelyard.serve.ray.stats`, :mod:`~modelyard.serve.ray.codec`:
   traffic weights, per-version statistics, the KServe v2 wire format.
+* :mod:`~modelyard.serve.ray.serve_config`, :mod:`~modelyard.serve.ray.shared`: what the ingress
+  replicas share -- the weights as the application's Serve configuration, the summed statistics.
 
 Nothing heavy is imported here: Ray, FastAPI and ONNX Runtime load with the modules that need them.
 """

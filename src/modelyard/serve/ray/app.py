@@ -30,6 +30,8 @@ from modelyard._wait import wait_until
 from modelyard.config import ConfigError, parse_config
 from modelyard.registry.reference import ModelSource, resolve_reference
 from modelyard.serve.ray.config import RayServeConfig, ingress_deployment_name
+from modelyard.serve.ray.router import DEPLOYED_REVISION, TrafficConfig
+from modelyard.serve.ray.serve_config import stats_name
 from modelyard.signature import Signature
 
 __all__ = ["RayServeConfig", "build", "build_app", "control_url", "deploy", "main", "run", "serving_ray",
@@ -71,6 +73,7 @@ def build_app(cfg: RayServeConfig) -> Any:
     """
     from modelyard.serve.ray.ingress import IngressSettings, KServeIngress
     from modelyard.serve.ray.models import ModelVersion, read_signature
+    from modelyard.serve.ray.shared import TrafficStats
 
     stable = resolve_reference(cfg.stable, cfg.model, cfg.tracking_uri)
     signature = read_signature(stable.path, stable.files)
@@ -120,9 +123,14 @@ def build_app(cfg: RayServeConfig) -> Any:
         request_timeout_s=cfg.request_timeout_s, request_attempts=cfg.request_attempts,
         control_host=control["host"], control_port=control["port"], control_token_sha256=control["token_sha256"],
         control_token_env=control["token_env"] or "MODELYARD_CONTROL_TOKEN")
-    ingress = KServeIngress.options(name=ingress_deployment_name(cfg.model),
-                                    max_ongoing_requests=cfg.max_ongoing_requests + INGRESS_HEADROOM)
-    return ingress.bind(settings, stable_app, canary_app)
+    # The traffic weights are the ingress's user_config, so every ingress replica applies the same
+    # ones and a change reaches all of them in place (modelyard.serve.ray.serve_config).
+    traffic = TrafficConfig.parse({**cfg.traffic_user_config(), "revision": DEPLOYED_REVISION})
+    replicas: dict[str, Any] = ({"autoscaling_config": cfg.ingress_autoscaling_config}
+                                if cfg.ingress_autoscaling_config else {"num_replicas": cfg.ingress_replicas})
+    ingress = KServeIngress.options(name=ingress_deployment_name(cfg.model), user_config=traffic.to_dict(),
+                                    max_ongoing_requests=cfg.max_ongoing_requests + INGRESS_HEADROOM, **replicas)
+    return ingress.bind(settings, stable_app, canary_app, TrafficStats.options(name=stats_name(cfg.model)).bind())
 
 
 def build(args: dict[str, Any]) -> Any:

@@ -63,6 +63,10 @@ class RayServeConfig:
             between replicas). Above 0 the replica runs ONNX Runtime on CUDA where its build has it,
             else on the CPU; 0: CPU only.
         autoscaling_config: Ray Serve autoscaling config of the model deployments.
+        ingress_replicas: replicas of the HTTP ingress (ignored with ``ingress_autoscaling_config``).
+            They route alike (the weights are the application's configuration) and ``/-/status``
+            sums their statistics.
+        ingress_autoscaling_config: Ray Serve autoscaling config of the ingress.
         max_ongoing_requests: requests one model replica (and the ingress) takes at once; beyond it
             the ingress answers 503 with ``Retry-After``.
         max_body_bytes: largest request body; larger bodies get 413.
@@ -122,6 +126,8 @@ class RayServeConfig:
     num_replicas: PositiveInt = 1
     num_gpus: NonNegativeFloat = 0.0
     autoscaling_config: dict[str, Any] | None = None
+    ingress_replicas: PositiveInt = 1
+    ingress_autoscaling_config: dict[str, Any] | None = None
     max_ongoing_requests: PositiveInt = 64
     max_body_bytes: PositiveInt = 1_000_000
     host: str = "127.0.0.1"

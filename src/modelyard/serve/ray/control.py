@@ -2,7 +2,8 @@
 
 With ``control_port`` the control routes (``/-/traffic``, ``/-/promote``, ``/-/rollback``,
 ``/-/status``) are refused on the serving port and served here instead, by uvicorn on the ingress
-replica's own event loop, so both servers share the replica's in-memory state without locks.
+replica's own event loop, so both servers share the replica's in-memory state without locks. With
+several ingress replicas on one node, each binds the control port (``SO_REUSEPORT``).
 """
 
 from __future__ import annotations
@@ -50,7 +51,10 @@ class _Server(uvicorn.Server):
 
 def _control_socket(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    return socket.create_server((host, port), family=family)  # SO_REUSEADDR on POSIX
+    # SO_REUSEPORT where there is one: every ingress replica on a node serves the control port and the
+    # kernel spreads connections over them; any one answers alike (shared configuration, summed status).
+    return socket.create_server((host, port), family=family,  # SO_REUSEADDR on POSIX
+                                reuse_port=hasattr(socket, "SO_REUSEPORT"))
 
 
 async def start_control_server(app: FastAPI, host: str, port: int) -> tuple[Any, asyncio.Task]:

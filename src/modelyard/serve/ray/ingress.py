@@ -1,8 +1,11 @@
 """The KServe v2 HTTP ingress of ``modelyard serve ray``: validation, canary/shadow routing, status.
 
-It runs as ONE replica on purpose: the traffic weights, the keyless-request blocks, the statistics
-and the shadow log live in its memory, and ``/-/status`` must see all of them. The ingress does
-little work per request (decode, route, await a model handle); the model deployments scale.
+It runs with any number of replicas (``ingress_replicas`` or ``ingress_autoscaling_config``), which
+share two things. The traffic weights (canary, shadow, sticky header, promotion) are the ingress
+deployment's ``user_config``: Ray Serve applies it to every replica in place (:meth:`KServeIngress.reconfigure`),
+and the control routes change it for all of them (:mod:`~modelyard.serve.ray.serve_config`), whichever
+replica answers. The statistics a rollout judges are each replica's, sent as snapshots to the
+application's statistics deployment (:mod:`~modelyard.serve.ray.shared`) and summed by ``/-/status``.
 
 Every answer carries a request id in its body: the client's KServe ``id``, else the ``x-request-id``
 header. Ray Serve's proxy owns that header: it keeps the client's or generates one and always sends
@@ -39,6 +42,7 @@ replica runs on its own event loop (:mod:`~modelyard.serve.ray.control`).
 # methods that Ray Serve wraps, or it treats `request` as a required query parameter (422).
 import asyncio
 import logging
+import os
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -69,8 +73,9 @@ from modelyard.serve.ray.codec import (
 )
 from modelyard.serve.ray.control import CONTROL_ROUTES, control_app, start_control_server
 from modelyard.serve.ray.middleware import BearerToken, BearerTokenMiddleware, BodyLimitMiddleware
-from modelyard.serve.ray.router import TrafficRouter, validate_weights
-from modelyard.serve.ray.stats import ShadowLog, VersionStats
+from modelyard.serve.ray.router import TrafficConfig, TrafficRouter, validate_weights
+from modelyard.serve.ray.serve_config import apply_traffic
+from modelyard.serve.ray.stats import ShadowLog, VersionStats, merge_status
 from modelyard.signature import Signature, TensorSig
 
 __all__ = ["IngressSettings", "KServeIngress", "predicted_classes", "table_input"]
@@ -81,6 +86,10 @@ SHADOW_TIMEOUT_S = 10.0
 RETRY_AFTER_S = "1"
 # Pause before retry n is n times this: enough for Serve to learn of a dead replica, short for callers.
 RETRY_BACKOFF_S = 0.05
+# How often a replica sends its statistics snapshot (when it changed): the lag of the summed status.
+PUSH_INTERVAL_S = 0.2
+# A replica whose last snapshot is older than this counts as stopped: it has nothing in flight.
+LIVE_SNAPSHOT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -247,8 +256,10 @@ def _retryable(err: BaseException) -> bool:
 class KServeIngress:
     """Routes ``/v2/models/{model}/infer`` to the stable or canary model deployment."""
 
-    async def __init__(self, settings: IngressSettings, stable: Any, canary: Any | None = None) -> None:
-        """``stable``, ``canary``: handles of the model deployments (``canary`` None: no canary)."""
+    async def __init__(self, settings: IngressSettings, stable: Any, canary: Any | None = None,
+                       shared_stats: Any | None = None) -> None:
+        """``stable``, ``canary``: handles of the model deployments (``canary`` None: no canary);
+        ``shared_stats``: handle of the statistics deployment (None: this replica's statistics only)."""
         self.settings = settings
         self.model, self.signature = settings.model, settings.signature
         self.inputs, self.outputs = settings.signature.inputs, settings.signature.outputs
@@ -260,14 +271,21 @@ class KServeIngress:
             from modelyard.workloads.text import encode_texts
 
             self._encode_texts = encode_texts
-        self.handles: dict[str, Any] = {"stable": stable}
-        self.labels: dict[str, str] = {"stable": settings.stable_label}
+        # The deployed versions by the role they were deployed in; the traffic configuration's
+        # `promoted` makes the canary the stable (_apply_roles).
+        self._deployed: dict[str, tuple[Any, str]] = {"stable": (stable, settings.stable_label)}
         if canary is not None:
-            self.handles["canary"], self.labels["canary"] = canary, settings.canary_label or "canary"
+            self._deployed["canary"] = (canary, settings.canary_label or "canary")
+        self.handles: dict[str, Any] = {role: handle for role, (handle, _) in self._deployed.items()}
+        self.labels: dict[str, str] = {role: label for role, (_, label) in self._deployed.items()}
         self.router = TrafficRouter(has_canary=canary is not None)
         self.router.set_weights(canary_weight=settings.canary_weight, shadow_weight=settings.shadow_weight)
         self.sticky_header, self.max_inflight = settings.sticky_header.lower(), settings.max_inflight
+        self.traffic = TrafficConfig(settings.canary_weight, settings.shadow_weight, settings.sticky_header)
         self.stats = {label: VersionStats(label) for label in self.labels.values()}
+        self.shared_stats = shared_stats
+        context = serve.get_replica_context()
+        self.app_name, self.replica = context.app_name, context.replica_id.to_full_id_str()
         self.shadow = ShadowLog()
         self.inflight = 0
         self.rejected: dict[str, int] = {}
@@ -296,6 +314,8 @@ class KServeIngress:
         self.m_retries = Counter("modelyard_serve_retries_total",
                                  "Model calls retried on another replica (dead, unavailable or timed out).",
                                  tag_keys=(*tags, "reason"))
+        self._pushed: tuple | None = None
+        self._push_task = asyncio.create_task(self._push_loop()) if shared_stats is not None else None
         if settings.control_port is not None:
             host, port = settings.control_host or "127.0.0.1", int(settings.control_port)
             actions = {("POST", "/-/traffic"): self._set_traffic, ("POST", "/-/promote"): self._promote,
@@ -304,6 +324,99 @@ class KServeIngress:
                 control_app(actions, settings.control_token()), host, port)
             self.control_address = f"http://{host}:{port}"
             logger.info("control routes of %s on %s (refused on the serving port)", self.model, self.control_address)
+
+    # --- shared traffic configuration and statistics ------------------------------------------------
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Apply the traffic configuration (``user_config``, :class:`~modelyard.serve.ray.router.TrafficConfig`).
+
+        Ray Serve calls this on every replica, in place, when the configuration changes, and on a
+        replica that starts. Requests in flight keep the route they were given."""
+        config = TrafficConfig.parse(user_config)
+        self._apply_roles(config.promoted)
+        weights = {"canary_weight": config.canary_weight, "shadow_weight": config.shadow_weight}
+        if not self.router.has_canary and (config.canary_weight or config.shadow_weight):
+            logger.error("%s: traffic configuration %s gives the canary %s but there is none; applying 0", self.model,
+                         config.revision[:8], weights)
+            weights = {"canary_weight": 0.0, "shadow_weight": 0.0}
+        self.router.set_weights(**weights)
+        self.sticky_header, self.traffic = config.sticky_header.lower(), config
+        logger.info("%s: traffic configuration %s applied (canary %.3f, shadow %.3f, promoted %s)", self.model,
+                    config.revision[:8], self.router.canary_weight, self.router.shadow_weight, config.promoted)
+        if self.shared_stats is not None:  # at once: apply_traffic waits for every replica to report it
+            await self._push()
+
+    def _apply_roles(self, promoted: bool) -> None:
+        """Roles as the configuration says: as deployed, or the canary promoted to stable (no canary).
+        The old stable handle stays referenced: requests already awaiting it finish there."""
+        if promoted and "canary" in self._deployed:
+            roles = {"stable": self._deployed["canary"]}
+            self._retired = [(self._deployed["stable"][1], self._deployed["stable"][0])]
+        else:
+            roles, self._retired = dict(self._deployed), []
+        if {role: label for role, (_, label) in roles.items()} != self.labels:
+            self.handles = {role: handle for role, (handle, _) in roles.items()}
+            self.labels = {role: label for role, (_, label) in roles.items()}
+            if "canary" not in roles:
+                self.router.promote()
+            else:
+                self.router.has_canary = True
+            logger.info("%s: stable is v%s%s", self.model, self.labels["stable"],
+                        f", canary v{self.labels['canary']}" if "canary" in self.labels else " (promoted, no canary)")
+
+    def snapshot(self) -> dict[str, Any]:
+        """This replica's statistics and applied configuration, for :func:`~modelyard.serve.ray.stats.merge_status`."""
+        return {"at": time.time(), "revision": self.traffic.revision, "pid": os.getpid(),
+                "actor_id": ray.get_runtime_context().get_actor_id(),
+                "weights": {"canary": self.router.canary_weight, "shadow": self.router.shadow_weight},
+                "versions": {label: stats.snapshot() for label, stats in self.stats.items()},
+                "shadow": self.shadow.snapshot(), "inflight": self.inflight, "rejected": dict(self.rejected),
+                "retries": dict(self.retries), "inference_log": self.log.stats() if self.log is not None else None}
+
+    def _fingerprint(self) -> tuple:
+        """Changes whenever a snapshot would: sending an unchanged one is skipped."""
+        return (self.traffic.revision, self.inflight, tuple(s.requests for s in self.stats.values()),
+                self.shadow.pairs, self.shadow.failures, sum(self.rejected.values()), sum(self.retries.values()),
+                tuple(sorted(self.log.stats().items(), key=str)) if self.log is not None else None)
+
+    async def _push(self) -> None:
+        fingerprint = self._fingerprint()
+        await self.shared_stats.push.remote(self.replica, self.snapshot())
+        self._pushed = fingerprint
+
+    async def _push_loop(self) -> None:
+        """Send the snapshot every ``PUSH_INTERVAL_S`` when it changed; failures are retried next round."""
+        while True:
+            await asyncio.sleep(PUSH_INTERVAL_S)
+            if self._fingerprint() == self._pushed:
+                continue
+            try:
+                await self._push()
+            except Exception as err:  # noqa: BLE001 - the statistics deployment restarts: next round
+                logger.warning("%s: statistics snapshot not sent: %s", self.model, err)
+
+    async def merged_status(self) -> dict[str, Any]:
+        """``/-/status``: the statistics summed over every ingress replica, this replica's taken now."""
+        snapshots = {self.replica: self.snapshot()}
+        if self.shared_stats is not None:
+            snapshots = {**await self.shared_stats.all.remote(), **snapshots}
+        merged = merge_status(snapshots.values(), live_after=time.time() - LIVE_SNAPSHOT_S)
+        return {
+            "model": self.model,
+            "versions": {role: (merged["versions"].get(label) or VersionStats(label)).as_json(role)
+                         for role, label in self.labels.items()},
+            "weights": {"canary": self.router.canary_weight, "shadow": self.router.shadow_weight},
+            "shadow": merged["shadow"].as_json(),
+            "inflight": merged["inflight"],
+            "rejected": merged["rejected"],
+            "retries": merged["retries"],
+            "retired": [label for label, _ in self._retired],
+            "inference_log": merged["inference_log"],
+            "traffic": self.traffic.to_dict(),
+            "ingress_replicas": {replica: {"pid": snap["pid"], "actor_id": snap["actor_id"],
+                                           "revision": snap["revision"], "weights": snap["weights"],
+                                           "requests": sum(v["requests"] for v in snap["versions"].values()),
+                                           "at": snap["at"]} for replica, snap in sorted(snapshots.items())},
+        }
 
     # --- KServe v2 metadata -------------------------------------------------------------------------
     @app.get("/v2")
@@ -544,12 +657,20 @@ class KServeIngress:
         log = getattr(self, "log", None)  # __init__ may have failed before setting it
         if log is not None:
             await asyncio.to_thread(log.close)  # the final write must not block the event loop
+        push = getattr(self, "_push_task", None)
+        if push is not None:
+            push.cancel()
+            try:  # the last requests count in the sums after this replica is gone
+                await asyncio.wait_for(self._push(), 5.0)
+            except Exception as err:  # noqa: BLE001 - stopping anyway
+                logger.warning("%s: last statistics snapshot not sent: %s", self.model, err)
 
     # --- run-time control ---------------------------------------------------------------------------
-    # Weights change through a route, not a redeploy: redeploying the app (even with only new init
-    # args) replaces the ingress replica and its in-memory statistics. The monitor's loop redeploys
-    # only to add a new canary, before its rollout starts taking statistics (the old replica drains
-    # and flushes its inference log; the loop's tests see no failed request across the swap).
+    # Weights change the application's configuration in place (the ingress's user_config, applied by
+    # every replica's `reconfigure`), not through a redeploy: `serve.run` again would replace every
+    # replica. The route answers once every RUNNING replica applied the change, so a status read next
+    # sees it whichever replica answers. The monitor's loop redeploys only to add a new canary, before
+    # its rollout starts taking statistics (the old replicas drain and flush their inference log).
     # With control_port these routes answer 404 here and live on the control server (modelyard.serve.ray.control).
     # The control token, when one is set, is checked before them (BearerTokenMiddleware).
     @app.post("/-/traffic")
@@ -579,43 +700,50 @@ class KServeIngress:
         try:
             body = parse_json(await request.body(), "traffic update",
                               '{"canary_weight": 0.25, "shadow_weight": 0.0}')
-            self.router.set_weights(**validate_weights(body))
+            weights = validate_weights(body)
+            if any(weights.values()) and "canary" not in self.handles:
+                raise ValueError(f"{weights} received, but no canary is deployed; expected 0")
         except KServeError as err:  # not JSON, too deep (400) or over max_body_bytes (413)
             return _error(err.status, f"bad traffic update: {err}")
         except ValueError as err:
             return _error(400, f"bad traffic update: {err}")
-        logger.info("traffic: canary %.3f shadow %.3f", self.router.canary_weight, self.router.shadow_weight)
-        return JSONResponse(self.status_json())
+        return await self._change_traffic(weights)
 
     async def _promote(self, _request: Request) -> JSONResponse:
         if "canary" not in self.handles:
             return _error(409, "no canary to promote; deploy one with --canary")
-        # Keep the old stable handle referenced: requests already awaiting it still hold it locally
-        # and finish there; new requests go to the promoted version.
-        self._retired.append((self.labels["stable"], self.handles["stable"]))
-        self.handles["stable"], self.labels["stable"] = self.handles.pop("canary"), self.labels.pop("canary")
-        self.router.promote()
-        logger.info("promoted %s v%s to stable", self.model, self.labels["stable"])
-        return JSONResponse(self.status_json())
+        return await self._change_traffic({"promoted": True, "canary_weight": 0.0, "shadow_weight": 0.0})
 
     async def _rollback(self, _request: Request) -> JSONResponse:
-        self.router.rollback()
-        logger.info("rollback: canary and shadow weight 0")
-        return JSONResponse(self.status_json())
+        return await self._change_traffic({"canary_weight": 0.0, "shadow_weight": 0.0})
+
+    async def _change_traffic(self, changes: dict[str, Any]) -> JSONResponse:
+        """Change the application's traffic configuration; answer once every ingress replica applied it."""
+        try:
+            await asyncio.to_thread(apply_traffic, self.app_name, self.model, changes, stats=self.shared_stats)
+        except ValueError as err:
+            return _error(400, f"bad traffic update: {err}")
+        except TimeoutError as err:
+            return _error(504, str(err))
+        except Exception as err:  # noqa: BLE001 - the Serve controller unreachable or restarting
+            logger.exception("%s: traffic change %s failed", self.model, changes)
+            return _error(503, f"the traffic change {changes} may not have been applied: the Serve controller "
+                          f"did not take it ({type(err).__name__}: {err}); check /-/status and retry",
+                          {"Retry-After": RETRY_AFTER_S})
+        logger.info("traffic %s applied by every ingress replica", changes)
+        return await self._status_response()
 
     async def _status(self, _request: Request) -> JSONResponse:
-        return JSONResponse(self.status_json())
+        return await self._status_response()
 
-    def status_json(self) -> dict[str, Any]:
-        return {
-            "model": self.model,
-            "versions": {role: self.stats[label].as_json(role) for role, label in self.labels.items()},
-            "weights": {"canary": self.router.canary_weight, "shadow": self.router.shadow_weight},
-            "shadow": self.shadow.as_json(),
-            "inflight": self.inflight,
-            "rejected": dict(self.rejected),
-            "retries": dict(self.retries),
-            "retired": [label for label, _ in self._retired],
-            "inference_log": self.log.stats() if self.log is not None else None,
-        }
+    async def _status_response(self) -> JSONResponse:
+        try:
+            return JSONResponse(await self.merged_status())
+        except Exception as err:  # noqa: BLE001 - the statistics deployment is being replaced: retry
+            logger.warning("%s: status unavailable: %s", self.model, err)
+            return _error(503, f"the statistics of {self.model}'s ingress replicas cannot be read now "
+                          f"({type(err).__name__}: {err}); retry in a moment", {"Retry-After": RETRY_AFTER_S})
 
+    async def status_json(self) -> dict[str, Any]:
+        """The status as ``/-/status`` answers it (for callers holding a deployment handle)."""
+        return await self.merged_status()

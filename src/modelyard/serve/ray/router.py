@@ -12,15 +12,17 @@ from __future__ import annotations
 
 import hashlib
 import random
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
 
-__all__ = ["Route", "TrafficRouter", "key_point", "validate_weights"]
+__all__ = ["DEPLOYED_REVISION", "Route", "TrafficConfig", "TrafficRouter", "key_point", "validate_weights"]
 
 Role = Literal["stable", "canary"]
 
 # Decisions per shuffled block of keyless requests: the share is exact over every full block.
 BLOCK = 100
+# The revision of the configuration an application is deployed with: sorts before every later one.
+DEPLOYED_REVISION = "0-deployed"
 
 
 def key_point(key: str, salt: str = "canary") -> float:
@@ -49,6 +51,61 @@ def validate_weights(weights: object) -> dict[str, float]:
             raise ValueError(f"{key} must be a number within [0, 1], got {value!r}")
         out[key] = float(value)
     return out
+
+
+@dataclass(frozen=True)
+class TrafficConfig:
+    """The traffic part of the application's configuration: the ingress deployment's ``user_config``.
+
+    Every ingress replica applies the same one (Ray Serve calls ``reconfigure`` on each, in place), so
+    any number of replicas route alike, and a replica that starts later gets it too.
+
+    Args:
+        canary_weight: share of requests answered by the canary (0..1).
+        shadow_weight: share of stable requests mirrored to the canary (0..1).
+        sticky_header: request header whose value pins a caller to one version.
+        promoted: the version deployed as canary serves as stable, and there is no canary.
+        revision: names this configuration (``<epoch ns>-<random>``, so later ones sort after; the
+            deployed one is :data:`DEPLOYED_REVISION`); a replica reports the revision it applied, which is how a
+            change is known to have reached every replica.
+    """
+
+    canary_weight: float = 0.0
+    shadow_weight: float = 0.0
+    sticky_header: str = "x-routing-key"
+    promoted: bool = False
+    revision: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def parse(cls, value: object) -> TrafficConfig:
+        """``value`` (a ``user_config``) checked: known keys, weights in [0, 1], a non-empty header.
+
+        Raises:
+            ValueError: naming every key that is wrong, the value received and what is expected.
+        """
+        if not isinstance(value, dict):
+            raise ValueError(f"traffic user_config must be a mapping like {cls().to_dict()}, got "
+                             f"{type(value).__name__}")
+        known = set(cls.__dataclass_fields__)
+        problems = [f"unknown key {key!r}; expected some of {sorted(known)}" for key in sorted(set(value) - known)]
+        weights = {k: value[k] for k in ("canary_weight", "shadow_weight") if k in value}
+        if weights:
+            try:
+                validate_weights(weights)
+            except ValueError as err:
+                problems.append(str(err))
+        header = value.get("sticky_header", cls.sticky_header)
+        if not isinstance(header, str) or not header.strip():
+            problems.append(f"sticky_header must be a non-empty header name, got {header!r}")
+        for key, kind in (("promoted", bool), ("revision", str)):
+            if key in value and not isinstance(value[key], kind):
+                problems.append(f"{key} must be a {kind.__name__}, got {value[key]!r}")
+        if problems:
+            raise ValueError("bad traffic user_config: " + "; ".join(problems))
+        return cls(**{k: (float(v) if k in weights else v) for k, v in value.items()})
 
 
 @dataclass(frozen=True)
