@@ -94,7 +94,8 @@ def build_app(cfg: RayServeConfig) -> Any:
                                    # Batching needs at least a batch's worth of requests in the replica.
                                    "max_ongoing_requests": max(cfg.max_ongoing_requests, cfg.max_batch_size),
                                    "health_check_period_s": cfg.health_check_period_s,
-                                   "health_check_timeout_s": cfg.health_check_timeout_s}
+                                   "health_check_timeout_s": cfg.health_check_timeout_s,
+                                   "ray_actor_options": cfg.actor_options("model")}
         if cfg.autoscaling_config:
             options["autoscaling_config"] = cfg.autoscaling_config
         else:
@@ -116,7 +117,7 @@ def build_app(cfg: RayServeConfig) -> Any:
         request_timeout_s=cfg.request_timeout_s, request_attempts=cfg.request_attempts,
         control_host=control["host"], control_port=control["port"], control_token_sha256=control["token_sha256"],
         control_token_env=control["token_env"] or "MODELYARD_CONTROL_TOKEN")
-    ingress = KServeIngress.options(name=f"{cfg.model}-ingress",
+    ingress = KServeIngress.options(name=f"{cfg.model}-ingress", ray_actor_options=cfg.actor_options("ingress"),
                                     max_ongoing_requests=cfg.max_ongoing_requests + INGRESS_HEADROOM)
     return ingress.bind(settings, stable_app, canary_app)
 
