@@ -20,6 +20,7 @@ START, END = "<!-- figures:start -->", "<!-- figures:end -->"
 # Area of each test file, in the order the report lists them; files not named here come last.
 AREAS = {
     "test_serve_faults.py": "Faults: Ray Serve",
+    "test_multinode.py": "Faults: Ray cluster",
     "test_inference_log_kill.py": "Faults: inference log",
     "test_rollout_faults.py": "Faults: rollout",
     "test_training_faults.py": "Faults: training",

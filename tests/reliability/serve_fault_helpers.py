@@ -24,6 +24,7 @@ class LoadResult:
     final_failures: Counter = field(default_factory=Counter)  # what was left after the one client retry
     client_retries: int = 0
     max_latency_s: float = 0.0
+    answered_ids: list[str] = field(default_factory=list)  # request id of every 200 answer
 
     @property
     def failed_first(self) -> int:
@@ -56,6 +57,8 @@ class SteadyLoad:
         except requests.RequestException as err:
             return type(err).__name__, 0.5
         if r.status_code == 200:
+            with self._lock:
+                self.result.answered_ids.append(r.json()["id"])
             return None, None
         retry_after = r.headers.get("retry-after")
         if r.status_code == 503 and retry_after is not None:
@@ -80,6 +83,10 @@ class SteadyLoad:
                     self.result.client_retries += wait is not None
                 if final is not None:
                     self.result.final_failures[final] += 1
+
+    def stop(self) -> None:
+        """End the callers' loops early (each finishes the request it is sending)."""
+        self._stop.set()
 
     def __enter__(self) -> SteadyLoad:
         self._workers = [threading.Thread(target=self._caller, daemon=True) for _ in range(self.threads)]
@@ -109,6 +116,7 @@ class ActorInfo:
     pid: int
     state: str
     restarts: int
+    node_id: str = ""  # hex id of the Ray node the actor runs on
 
 
 def actors(class_name: str) -> list[ActorInfo]:
@@ -119,7 +127,7 @@ def actors(class_name: str) -> list[ActorInfo]:
     """
     from ray._private.state import state
 
-    return [ActorInfo(a["Name"], int(a["Pid"]), a["State"], int(a["NumRestarts"]))
+    return [ActorInfo(a["Name"], int(a["Pid"]), a["State"], int(a["NumRestarts"]), a["Address"].get("NodeID", ""))
             for a in state.actor_table(None).values() if a["ActorClassName"] == class_name]
 
 

@@ -98,9 +98,8 @@ def build_app(cfg: RayServeConfig) -> Any:
                                    # Batching needs at least a batch's worth of requests in the replica.
                                    "max_ongoing_requests": max(cfg.max_ongoing_requests, cfg.max_batch_size),
                                    "health_check_period_s": cfg.health_check_period_s,
-                                   "health_check_timeout_s": cfg.health_check_timeout_s}
-        if cfg.num_gpus:
-            options["ray_actor_options"] = {"num_cpus": 0, "num_gpus": cfg.num_gpus}
+                                   "health_check_timeout_s": cfg.health_check_timeout_s,
+                                   "ray_actor_options": cfg.actor_options("model")}
         if cfg.autoscaling_config:
             options["autoscaling_config"] = cfg.autoscaling_config
         else:
@@ -129,8 +128,10 @@ def build_app(cfg: RayServeConfig) -> Any:
     replicas: dict[str, Any] = ({"autoscaling_config": cfg.ingress_autoscaling_config}
                                 if cfg.ingress_autoscaling_config else {"num_replicas": cfg.ingress_replicas})
     ingress = KServeIngress.options(name=ingress_deployment_name(cfg.model), user_config=traffic.to_dict(),
+                                    ray_actor_options=cfg.actor_options("ingress"),
                                     max_ongoing_requests=cfg.max_ongoing_requests + INGRESS_HEADROOM, **replicas)
-    return ingress.bind(settings, stable_app, canary_app, TrafficStats.options(name=stats_name(cfg.model)).bind())
+    stats = TrafficStats.options(name=stats_name(cfg.model), ray_actor_options=cfg.actor_options("ingress"))
+    return ingress.bind(settings, stable_app, canary_app, stats.bind())
 
 
 def build(args: dict[str, Any]) -> Any:

@@ -12,7 +12,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from jsonargparse.typing import (
     ClosedUnitInterval,
@@ -40,6 +40,8 @@ def ingress_deployment_name(model: str) -> str:
 
 ControlPort = restricted_number_type("ControlPort", int, [(">=", 1), ("<=", 65535)],
                                      docstring="int restricted to be ≥1 and ≤65535")  # 0 would leave callers lost
+# Ray's own resources: a deployment sets them with num_cpus/num_gpus/memory, never as custom resources.
+BUILTIN_RESOURCES = frozenset({"CPU", "GPU", "memory", "object_store_memory"})
 Host = restricted_string_type("Host", r"\S", docstring="a host name or address such as 127.0.0.1")
 
 
@@ -113,6 +115,13 @@ class RayServeConfig:
         control_token_env: name of an environment variable; when it is set (and not empty) where the
             app is deployed, the control routes require ``Authorization: Bearer <its value>`` (401
             otherwise). Only a SHA-256 digest of the token reaches the Ray cluster.
+        ingress_resources: Ray custom resources each ingress replica requires, e.g.
+            ``{"modelyard_ingress": 0.01}``: the ingress then runs only on nodes started with that
+            resource (``ray start --resources '{"modelyard_ingress": 1}'``). ``None``: any node.
+        model_resources: the same for every model replica, e.g. ``{"modelyard_models": 0.01}``. A
+            small amount places many replicas on one such node; Serve spreads a deployment's
+            replicas over the nodes that have room. Built-in resources (``CPU``, ``GPU``,
+            ``memory``) are not custom resources and are refused here.
     """
 
     model: str = "fraud"
@@ -151,6 +160,8 @@ class RayServeConfig:
     control_port: ControlPort | None = None
     control_host: Host = "127.0.0.1"
     control_token_env: str = "MODELYARD_CONTROL_TOKEN"
+    ingress_resources: dict[str, PositiveFloat] | None = None
+    model_resources: dict[str, PositiveFloat] | None = None
 
     def __post_init__(self) -> None:
         problems = declared_problems(self)
@@ -165,6 +176,12 @@ class RayServeConfig:
                 problems.append(f"control_port {self.control_port} is the serving port; expected a separate port")
             if (why := name_problem(self.model)) is not None:
                 problems.append(f"model (the served model name) {self.model!r} is refused: {why}")
+            for key, resources in (("ingress_resources", self.ingress_resources),
+                                   ("model_resources", self.model_resources)):
+                if builtin := sorted(set(resources or {}) & BUILTIN_RESOURCES):
+                    problems.append(f"{key} {resources} names Ray's built-in resources {builtin}; expected custom "
+                                    'resources only, such as {"modelyard_models": 0.01} (nodes started with '
+                                    "ray start --resources)")
         if problems:
             raise ConfigError(problems, "serve ray configuration")
 
@@ -187,6 +204,14 @@ class RayServeConfig:
     def traffic_user_config(self) -> dict[str, Any]:
         """The ingress deployment's ``user_config``: the traffic settings (:data:`TRAFFIC_KEYS`)."""
         return {key: getattr(self, key) for key in TRAFFIC_KEYS}
+
+    def actor_options(self, role: Literal["ingress", "model"]) -> dict[str, Any]:
+        """``ray_actor_options`` of the ingress (and its statistics) or of a model deployment: no CPU
+        reserved (the replicas share a node's cores), a model replica's ``num_gpus``, and the custom
+        resources of that role's placement when set."""
+        resources = self.ingress_resources if role == "ingress" else self.model_resources
+        gpus = {"num_gpus": self.num_gpus} if role == "model" and self.num_gpus else {}
+        return {"num_cpus": 0, **gpus, **({"resources": dict(resources)} if resources else {})}
 
     def log_settings(self) -> dict[str, Any] | None:
         """The inference log settings the ingress gets, ``log_dir`` made absolute; ``None`` when off.
