@@ -243,7 +243,7 @@ class RetrainPipeline:
                 "labelled_rows": len(labelled)}
 
     def _builtin_hook(self, ref: Reference, tracking_uri: str) -> str:
-        """The retraining hook of the champion's built-in datamodule (the text workload), named by its run."""
+        """The retraining hook of the champion's built-in datamodule (text, images), named by its run."""
         try:
             datamodule = client_for(tracking_uri).get_run(ref.run_id).data.tags.get("modelyard.datamodule", "")
         except Exception as err:  # noqa: BLE001 - MlflowException: the run is gone or the store unreachable
