@@ -548,7 +548,9 @@ class Monitor:
             return
         steps = incident.steps
         r = self.cfg.retrain
-        hooked = bool(r.hook or r.hook_command) or ref.spec is None  # a model whose data is not a snapshot
+        # a model whose data is not a snapshot: no data spec, or the one load_reference builds from the
+        # profile of a run on a datamodule (no features)
+        hooked = bool(r.hook or r.hook_command) or ref.spec is None or not ref.spec.features
         try:
             if "snapshot" not in steps and "data" not in steps:
                 folder = self.incidents.incident_dir(incident)

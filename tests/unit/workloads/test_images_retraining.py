@@ -13,7 +13,7 @@ import yaml
 
 from modelyard.inference.feedback import FeedbackLog
 from modelyard.inference.log import InferenceLog
-from modelyard.monitor.check import Reference
+from modelyard.monitor.check import Reference, output_spec
 from modelyard.monitor.config import MonitorConfig, RetrainConfig
 from modelyard.monitor.loop import Monitor, RetrainPipeline
 from modelyard.signature import TensorSig
@@ -80,7 +80,9 @@ def _monitor(tmp_path, uri, run_id, **retrain):
     cfg = MonitorConfig(model="images", log_dir=str(tmp_path / "log"), state_dir=str(tmp_path / "state"),
                         tracking_uri=uri, retrain=RetrainConfig(serve_config=None, serve_url="http://127.0.0.1:1",
                                                                 **retrain))
-    reference = Reference("images", "1", run_id, {}, None, since=None)  # no data spec: not a snapshot model
+    # what load_reference answers for a run on a datamodule: a spec of its outputs, without features
+    spec = output_spec({"predictions": {"class_frequencies": dict.fromkeys(SHAPES, 1)}})
+    reference = Reference("images", "1", run_id, {}, spec, since=None)
     return Monitor(cfg, pipeline=Recording(cfg), echo=lambda line: None, reference_loader=lambda: reference)
 
 
