@@ -169,7 +169,8 @@ def main() -> None:
         with LabelledTraffic(url, model, x, y, repeat=True, threads=2, pause_s=0.02, max_seconds=900) as background:
             fired = monitor.check()
         say(f"background traffic during the loop: {background.rows} rows, by version {background.by_version}, "
-            f"{len(background.failed)} failed")
+            f"{len(background.failed)} failed" + (f" (the first: {background.failed[0][:200]})"
+                                                   if background.failed else ""))
 
         # The new champion's reference profile describes the traffic it was retrained for (the labelled rows
         # since drift began), not its training mix with the old data: the same drifted traffic is quiet.
