@@ -148,8 +148,9 @@ def main() -> None:
         f"{ref.profile.get('predictions', {}).get('reference_accuracy', float('nan')):.3f}")
 
     with serving_ray(serve_cfg) as url:
-        say(f"Ray Serve (KServe v2) at {url}, inference log in {cfg.log_dir}/{model}/ (raw inputs of "
-            f"{serve_cfg.log_input_sample_rate:.0%} of the requests of a model whose input is not a table row)")
+        kept = ("every request's row" if workload == "fraud"
+                else f"the raw inputs of {serve_cfg.log_input_sample_rate:.0%} of the requests")
+        say(f"Ray Serve (KServe v2) at {url}, inference log in {cfg.log_dir}/{model}/ ({kept})")
         monitor = Monitor(cfg, pipeline=RetrainPipeline(cfg, deployer=RayServeDeployer(serve_cfg), serve_url=url,
                                                         echo=say), echo=say)
         x, y = traffic_of.make(args.rows, 100, False, ref)
