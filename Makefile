@@ -16,7 +16,7 @@ BIN := $(VENV)/bin
 # `make bench` profile and output folder. CI writes to a fresh folder under build/ (ignored), so the
 # committed figures in benchmarks/results stay as the last full run left them and a harness that
 # wrote nothing cannot pass the gate on an old file. Refresh those: make bench BENCH_PROFILE=full BENCH_OUT=benchmarks/results
-# `make demo WORKLOAD=text` (or images): the same flow for another built-in workload, up to the rollout (no drift loop)
+# `make demo WORKLOAD=text` (or images): the same flow and loop for another built-in workload
 WORKLOAD ?= fraud
 BENCH_PROFILE ?= ci
 BENCH_OUT ?= build/bench

@@ -8,16 +8,20 @@
 # ./inference_log, ./monitor and ./rollouts.
 #
 # `bash scripts/demo.sh text` and `bash scripts/demo.sh images` (`make demo WORKLOAD=text|images`) run
-# the same flow up to the rollout for the text workload (token ids + attention mask, a tokenizer that
-# travels with the model) and the images workload (UINT8 pixels): train v1 on 2 DDP processes, export
-# it with the inferred signature behind the parity gate (every output) as `champion`, check the Triton
-# repository, serve it on Triton and compare tritonclient's answers with ONNX Runtime; train v2 (another
-# seed, one more epoch, 2 DDP processes) and export it as `challenger`; then Ray Serve with
-# stable=@champion and canary=@challenger at 0%, live traffic (text: raw texts as a BYTES input that
-# the ingress tokenises with each version's own tokenizer, and token ids; images: UINT8 pixels), a
-# progressive rollout 10% -> 50% -> 100% judged on that traffic, promotion, and the audited champion
-# move (`modelyard registry history`). No data snapshot, drift monitor or retraining loop for these two.
-# Everything lands in ./mlflow.db, ./mlartifacts, ./runs, ./exports, ./triton_models and ./rollouts.
+# the same loop for the text workload (token ids + attention mask, a tokenizer that travels with the
+# model) and the images workload (UINT8 pixels), which generate their data (no `modelyard data` step):
+# train v1 on 2 DDP processes, export it with the inferred signature behind the parity gate (every
+# output) as `champion`, check the Triton repository, serve it on Triton and compare tritonclient's
+# answers with ONNX Runtime; then the loop on Ray Serve (configs/monitor/text-topics.yaml, images.yaml):
+# normal traffic (text: raw texts as a BYTES input that the ingress tokenises with each version's own
+# tokenizer; images: UINT8 pixels) with its labels fed back and a quiet check; drift injected with the
+# workload's knobs (text: three times as many sport texts; images: a striped background); the check sees
+# the embedding drift and retrains through the workload's built-in hook on the logged inputs (text: every
+# request's token ids; images: the pixels of half the requests) and their labels, exports the new model
+# as `challenger`, canaries it, rolls it out 10% -> 50% -> 100% on live traffic and accuracy and promotes
+# it; the new champion's first check on the same drifted traffic is quiet.
+# Everything lands in ./mlflow.db, ./mlartifacts, ./runs, ./exports, ./triton_models, ./inference_log,
+# ./monitor and ./rollouts.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,27 +30,24 @@ case "$workload" in
   fraud) ;;
   text|images)
     train_config="configs/train/${workload}.yaml"; export_config="configs/export/${workload}.yaml"
-    if [ "$workload" = text ]; then train_config=configs/train/text-topics.yaml; export_config=configs/export/text-topics.yaml; fi
-    echo "== 1/7 train v1: 2 data-parallel CPU processes on the generated $workload data, one MLflow run"
+    monitor_config="configs/monitor/${workload}.yaml"
+    if [ "$workload" = text ]; then
+      train_config=configs/train/text-topics.yaml; export_config=configs/export/text-topics.yaml
+      monitor_config=configs/monitor/text-topics.yaml
+    fi
+    echo "== 1/5 train v1: 2 data-parallel CPU processes on the generated $workload data, one MLflow run"
     modelyard train --config "$train_config" --trainer.devices 2 --trainer.strategy ddp
-    echo "== 2/7 export v1: signature inferred from the validation batches, parity gated on every output, registry (champion)"
+    echo "== 2/5 export v1: signature inferred from the validation batches, parity gated on every output, registry (champion)"
     modelyard export --config "$export_config"
-    echo "== 3/7 check the Triton model repository offline"
+    echo "== 3/5 check the Triton model repository offline"
     modelyard triton validate triton_models
-    echo "== 4/7 serve v1 with Triton and send test examples with tritonclient"
+    echo "== 4/5 serve v1 with Triton and send test examples with tritonclient"
     python scripts/demo_workload.py --workload "$workload"
-    epochs=$(python -c 'import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))["trainer"]["max_epochs"] + 1)' "$train_config")
-    echo "== 5/7 train v2: another seed and one more epoch ($epochs), 2 data-parallel CPU processes, a second MLflow run"
-    modelyard train --config "$train_config" --trainer.devices 2 --trainer.strategy ddp --seed_everything 7 \
-      --trainer.max_epochs "$epochs"
-    echo "== 6/7 export v2 behind the same parity gate, registry (challenger)"
-    modelyard export --config "$export_config" --alias challenger
-    echo "== 7/7 Ray Serve: champion stable, challenger canary, live traffic, progressive rollout, promotion"
-    python scripts/demo_rollout.py --workload "$workload"
+    echo "== 5/5 the loop on Ray Serve: traffic, drift, detection, retraining from the logged inputs, canary, promotion"
+    python scripts/demo_loop.py --workload "$workload"
+    modelyard monitor history --config "$monitor_config"
     echo
-    modelyard registry history "$workload"
-    echo
-    echo "Decisions: rollouts/$workload.decisions.jsonl"
+    echo "Drift report: monitor/$workload/incidents/0001/report/report.html"
     echo "Browse everything: mlflow ui --backend-store-uri sqlite:///$PWD/mlflow.db"
     exit 0;;
   *) echo "usage: bash scripts/demo.sh [fraud|text|images]" >&2; exit 2;;
@@ -68,7 +69,8 @@ echo "== 5/6 serve it with Triton and send requests with tritonclient"
 python scripts/demo_triton.py --repo triton_models --model fraud --snapshot transactions
 
 echo "== 6/6 the loop on Ray Serve: traffic, drift, detection, retraining, canary, promotion"
-python scripts/demo_loop.py --config configs/monitor/fraud.yaml --drift configs/data/transactions_drifted.yaml
+python scripts/demo_loop.py --workload fraud --config configs/monitor/fraud.yaml \
+  --drift configs/data/transactions_drifted.yaml
 modelyard monitor history --config configs/monitor/fraud.yaml
 echo
 echo "Drift report: monitor/fraud/incidents/0001/report/report.html"

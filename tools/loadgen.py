@@ -148,20 +148,25 @@ class LabelledTraffic(_SenderThreads):
     request ``id`` the server answered with.
 
     Args:
-        features: ``(N, F)`` float32 model inputs.
+        features: ``(N, F)`` float32 model inputs (the input ``features``), or ``{input name: (N, ...) array}``
+            for a model with named inputs, each sent with its array's KServe datatype (raw texts: BYTES).
         labels: ``(N,)`` true class of each row (index or class name).
         repeat: cycle through the rows until stopped (or ``max_seconds``) instead of once.
         feedback: post labels at all (False: traffic only).
     """
 
-    def __init__(self, base_url: str, model: str, features: np.ndarray, labels: np.ndarray, batch_rows: int = 20,
-                 threads: int = 2, repeat: bool = False, feedback: bool = True, feedback_every: int = 25,
-                 max_seconds: float = 300, pause_s: float = 0.0) -> None:
-        if len(features) != len(labels):
-            raise ValueError(f"{len(features)} feature rows but {len(labels)} labels; expected one label per row")
+    def __init__(self, base_url: str, model: str, features: np.ndarray | dict[str, np.ndarray], labels: np.ndarray,
+                 batch_rows: int = 20, threads: int = 2, repeat: bool = False, feedback: bool = True,
+                 feedback_every: int = 25, max_seconds: float = 300, pause_s: float = 0.0) -> None:
+        self.inputs = ({name: np.asarray(array) for name, array in features.items()} if isinstance(features, dict)
+                       else {"features": np.asarray(features, np.float32)})
+        for name, array in self.inputs.items():
+            if len(array) != len(labels):
+                raise ValueError(f"{len(array)} rows of input {name!r} but {len(labels)} labels; expected one label "
+                                 "per row")
         base = base_url.rstrip("/")
         self.infer_url, self.feedback_url = f"{base}/v2/models/{model}/infer", f"{base}/v2/models/{model}/feedback"
-        self.features, self.labels = features.astype(np.float32), [_plain(v) for v in labels]
+        self.labels = [_plain(v) for v in labels]
         self.batch_rows, self.repeat, self.feedback, self.feedback_every = batch_rows, repeat, feedback, feedback_every
         self.deadline, self.pause_s = time.monotonic() + max_seconds, pause_s
         self.stop_event, self.lock = threading.Event(), threading.Lock()
@@ -169,7 +174,7 @@ class LabelledTraffic(_SenderThreads):
         self.failed: list[str] = []
         self.feedback_problems: list[str] = []
         self.by_version: dict[str, int] = {}
-        batches = range(0, len(self.features), batch_rows)
+        batches = range(0, len(self.labels), batch_rows)
         self._threads = [threading.Thread(target=self._loop, args=(list(batches)[i::threads],), daemon=True)
                          for i in range(threads)]
 
@@ -179,9 +184,10 @@ class LabelledTraffic(_SenderThreads):
             for start in starts:
                 if self.stop_event.is_set() or time.monotonic() > self.deadline:
                     break
-                rows = self.features[start:start + self.batch_rows]
-                body = {"inputs": [{"name": "features", "shape": list(rows.shape), "datatype": "FP32",
-                                    "data": rows.ravel().tolist()}]}
+                parts = {name: array[start:start + self.batch_rows] for name, array in self.inputs.items()}
+                rows = next(iter(parts.values()))
+                body = {"inputs": [{"name": name, "shape": list(part.shape), "datatype": dtype_of(part),
+                                    "data": part.ravel().tolist()} for name, part in parts.items()]}
                 try:
                     answer, headers = _post_json(self.infer_url, body)
                 except (urllib.error.URLError, OSError, ValueError) as err:

@@ -30,9 +30,11 @@ The hook answers with one of:
 - a run: the id of a finished training run (a string, or ``{"run_id": ...}``) the hook trained itself.
 
 Export, canary and rollout then follow as for a snapshot, every step in the incident's timeline. The
-built-in text workload has its hook (:func:`modelyard.workloads.text.retraining_window`, chosen by the
-champion run's datamodule when ``retrain.hook`` is not set): the logged token ids, decoded with the
-champion's tokenizer, and their labels become the ``served`` texts of a new ``TextDataModule``. A
+built-in workloads have their hooks, chosen by the champion run's datamodule when ``retrain.hook`` is
+not set: text (:func:`modelyard.workloads.text.retraining_window`: the logged token ids, decoded with
+the champion's tokenizer, and their labels become the ``served`` texts of a new ``TextDataModule``) and
+images (:func:`modelyard.workloads.images.retraining_window`: the pixels the serving log kept for its
+sample of requests and their labels become the ``served`` images of a new ``ImagesDataModule``). A
 hook that cannot be imported, raises, exits non-zero, times out or answers anything else fails the
 incident with the reason in its timeline; the monitor goes on.
 
@@ -58,7 +60,9 @@ __all__ = ["BUILTIN_HOOKS", "HookError", "HookResult", "call_hook", "parse_answe
 DATAMODULE_KEYS = ("class_path", "init_args", "batch_adapter")
 # the hooks of the built-in datamodules, by the class path a run records (modelyard.datamodule)
 BUILTIN_HOOKS = {"modelyard.workloads.TextDataModule": "modelyard.workloads.text:retraining_window",
-                 "modelyard.workloads.text.TextDataModule": "modelyard.workloads.text:retraining_window"}
+                 "modelyard.workloads.text.TextDataModule": "modelyard.workloads.text:retraining_window",
+                 "modelyard.workloads.ImagesDataModule": "modelyard.workloads.images:retraining_window",
+                 "modelyard.workloads.images.ImagesDataModule": "modelyard.workloads.images:retraining_window"}
 EXPECTED = ("a datamodule {'class_path': 'package.module.Class', 'init_args': {...}} or the id of a finished "
             "training run (a string or {'run_id': ...})")
 

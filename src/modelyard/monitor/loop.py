@@ -243,7 +243,7 @@ class RetrainPipeline:
                 "labelled_rows": len(labelled)}
 
     def _builtin_hook(self, ref: Reference, tracking_uri: str) -> str:
-        """The retraining hook of the champion's built-in datamodule (the text workload), named by its run."""
+        """The retraining hook of the champion's built-in datamodule (text, images), named by its run."""
         try:
             datamodule = client_for(tracking_uri).get_run(ref.run_id).data.tags.get("modelyard.datamodule", "")
         except Exception as err:  # noqa: BLE001 - MlflowException: the run is gone or the store unreachable
@@ -548,7 +548,9 @@ class Monitor:
             return
         steps = incident.steps
         r = self.cfg.retrain
-        hooked = bool(r.hook or r.hook_command) or ref.spec is None  # a model whose data is not a snapshot
+        # a model whose data is not a snapshot: no data spec, or the one load_reference builds from the
+        # profile of a run on a datamodule (no features)
+        hooked = bool(r.hook or r.hook_command) or ref.spec is None or not ref.spec.features
         try:
             if "snapshot" not in steps and "data" not in steps:
                 folder = self.incidents.incident_dir(incident)

@@ -8,14 +8,20 @@ a background training never showed (stripes or a checkerboard).
 :class:`ImagesDataModule` generates them (deterministic by seed) and yields batches in the batch
 convention, ``({"pixels": (B, 3, H, W) uint8}, target (B,))``; normalisation is the model's job,
 inside the exported graph.
+
+The monitor retrains it from served traffic with :func:`retraining_window` (its built-in retraining
+hook): the pixels the serving log kept for a sample of requests (``log_input_sample_rate``) and their
+fed-back labels become the ``served`` file of a new :class:`ImagesDataModule`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -23,7 +29,7 @@ from lightning import LightningDataModule
 from scipy.ndimage import uniform_filter
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
-__all__ = ["SHAPES", "ImageDrift", "ImagesDataModule", "make_images"]
+__all__ = ["SHAPES", "ImageDrift", "ImagesDataModule", "make_images", "retraining_window", "served_pixels"]
 
 SHAPES = ("circle", "square", "triangle", "cross")
 Background = Literal["noise", "stripes", "checker"]
@@ -115,10 +121,17 @@ class ImagesDataModule(LightningDataModule):
         eval_batch_size: validation/test batch size.
         drift: an :class:`ImageDrift` applied to all splits (to make drifted traffic, not to train).
         num_workers: DataLoader workers.
+        served: an ``.npz`` file of served images with their fed-back labels (arrays ``pixels``: UINT8
+            ``(N, 3, size, size)``, ``label``: shape index, ``profile``: bool), written by
+            :func:`retraining_window` for a retraining: split 70/15/15 like the generated images (same
+            seed) and added to each split. Its held-out ``profile`` rows (val and test) are
+            :meth:`profile_dataloader`, the traffic the retrained model will serve, which its
+            reference profile then describes.
     """
 
     def __init__(self, n_rows: int = 4000, seed: int = 0, size: int = 32, batch_size: int = 64,
-                 eval_batch_size: int = 256, drift: ImageDrift | None = None, num_workers: int = 0) -> None:
+                 eval_batch_size: int = 256, drift: ImageDrift | None = None, num_workers: int = 0,
+                 served: str | None = None) -> None:
         super().__init__()
         if n_rows < 20:
             raise ValueError(f"ImagesDataModule: n_rows is {n_rows}; expected at least 20 to fill three splits")
@@ -127,6 +140,7 @@ class ImagesDataModule(LightningDataModule):
         self.n_rows, self.seed, self.size = n_rows, seed, size
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
         self.drift = drift or ImageDrift()
+        self.served = served
         self.classes = list(SHAPES)
         self._data: dict[str, TensorDataset] = {}
 
@@ -138,11 +152,19 @@ class ImagesDataModule(LightningDataModule):
         if self._data:
             return
         pixels, labels = make_images(self.n_rows, self.seed, self.drift, self.size)
-        order = np.random.default_rng(self.seed + 1).permutation(self.n_rows)
-        n_val = n_test = max(1, int(0.15 * self.n_rows))
-        parts = {"val": order[:n_val], "test": order[n_val:n_val + n_test], "train": order[n_val + n_test:]}
-        self._data = {name: TensorDataset(torch.from_numpy(pixels[idx]), torch.from_numpy(labels[idx]))
-                      for name, idx in parts.items()}
+        splits = {name: (pixels[idx], labels[idx]) for name, idx in _split(self.n_rows, self.seed).items()}
+        profile = (np.zeros((0, 3, self.size, self.size), np.uint8), np.zeros(0, np.int64))
+        if self.served is not None:
+            served = _read_served(self.served, len(self.classes), self.size)
+            for name, idx in _split(len(served["label"]), self.seed).items():
+                idx = np.sort(idx)
+                rows, ys, in_profile = served["pixels"][idx], served["label"][idx], served["profile"][idx]
+                splits[name] = (np.concatenate([splits[name][0], rows]), np.concatenate([splits[name][1], ys]))
+                if name != "train":  # held out from training: the reference of what it will serve
+                    profile = (np.concatenate([profile[0], rows[in_profile]]),
+                               np.concatenate([profile[1], ys[in_profile]]))
+        self._data = {name: TensorDataset(torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y))
+                      for name, (x, y) in {**splits, "profile": profile}.items()}
 
     def arrays(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         """UINT8 pixels and labels of a split, as a client would send them."""
@@ -182,3 +204,90 @@ class ImagesDataModule(LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", self.eval_batch_size)
+
+    def profile_dataloader(self) -> DataLoader | None:
+        """The served images of the profile window held out from training (see ``served``); ``None``
+        without them: the reference profile then describes the validation split."""
+        self.setup()
+        return self._loader("profile", self.eval_batch_size) if len(self._data["profile"]) else None
+
+
+def _split(n: int, seed: int) -> dict[str, np.ndarray]:
+    """Indices of a seeded 70/15/15 split of ``n`` rows (val and test at least one row each when n >= 3)."""
+    order = np.random.default_rng(seed + 1).permutation(n)
+    n_val = n_test = max(1, int(0.15 * n)) if n >= 3 else 0
+    return {"val": order[:n_val], "test": order[n_val:n_val + n_test], "train": order[n_val + n_test:]}
+
+
+def _read_served(path: str, n_classes: int, size: int) -> dict[str, np.ndarray]:
+    """The arrays of a ``served`` file, checked against the datamodule's classes and image size."""
+    with np.load(path) as npz:
+        missing = {"pixels", "label", "profile"} - set(npz.files)
+        if missing:
+            raise ValueError(f"ImagesDataModule: served file {path} lacks array(s) {sorted(missing)}; expected "
+                             "pixels (UINT8 (N, 3, H, W)), label (shape index) and profile (bool)")
+        pixels, labels, profile = npz["pixels"], npz["label"].astype(np.int64), npz["profile"].astype(bool)
+    if pixels.dtype != np.uint8 or pixels.shape[1:] != (3, size, size):
+        raise ValueError(f"ImagesDataModule: served file {path} has pixels {pixels.dtype} {pixels.shape}; expected "
+                         f"uint8 (N, 3, {size}, {size}) for size {size}")
+    if not len(pixels) == len(labels) == len(profile):
+        raise ValueError(f"ImagesDataModule: served file {path} has {len(pixels)} images, {len(labels)} labels and "
+                         f"{len(profile)} profile flags; expected one of each per image")
+    if len(labels) and (labels.min() < 0 or labels.max() >= n_classes):
+        raise ValueError(f"ImagesDataModule: served file {path} has labels outside 0..{n_classes - 1}")
+    return {"pixels": pixels, "label": labels, "profile": profile}
+
+
+def served_pixels(features: Sequence[np.ndarray], size: int) -> np.ndarray:
+    """UINT8 ``(N, 3, size, size)`` images of logged rows of the images model: each row as the inference
+    log holds it, the ``(3, size, size)`` pixels flattened to float32 (:mod:`modelyard.inference.log`)."""
+    expected = 3 * size * size
+    rows = [np.asarray(row, dtype=np.float64) for row in features]
+    wrong = sorted({r.size for r in rows if r.size != expected})
+    if wrong:
+        raise ValueError(f"logged image rows have {wrong} values; expected {expected}, the pixels of a UINT8 "
+                         f"(3, {size}, {size}) image (the champion's data.init_args.size)")
+    if not rows:
+        return np.zeros((0, 3, size, size), np.uint8)
+    return np.clip(np.round(np.stack(rows)), 0, 255).astype(np.uint8).reshape(-1, 3, size, size)
+
+
+def retraining_window(window: Mapping[str, Any]) -> dict[str, Any]:
+    """The monitor's retraining hook of the images workload (:mod:`modelyard.monitor.hook`): the labelled
+    images the champion answered since it went live whose pixels the serving log kept (a
+    ``log_input_sample_rate`` share of requests) become the ``served`` file of an :class:`ImagesDataModule`
+    with the champion's other arguments and a ``reference_fraction`` of newly generated images like its
+    own (at least 20); the images since ``profile_since`` are the new reference profile's.
+
+    Raises:
+        ValueError: no labelled row of the champion kept its pixels, or the pixels are not the champion's size.
+    """
+    import pandas as pd
+    import yaml
+
+    from modelyard.tracking import client_for, quiet_downloads
+
+    folder = Path(window["folder"])
+    with quiet_downloads():
+        config = yaml.safe_load(Path(client_for(window["tracking_uri"]).download_artifacts(
+            window["champion_run"], "config.yaml", str(folder))).read_text())
+    args = dict((config.get("data") or {}).get("init_args") or {})
+    size = int(args.get("size", 32))
+    labelled = pd.read_parquet(window["feedback"])
+    labelled = labelled[labelled["version"].astype(str) == str(window["champion_version"])]
+    kept = labelled["features"].map(lambda f: f is not None and len(f) > 0)
+    if not kept.any():
+        raise ValueError(f"none of the {len(labelled)} labelled rows the champion answered kept its pixels: the "
+                         "serving log keeps the raw inputs of an images model only for log_input_sample_rate of "
+                         "requests (0 by default, no whole image is logged); set it above 0 in the serve config "
+                         "(e.g. 0.5) to retrain from traffic")
+    labelled = labelled[kept]
+    profile_since = window.get("profile_since")
+    path = folder / "served_images.npz"
+    np.savez_compressed(path, pixels=served_pixels(labelled["features"].to_list(), size),
+                        label=labelled["label_index"].to_numpy(np.int64),
+                        profile=(labelled["ts"].to_numpy() >= profile_since) if profile_since is not None
+                        else np.zeros(len(labelled), bool))
+    fraction = float(window.get("reference_fraction", 0.2))
+    args |= {"served": str(path.resolve()), "n_rows": max(20, round(len(labelled) * fraction / (1 - fraction)))}
+    return {"class_path": f"{ImagesDataModule.__module__}.{ImagesDataModule.__name__}", "init_args": args}
