@@ -130,6 +130,7 @@ def apply(repo: str | Path, events: pd.DataFrame) -> int:
     Raises:
         ValueError: on a malformed events table (names what is missing or wrong).
     """
+    _feast()  # before any write: without Feast, nothing is half done
     aggregates = card_aggregates(events)
     root = Path(repo)
     # atomic: Feast reads the whole new file or the previous one, never half of one

@@ -20,7 +20,6 @@ from modelyard.features import (  # noqa: E402
     WINDOWS,
     FeatureRepoError,
     apply,
-    card_aggregates,
     historical_features,
     materialize,
     online_features,
@@ -70,28 +69,6 @@ def repo(events, tmp_path_factory):
     path = tmp_path_factory.mktemp("features") / "repo"
     apply(path, events)
     return path
-
-
-def test_event_mode_is_seeded_ordered_and_checked():
-    a, b = make_transaction_events(n_cards=20, days=3, seed=1), make_transaction_events(n_cards=20, days=3, seed=1)
-    pd.testing.assert_frame_equal(a, b)
-    assert not a.equals(make_transaction_events(n_cards=20, days=3, seed=2))
-    assert list(a.columns) == ["transaction_id", "card_id", "event_timestamp", "amount", "hour_of_day", "is_fraud"]
-    assert a.event_timestamp.is_monotonic_increasing and not a.duplicated(["card_id", "event_timestamp"]).any()
-    assert str(a.event_timestamp.dtype) == "datetime64[ns, UTC]" and set(a.is_fraud) <= {0, 1}
-    with pytest.raises(ValueError, match=r"n_cards must be an int >= 1, got 0.*start 'soon' is not a timestamp"):
-        make_transaction_events(n_cards=0, start="soon")
-
-
-def test_aggregates_count_the_events_in_each_window(events):
-    table = card_aggregates(events)
-    rng = np.random.default_rng(0)
-    for i in rng.choice(len(table), size=25, replace=False):
-        row = table.iloc[i]
-        want = brute_force(events, row.card_id, row.event_timestamp + MS)  # its own event included
-        assert {k: float(row[k]) for k in AGGREGATE_FEATURES} == pytest.approx(want)
-    with pytest.raises(ValueError, match=r"missing column\(s\) \['card_id'\]"):
-        card_aggregates(events.drop(columns="card_id"))
 
 
 def test_no_leakage_no_event_at_or_after_the_label_is_used(events, repo):
