@@ -92,12 +92,15 @@ def main(argv: Sequence[str]) -> int:
 
 
 def _materialize(cfg: FeaturesConfig) -> int:
-    while True:
-        result = store.materialize(cfg.repo, end=pd.Timestamp(cfg.end) if cfg.end else None)
-        print(f"online store of {cfg.repo} up to {result.end.isoformat()}", flush=True)
-        if not cfg.interval_s or cfg.end:
-            return 0
-        try:
+    """Once, or every ``interval_s`` seconds until interrupted (each run is incremental: a run stopped
+    half-way is redone from the same start by the next one)."""
+    try:
+        while True:
+            result = store.materialize(cfg.repo, end=pd.Timestamp(cfg.end) if cfg.end else None)
+            print(f"online store of {cfg.repo} up to {result.end.isoformat()}", flush=True)
+            if not cfg.interval_s or cfg.end:
+                return 0
             time.sleep(cfg.interval_s)
-        except KeyboardInterrupt:
-            return 0
+    except KeyboardInterrupt:
+        logger.info("materialisation schedule of %s stopped", cfg.repo)
+        return 0

@@ -101,7 +101,9 @@ def open_store(repo: str | Path) -> FeatureStore:
     root.mkdir(parents=True, exist_ok=True)
     config = RepoConfig(
         project=PROJECT, provider="local", repo_path=root,
-        registry=RegistryConfig(path=str(root / "registry.db"), cache_ttl_seconds=0),
+        # the definitions change only with `apply`: a serving process re-reads them at most once a minute
+        # (0 would re-read the registry file on every online lookup)
+        registry=RegistryConfig(path=str(root / "registry.db"), cache_ttl_seconds=60),
         offline_store={"type": "file"},
         online_store=SqliteOnlineStoreConfig(path=str(root / "online.db")),
         entity_key_serialization_version=2,
