@@ -208,6 +208,12 @@ def _rollout(argv: Sequence[str]) -> int:
     return rollout_main(argv)
 
 
+def _features(argv: Sequence[str]) -> int:
+    from modelyard.features.cli import main as features_main
+
+    return features_main(argv)
+
+
 def _monitor(argv: Sequence[str]) -> int:
     from modelyard.monitor.cli import main as monitor_main
 
@@ -216,6 +222,8 @@ def _monitor(argv: Sequence[str]) -> int:
 
 COMMANDS: dict[str, Command] = {
     "data": Command("validate a dataset against its schema and store a content-addressed snapshot", _data),
+    "features": Command("a Feast feature store of per-card aggregates: events, apply, materialize, historical",
+                        _features),
     "train": Command("train a LightningModule on a snapshot (DDP, torchrun, Ray), tracked in MLflow", _train),
     "export": Command("best checkpoint -> parity-gated ONNX (+int8/fp16) -> Triton repository -> registry", _export),
     "triton": Command("`triton validate [REPO]`: check a Triton model repository offline", _triton),

@@ -13,6 +13,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+import pandas as pd
 import pytest
 import requests
 
@@ -316,6 +317,44 @@ def test_overload_answers_503_with_retry_after(server):
         assert max(t for c, _, t in results if c != 200) < answered, sorted(results, key=lambda r: r[2])
     finally:
         serve.delete("overload")
+
+
+def test_a_request_with_card_id_is_enriched_from_the_feature_store(server, tmp_path):
+    """A second app with a feature repository: card_id + the transaction in, the model's row from Feast's
+    online store (docs/features.md); the same row sent as `features` gets the same answer."""
+    pytest.importorskip("feast", reason="needs the features extra: pip install 'modelyard[features]'")
+    from ray import serve
+
+    from modelyard.data import make_transaction_events
+    from modelyard.features import apply, materialize, online_features
+    from modelyard.serve.ray.app import RayServeConfig, deploy
+
+    repo = tmp_path / "features"
+    # events up to a minute ago, so the card's windows are not all elapsed: non-zero aggregates to serve
+    start = pd.Timestamp.now(tz="UTC") - pd.Timedelta(days=3, minutes=1)
+    events = make_transaction_events(n_cards=20, days=3, seed=2, start=start, fraud_card_rate=1.0)
+    apply(repo, events)
+    materialize(repo)  # up to now: every generated event
+    cfg = RayServeConfig(model="cards", stable=f"path:{STABLE_ONNX}", port=server["port"], log_dir=None,
+                         features_repo=str(repo))
+    base = deploy(cfg, app_name="cards", route_prefix="/cards")
+    try:
+        cards = [int(events.card_id.iloc[-1]), 999_999]
+        body = {"inputs": [{"name": "card_id", "datatype": "INT64", "shape": [2], "data": cards},
+                           {"name": "amount", "datatype": "FP32", "shape": [2], "data": [25.0, 900.0]},
+                           {"name": "hour_of_day", "datatype": "FP32", "shape": [2], "data": [13, 2]}]}
+        enriched = requests.post(f"{base}/v2/models/cards/infer", json=body, timeout=30)
+        assert enriched.status_code == 200, enriched.text
+        online = online_features(repo, cards)  # the store as the ingress saw it, moments later
+        assert online.iloc[0]["tx_count_7d"] > 0 and online.iloc[1]["tx_count_7d"] == 0  # known card, unknown card
+        rows = np.column_stack([[25.0, 900.0], [13.0, 2.0], online.drop(columns="card_id").to_numpy()])
+        plain = requests.post(f"{base}/v2/models/cards/infer", json=_body(rows.astype(np.float32)), timeout=30)
+        assert enriched.json()["outputs"][0]["data"] == pytest.approx(plain.json()["outputs"][0]["data"], rel=1e-5)
+        body["inputs"].pop()
+        missing = requests.post(f"{base}/v2/models/cards/infer", json=body, timeout=30)
+        assert missing.status_code == 400 and "missing ['hour_of_day']" in missing.json()["error"]
+    finally:
+        serve.delete("cards")
 
 
 def test_rollback_then_promote(server):

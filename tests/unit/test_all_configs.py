@@ -16,6 +16,7 @@ def test_config_loads_with_the_command_it_names(path):
     from modelyard.data import DataConfig, Schema
     from modelyard.environments import load_environments
     from modelyard.export.config import ExportConfig
+    from modelyard.features.config import FeaturesConfig
     from modelyard.monitor.config import MonitorConfig
     from modelyard.rollout.config import RolloutConfig, expand_spellings
     from modelyard.serve.ray.config import RayServeConfig
@@ -34,6 +35,7 @@ def test_config_loads_with_the_command_it_names(path):
              "rollout": lambda args: parse_config(RolloutConfig, expand_spellings(args[1:])),
              "monitor": lambda args: parse_config(MonitorConfig, args[1:]),
              "serve": lambda args: parse_config(RayServeConfig, args[1:]),
+             "features": lambda args: parse_config(FeaturesConfig, args[1:]),  # `features apply --config ...`
              # `registry environments`: the environments file every command reads
              "registry": lambda args: load_environments(path)}[command]
     argv = [str(ROOT / a) if a.endswith(".yaml") else a for a in argv]

@@ -29,6 +29,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("base", ("__init__", "_io", "_wait", "config", "environments", "errors", "inference", "metrics", "onnx_runtime",
               "safety", "signature", "storage", "tracking")),
     ("data", ("data",)),
+    ("features", ("features",)),
     ("models", ("models", "workloads")),
     ("train", ("train",)),
     ("registry", ("registry",)),

@@ -16,6 +16,7 @@ from modelyard.data.generators import (
     BuiltinDataset,
     digits_schema,
     load_digits_frame,
+    make_transaction_events,
     make_transactions,
     transactions_schema,
 )
@@ -64,6 +65,7 @@ __all__ = [
     "digits_schema",
     "list_refs",
     "load_digits_frame",
+    "make_transaction_events",
     "make_transactions",
     "quarantine_frame",
     "read_table",

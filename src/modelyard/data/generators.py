@@ -1,4 +1,4 @@
-"""Built-in datasets: a synthetic fraud table with drift knobs and sklearn's digits.
+"""Built-in datasets: a synthetic fraud table with drift knobs, its event mode, and sklearn's digits.
 
 ``make_transactions`` draws features from fixed distributions and labels them with a logistic
 rule, so every kind of drift can be dialled in on purpose and its effect measured:
@@ -9,6 +9,11 @@ rule, so every kind of drift can be dialled in on purpose and its effect measure
 
 The random draws do not depend on the knobs, so two calls with the same seed differ only by
 the drift applied (a clean before/after pair).
+
+``make_transaction_events`` is the event mode of the same world: raw card transactions with a card
+id and a timestamp, from which per-card aggregates over time windows are features
+(:mod:`modelyard.features`). Fraud there comes in bursts (a stolen card is drained fast), so a card's
+recent activity is what tells fraud apart.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ __all__ = [
     "BuiltinDataset",
     "digits_schema",
     "load_digits_frame",
+    "make_transaction_events",
     "make_transactions",
     "transactions_schema",
 ]
@@ -222,6 +228,97 @@ def make_transactions(
     frame["is_fraud"] = label
     logger.debug("make_transactions(n_rows=%d, seed=%d): positive rate %.4f", n_rows, seed, label.mean())
     return frame
+
+
+def make_transaction_events(
+    n_cards: int = 500,
+    days: float = 14.0,
+    seed: int = 0,
+    *,
+    start: str | pd.Timestamp = "2026-01-01",
+    tx_per_day: float = 3.0,
+    fraud_card_rate: float = 0.05,
+) -> pd.DataFrame:
+    """Raw card transactions in time order (the event mode of :func:`make_transactions`); deterministic.
+
+    Every card spends at its own rate (``tx_per_day`` on average) at uniformly random times; a share
+    ``fraud_card_rate`` of the cards is stolen once, at a random moment, and then drained by a burst of
+    3..8 larger transactions within an hour, each labelled ``is_fraud == 1``. A transaction's label is
+    known at its own ``event_timestamp`` (the time of the prediction the label judges).
+
+    Args:
+        n_cards: cards (>= 1). Default 500.
+        days: length of the period in days (> 0). Default 14.
+        seed: random seed. Default 0.
+        start: first moment of the period (UTC). Default 2026-01-01.
+        tx_per_day: mean transactions per card and day (> 0). Default 3.
+        fraud_card_rate: share of cards with a fraud burst, in [0, 1]. Default 0.05.
+
+    Returns:
+        One row per transaction, sorted by ``event_timestamp``: ``transaction_id`` (int64, its row
+        number), ``card_id`` (int64), ``event_timestamp`` (datetime64[ns, UTC], millisecond
+        resolution, unique per card), ``amount`` (float64), ``hour_of_day`` (int64), ``is_fraud``
+        (int64 0/1).
+
+    Raises:
+        ValueError: naming every argument out of range.
+    """
+    problems = []
+    if isinstance(n_cards, bool) or not isinstance(n_cards, int) or n_cards < 1:
+        problems.append(f"n_cards must be an int >= 1, got {n_cards!r}")
+    if not days > 0:
+        problems.append(f"days must be > 0, got {days!r}")
+    if not tx_per_day > 0:
+        problems.append(f"tx_per_day must be > 0, got {tx_per_day!r}")
+    if not 0.0 <= fraud_card_rate <= 1.0:
+        problems.append(f"fraud_card_rate must be in [0, 1], got {fraud_card_rate!r}")
+    try:
+        origin = pd.Timestamp(start)
+        origin = origin.tz_localize("UTC") if origin.tzinfo is None else origin.tz_convert("UTC")
+    except (TypeError, ValueError) as err:
+        problems.append(f"start {start!r} is not a timestamp ({err}); expected e.g. '2026-01-01' or "
+                        "'2026-01-01T00:00:00Z'")
+    if problems:
+        raise ValueError("make_transaction_events: " + "; ".join(problems))
+
+    rng = np.random.default_rng(seed)
+    period_ms = int(days * 86_400_000)
+    rates = rng.lognormal(mean=np.log(tx_per_day) - 0.125, sigma=0.5, size=n_cards)  # per card, mean tx_per_day
+    counts = rng.poisson(rates * days)
+    card = np.repeat(np.arange(n_cards, dtype=np.int64), counts)
+    offset_ms = rng.integers(0, period_ms, size=card.size)
+    scale = rng.lognormal(mean=3.6, sigma=0.4, size=n_cards)  # each card's usual spend
+    amount = scale[card] * rng.lognormal(mean=0.0, sigma=0.7, size=card.size)
+    label = np.zeros(card.size, dtype=np.int64)
+
+    stolen = np.flatnonzero(rng.random(n_cards) < fraud_card_rate)
+    burst = rng.integers(3, 9, size=stolen.size)
+    burst_card = np.repeat(stolen, burst)
+    burst_start = np.repeat(rng.integers(0, max(period_ms - 3_600_000, 1), size=stolen.size), burst)
+    burst_offset = burst_start + rng.integers(0, 3_600_000, size=burst_card.size)  # within an hour
+    burst_amount = rng.lognormal(mean=5.0, sigma=0.8, size=burst_card.size)
+
+    frame = pd.DataFrame({
+        "card_id": np.concatenate([card, burst_card]),
+        "offset_ms": np.concatenate([offset_ms, burst_offset]),
+        "amount": np.round(np.concatenate([amount, burst_amount]), 2),
+        "is_fraud": np.concatenate([label, np.ones(burst_card.size, dtype=np.int64)]),
+    })
+    # one event per card and millisecond: the point-in-time join relies on a card's events being ordered
+    frame = frame.drop_duplicates(["card_id", "offset_ms"]).sort_values(["offset_ms", "card_id"], kind="stable")
+    frame = frame[frame["offset_ms"] < period_ms].reset_index(drop=True)
+    timestamps = origin + pd.to_timedelta(frame["offset_ms"].to_numpy(), unit="ms")
+    out = pd.DataFrame({
+        "transaction_id": np.arange(len(frame), dtype=np.int64),
+        "card_id": frame["card_id"].to_numpy(np.int64),
+        "event_timestamp": pd.Series(timestamps, dtype="datetime64[ns, UTC]"),
+        "amount": frame["amount"].to_numpy(np.float64),
+        "hour_of_day": pd.Series(timestamps).dt.hour.to_numpy(np.int64),
+        "is_fraud": frame["is_fraud"].to_numpy(np.int64),
+    })
+    logger.debug("make_transaction_events(n_cards=%d, days=%g, seed=%d): %d events, %d fraud", n_cards, days,
+                 seed, len(out), int(out["is_fraud"].sum()))
+    return out
 
 
 def transactions_schema() -> Schema:

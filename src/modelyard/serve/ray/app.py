@@ -30,6 +30,7 @@ from modelyard._wait import wait_until
 from modelyard.config import ConfigError, parse_config
 from modelyard.registry.reference import ModelSource, resolve_reference
 from modelyard.serve.ray.config import RayServeConfig, ingress_deployment_name
+from modelyard.serve.ray.enrich import CardFeatureEnricher
 from modelyard.serve.ray.router import DEPLOYED_REVISION, TrafficConfig
 from modelyard.serve.ray.serve_config import stats_name
 from modelyard.signature import Signature
@@ -118,10 +119,12 @@ def build_app(cfg: RayServeConfig) -> Any:
         tokenizers={label: text for label, text in tokenizers.items() if text is not None},
         canary_weight=cfg.canary_weight, shadow_weight=cfg.shadow_weight, sticky_header=cfg.sticky_header,
         max_body_bytes=cfg.max_body_bytes, max_inflight=cfg.max_ongoing_requests, inference_log=cfg.log_settings(),
-        log_embedding=cfg.log_embedding,
+        log_embedding=cfg.log_embedding, card_features=cfg.card_features(),
         request_timeout_s=cfg.request_timeout_s, request_attempts=cfg.request_attempts,
         control_host=control["host"], control_port=control["port"], control_token_sha256=control["token_sha256"],
         control_token_env=control["token_env"] or "MODELYARD_CONTROL_TOKEN")
+    if settings.card_features is not None:  # refused here, in the driver, before any replica starts
+        CardFeatureEnricher(settings.card_features["repo"], signature, settings.card_features["columns"])
     # The traffic weights are the ingress's user_config, so every ingress replica applies the same
     # ones and a change reaches all of them in place (modelyard.serve.ray.serve_config).
     traffic = TrafficConfig.parse({**cfg.traffic_user_config(), "revision": DEPLOYED_REVISION})

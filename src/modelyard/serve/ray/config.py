@@ -24,6 +24,7 @@ from jsonargparse.typing import (
 )
 
 from modelyard.config import ConfigError, Port, declared_problems, load_config
+from modelyard.features.aggregates import MODEL_COLUMNS
 from modelyard.safety import name_problem
 from modelyard.storage import is_uri
 
@@ -122,6 +123,13 @@ class RayServeConfig:
             small amount places many replicas on one such node; Serve spreads a deployment's
             replicas over the nodes that have room. Built-in resources (``CPU``, ``GPU``,
             ``memory``) are not custom resources and are refused here.
+        features_repo: a feature repository (``modelyard features apply``; keep its online store current
+            with ``modelyard features materialize``). With it, a request may give ``card_id`` (INT64
+            ``[batch]``) and the transaction's own columns (FP32 ``[batch]`` each) instead of the
+            model's input: the ingress adds the card's aggregates from the online store. Needs the
+            ``features`` extra. None: off.
+        features_columns: the model's feature columns in order (default
+            :data:`modelyard.features.MODEL_COLUMNS`, the columns of ``modelyard features historical``).
     """
 
     model: str = "fraud"
@@ -162,6 +170,8 @@ class RayServeConfig:
     control_token_env: str = "MODELYARD_CONTROL_TOKEN"
     ingress_resources: dict[str, PositiveFloat] | None = None
     model_resources: dict[str, PositiveFloat] | None = None
+    features_repo: str | None = None
+    features_columns: list[str] | None = None
 
     def __post_init__(self) -> None:
         problems = declared_problems(self)
@@ -225,6 +235,13 @@ class RayServeConfig:
         return {"root": root, "sample_rate": self.log_sample_rate,
                 "flush_interval_s": self.log_flush_interval_s, "max_age_days": self.log_max_age_days,
                 "max_bytes": self.log_max_bytes, "input_sample_rate": self.log_input_sample_rate}
+
+    def card_features(self) -> dict[str, Any] | None:
+        """The ingress's card-feature enrichment settings, ``features_repo`` made absolute; None when off."""
+        if not self.features_repo:
+            return None
+        return {"repo": str(Path(self.features_repo).expanduser().resolve()),
+                "columns": list(self.features_columns or MODEL_COLUMNS)}
 
     def control_settings(self) -> dict[str, Any]:
         """What the ingress needs for its control routes: where they live and the token's digest.

@@ -72,6 +72,7 @@ from modelyard.serve.ray.codec import (
     tensor_metadata,
 )
 from modelyard.serve.ray.control import CONTROL_ROUTES, control_app, start_control_server
+from modelyard.serve.ray.enrich import CardFeatureEnricher
 from modelyard.serve.ray.middleware import BearerToken, BearerTokenMiddleware, BodyLimitMiddleware
 from modelyard.serve.ray.router import TrafficConfig, TrafficRouter, validate_weights
 from modelyard.serve.ray.serve_config import apply_traffic
@@ -115,6 +116,9 @@ class IngressSettings:
         control_host, control_port: where the control routes live; ``control_port`` None: the serving port.
         control_token_sha256: digest of the control token; None: the control routes need no token.
         control_token_env: the variable the token was read from, named in 401 answers.
+        card_features: ``{"repo": absolute path, "columns": [...]}`` of a feature repository; a request
+            that gives ``card_id`` and the transaction's own columns is enriched from its online store
+            (:mod:`~modelyard.serve.ray.enrich`). None: no enrichment.
     """
 
     model: str
@@ -135,6 +139,7 @@ class IngressSettings:
     control_port: int | None = None
     control_token_sha256: str | None = None
     control_token_env: str = "MODELYARD_CONTROL_TOKEN"
+    card_features: dict[str, Any] | None = None
 
     def control_token(self) -> BearerToken | None:
         """The token guarding the control routes, None when they need none."""
@@ -271,6 +276,11 @@ class KServeIngress:
             from modelyard.workloads.text import encode_texts
 
             self._encode_texts = encode_texts
+        self.enricher: Any = None  # card_id + the transaction -> the model's row, from the feature store
+        if settings.card_features is not None:
+            self.enricher = CardFeatureEnricher(settings.card_features["repo"], self.signature,
+                                                settings.card_features["columns"])
+            self.alternatives = (*self.alternatives, *self.enricher.inputs)
         # The deployed versions by the role they were deployed in; the traffic configuration's
         # `promoted` makes the canary the stable (_apply_roles).
         self._deployed: dict[str, tuple[Any, str]] = {"stable": (stable, settings.stable_label)}
@@ -567,7 +577,12 @@ class KServeIngress:
 
     def _model_inputs(self, req: InferRequest, label: str) -> dict[str, np.ndarray]:
         """The model's inputs for version ``label``: the request's own, or its ``text`` tokenised with
-        that version's tokenizer and checked against the signature (:class:`KServeError`: 400)."""
+        that version's tokenizer and checked against the signature (:class:`KServeError`: 400), or its
+        ``card_id`` and transaction enriched from the feature store."""
+        if self.enricher is not None and self.enricher.handles(req.inputs):
+            inputs = self.enricher(req.inputs)
+            check_request(inputs, self.signature)
+            return inputs
         if TEXT_INPUT.name not in req.inputs:
             return req.inputs
         if len(req.inputs) > 1:
