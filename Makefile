@@ -7,7 +7,9 @@
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
-EXTRAS ?= dev
+# features: the Feast feature store (`modelyard features`, the ingress's card-feature enrichment); its tests
+# run in `make test` like every other
+EXTRAS ?= dev,features
 # With the cuda extra: onnxruntime (CPU, a base dependency) and onnxruntime-gpu install the same
 # `onnxruntime` module and whichever pip writes last wins, so setup reinstalls the GPU build alone.
 # 1.26 is the last onnxruntime-gpu built for CUDA 12 (the CUDA of torch 2.13's cu126 wheels).
@@ -21,7 +23,7 @@ WORKLOAD ?= fraud
 BENCH_PROFILE ?= ci
 BENCH_OUT ?= build/bench
 
-.PHONY: setup demo lint test test-unit test-features bench reliability clean
+.PHONY: setup demo lint test test-unit bench reliability clean
 
 setup: $(VENV)/.installed
 
@@ -56,12 +58,6 @@ lint: setup
 test-unit: setup
 	$(BIN)/python -m pytest tests/unit --durations=15
 
-# The feature store's tests (tests/unit/features), in an environment of their own with the features extra:
-# Feast 0.47 (the newest beside numpy<2) caps pandas<3 and pyarrow<18.1, so .venv keeps its newer ones.
-test-features:
-	$(MAKE) --no-print-directory setup VENV=.venv-features EXTRAS=dev,features
-	.venv-features/bin/python -m pytest tests/unit/features --durations=5
-
 # The reliability tier alone (faults, load, hostile input, access), then its table in docs/reliability.md.
 reliability: setup
 	rm -rf build/reliability
@@ -69,4 +65,4 @@ reliability: setup
 	$(BIN)/python scripts/reliability_report.py
 
 clean:
-	rm -rf $(VENV) .venv-features mlflow.db mlartifacts data/store data/features runs build/bench
+	rm -rf $(VENV) mlflow.db mlartifacts data/store data/features runs build/bench

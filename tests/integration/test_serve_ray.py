@@ -322,7 +322,6 @@ def test_overload_answers_503_with_retry_after(server):
 def test_a_request_with_card_id_is_enriched_from_the_feature_store(server, tmp_path):
     """A second app with a feature repository: card_id + the transaction in, the model's row from Feast's
     online store (docs/features.md); the same row sent as `features` gets the same answer."""
-    pytest.importorskip("feast", reason="needs the features extra: pip install 'modelyard[features]'")
     from ray import serve
 
     from modelyard.data import make_transaction_events

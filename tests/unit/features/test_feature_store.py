@@ -11,10 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-pytest.importorskip("feast", reason="the feature store needs the features extra: pip install 'modelyard[features]'")
-
-from modelyard.data import make_transaction_events  # noqa: E402
-from modelyard.features import (  # noqa: E402
+from modelyard.data import make_transaction_events
+from modelyard.features import (
     AGGREGATE_FEATURES,
     MODEL_COLUMNS,
     WINDOWS,
