@@ -29,6 +29,8 @@ from lightning import LightningDataModule
 from scipy.ndimage import uniform_filter
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
+from modelyard.workloads._splits import split_indices
+
 __all__ = ["SHAPES", "ImageDrift", "ImagesDataModule", "make_images", "retraining_window", "served_pixels"]
 
 SHAPES = ("circle", "square", "triangle", "cross")
@@ -152,11 +154,11 @@ class ImagesDataModule(LightningDataModule):
         if self._data:
             return
         pixels, labels = make_images(self.n_rows, self.seed, self.drift, self.size)
-        splits = {name: (pixels[idx], labels[idx]) for name, idx in _split(self.n_rows, self.seed).items()}
+        splits = {name: (pixels[idx], labels[idx]) for name, idx in split_indices(self.n_rows, self.seed).items()}
         profile = (np.zeros((0, 3, self.size, self.size), np.uint8), np.zeros(0, np.int64))
         if self.served is not None:
             served = _read_served(self.served, len(self.classes), self.size)
-            for name, idx in _split(len(served["label"]), self.seed).items():
+            for name, idx in split_indices(len(served["label"]), self.seed).items():
                 idx = np.sort(idx)
                 rows, ys, in_profile = served["pixels"][idx], served["label"][idx], served["profile"][idx]
                 splits[name] = (np.concatenate([splits[name][0], rows]), np.concatenate([splits[name][1], ys]))
@@ -210,13 +212,6 @@ class ImagesDataModule(LightningDataModule):
         without them: the reference profile then describes the validation split."""
         self.setup()
         return self._loader("profile", self.eval_batch_size) if len(self._data["profile"]) else None
-
-
-def _split(n: int, seed: int) -> dict[str, np.ndarray]:
-    """Indices of a seeded 70/15/15 split of ``n`` rows (val and test at least one row each when n >= 3)."""
-    order = np.random.default_rng(seed + 1).permutation(n)
-    n_val = n_test = max(1, int(0.15 * n)) if n >= 3 else 0
-    return {"val": order[:n_val], "test": order[n_val:n_val + n_test], "train": order[n_val + n_test:]}
 
 
 def _read_served(path: str, n_classes: int, size: int) -> dict[str, np.ndarray]:

@@ -30,6 +30,8 @@ import torch
 from lightning import LightningDataModule
 from torch.utils.data import DataLoader, DistributedSampler
 
+from modelyard.workloads._splits import split_indices
+
 __all__ = ["TOPICS", "TextDataModule", "TextDrift", "encode_texts", "load_tokenizer", "make_texts", "train_tokenizer"]
 
 TOPICS: dict[str, tuple[str, ...]] = {
@@ -232,12 +234,12 @@ class TextDataModule(LightningDataModule):
         if self._encoded:
             return
         texts, labels = make_texts(self.n_rows, self.seed, self.drift, self.min_words, self.max_words)
-        parts = _split(self.n_rows, self.seed)
+        parts = split_indices(self.n_rows, self.seed)
         self._splits = {name: ([texts[i] for i in idx], labels[idx]) for name, idx in parts.items()}
         profile: tuple[list[str], np.ndarray] = ([], np.zeros(0, np.int64))
         if self.served is not None:
             served = _read_served(self.served, len(self.classes))
-            for name, idx in _split(len(served), self.seed).items():
+            for name, idx in split_indices(len(served), self.seed).items():
                 rows = served.iloc[np.sort(idx)]
                 split_texts, split_labels = self._splits[name]
                 self._splits[name] = ([*split_texts, *rows["text"]],
@@ -302,13 +304,6 @@ class TextDataModule(LightningDataModule):
         without them: the reference profile then describes the validation split."""
         self.setup()
         return self._loader("profile", self.eval_batch_size) if len(self._encoded["profile"]) else None
-
-
-def _split(n: int, seed: int) -> dict[str, np.ndarray]:
-    """Indices of a seeded 70/15/15 split of ``n`` rows (val and test at least one row each when n >= 3)."""
-    order = np.random.default_rng(seed + 1).permutation(n)
-    n_val = n_test = max(1, int(0.15 * n)) if n >= 3 else 0
-    return {"val": order[:n_val], "test": order[n_val:n_val + n_test], "train": order[n_val + n_test:]}
 
 
 def _read_served(path: str, n_classes: int) -> Any:

@@ -146,10 +146,10 @@ def test_text_retraining_without_logged_token_ids_fails_its_incident_and_says_wh
 
 
 def _split_names(n: int) -> list[str]:
-    from modelyard.workloads.text import _split
+    from modelyard.workloads._splits import split_indices
 
     names = [""] * n
-    for name, idx in _split(n, CHAMPION_ARGS["seed"]).items():
+    for name, idx in split_indices(n, CHAMPION_ARGS["seed"]).items():
         for i in idx:
             names[i] = name
     return names
