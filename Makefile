@@ -2,7 +2,7 @@
 # then the CI-sized benchmarks and their gate (`make bench`; benchmarks/README.md).
 #
 # CPU machines get the CPU build of torch 2.13.0 (an unpinned torch would pull a multi-GB CUDA
-# build). On a GPU machine: make setup TORCH_SPEC="torch==2.13.0 --index-url <your CUDA wheel index>" EXTRAS=dev,cuda
+# build). On a GPU machine: make setup TORCH_SPEC="torch==2.13.0 --index-url <your CUDA wheel index>" EXTRAS=dev,features,cuda
 
 PYTHON ?= python3
 VENV ?= .venv
