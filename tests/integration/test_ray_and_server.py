@@ -16,6 +16,7 @@ import pytest
 from mlflow import MlflowClient
 
 from integration_helpers import TEXT_DATA, cli_env, run_cli, text_config, train_args
+from modelyard.workloads import TextDataModule
 from netutil import free_port
 
 pytestmark = pytest.mark.slow
@@ -25,13 +26,12 @@ pytestmark = pytest.mark.slow
 RAY_TEXT_DATA = TEXT_DATA | {"n_rows": 400}
 
 
-@pytest.mark.parametrize("data", ["snapshot", "class_path"])
-def test_ray_train_with_two_workers_makes_one_run(data, store, tmp_path):
+def test_ray_train_with_two_workers_makes_one_run(tmp_path):
+    # A datamodule given by class_path, on a local Ray. A snapshot on a Ray cluster of several nodes:
+    # tests/reliability/test_multinode.py::test_train_launcher_ray_runs_on_the_cluster.
     ray = ["--launcher", "ray", "--num-workers", "2", "--mlflow.experiment", "ray"]
-    if data == "snapshot":
-        args, best = train_args(store, *ray), "best_val_auroc"
-    else:  # the config written with the data as YAML has it; the workers get it through Ray
-        args, best = ["train", "--config", str(text_config(tmp_path, **RAY_TEXT_DATA)), *ray], "best_val_acc"
+    # the config written with the data as YAML has it; the workers get it through Ray
+    args, best = ["train", "--config", str(text_config(tmp_path, **RAY_TEXT_DATA)), *ray], "best_val_acc"
     proc = run_cli(*args, cwd=tmp_path, timeout=400)
     assert proc.returncode == 0
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -44,21 +44,18 @@ def test_ray_train_with_two_workers_makes_one_run(data, store, tmp_path):
     assert {"checkpoints", "datamodule.json", "reference_profile.json"} <= artifacts
     [job] = (tmp_path / "runs" / "ray").iterdir()
     assert json.loads((job / "job.json").read_text())["status"] == "finished"
-    if data == "class_path":
-        from modelyard.workloads import TextDataModule
-
-        digest = TextDataModule(**RAY_TEXT_DATA).dataset_digest()
-        assert run.data.tags["modelyard.datamodule"] == "modelyard.workloads.TextDataModule"
-        assert run.data.tags["modelyard.data_digest"] == digest
-        assert {f"data.init_args.{k}": str(v) for k, v in RAY_TEXT_DATA.items()}.items() <= run.data.params.items()
-        recorded = json.loads(Path(client.download_artifacts(run.info.run_id, "datamodule.json",
-                                                             str(tmp_path / "dl"))).read_text())
-        assert recorded == {"class_path": "modelyard.workloads.TextDataModule", "init_args": RAY_TEXT_DATA,
-                            "digest": digest, "name": "text"}
-        # rank 0's validation pass over the whole split, on the worker: the profile names the same data
-        profile = json.loads((job / "reference_profile.json").read_text())
-        assert profile["data_digest"] == digest and profile["predictions"]["count"] == int(0.15 * 400)
-        assert "model_files" in artifacts and (job / "model_files" / "tokenizer.json").is_file()
+    digest = TextDataModule(**RAY_TEXT_DATA).dataset_digest()
+    assert run.data.tags["modelyard.datamodule"] == "modelyard.workloads.TextDataModule"
+    assert run.data.tags["modelyard.data_digest"] == digest
+    assert {f"data.init_args.{k}": str(v) for k, v in RAY_TEXT_DATA.items()}.items() <= run.data.params.items()
+    recorded = json.loads(Path(client.download_artifacts(run.info.run_id, "datamodule.json",
+                                                         str(tmp_path / "dl"))).read_text())
+    assert recorded == {"class_path": "modelyard.workloads.TextDataModule", "init_args": RAY_TEXT_DATA,
+                        "digest": digest, "name": "text"}
+    # rank 0's validation pass over the whole split, on the worker: the profile names the same data
+    profile = json.loads((job / "reference_profile.json").read_text())
+    assert profile["data_digest"] == digest and profile["predictions"]["count"] == int(0.15 * 400)
+    assert "model_files" in artifacts and (job / "model_files" / "tokenizer.json").is_file()
 
 
 @pytest.fixture
