@@ -277,14 +277,15 @@ class RecordFolder:
                     data = self.folder.read_bytes(path)
                 except FileNotFoundError:
                     continue
+                where = f"{self.folder.scheme}://{path}"
                 try:
                     record = json.loads(data)
                 except json.JSONDecodeError as err:
-                    raise ValueError(f"record {self.folder.scheme}://{path} is not JSON ({err}); records are "
-                                     "written whole, so this one was written by something else: move it away") \
-                        from None
+                    raise ValueError(f"record {where} is not JSON ({err}); records are written whole, so this "
+                                     "one was written by something else: move it away") from None
                 if not isinstance(record, dict):
-                    raise ValueError(f"record {path} holds {type(record).__name__}, expected a JSON object")
+                    raise ValueError(f"record {where} holds {type(record).__name__}, expected a JSON object; "
+                                     "move it away")
                 self._cache[path] = record
             out.append(self._cache[path])
         return out

@@ -42,6 +42,7 @@ from typing import Any
 
 from modelyard._io import atomic_write_bytes, atomic_write_text
 from modelyard.inference.store import model_root
+from modelyard.safety import check_name
 from modelyard.storage import Location, RecordFolder
 
 __all__ = ["CLOSED_STATES", "Incident", "IncidentStore", "local_time", "work_dir"]
@@ -92,7 +93,8 @@ class IncidentStore:
     """Reads and writes one model's incidents and timeline (layout: the module doc).
 
     Args:
-        state_dir: the monitor's ``state_dir``: a local folder or a ``s3://``/``gs://`` URI.
+        state_dir: the monitor's ``state_dir``: a local folder or a ``s3://``/``gs://`` URI (or its
+            :class:`~modelyard.storage.Location`).
         model: the model name (a folder under ``state_dir``; checked before anything is touched).
         work: object storage only: the local working folder (default :func:`work_dir`).
 
@@ -100,8 +102,12 @@ class IncidentStore:
         UnsafeNameError: ``model`` is not a plain name; ValueError: a malformed or unsupported URI.
     """
 
-    def __init__(self, state_dir: str | Path, model: str, work: str | Path | None = None) -> None:
-        root = model_root(state_dir, model, "monitor state folder")
+    def __init__(self, state_dir: str | Path | Location, model: str, work: str | Path | None = None) -> None:
+        if isinstance(state_dir, Location):
+            root: Path | Location = model_root(state_dir.local_path, model, "monitor state folder") \
+                if not state_dir.remote else state_dir.child(check_name(model, "model name"))
+        else:
+            root = model_root(state_dir, model, "monitor state folder")
         self.model = model
         self.root: Path | Location = root
         self.location = root if isinstance(root, Location) else None
@@ -256,11 +262,13 @@ class IncidentStore:
     def _download(self, relative: str) -> None:
         """Copy the uploaded files below ``relative`` into the working folder."""
         assert self.location is not None
-        base = self.location.child(relative).path.rstrip("/") + "/"
-        for info in self.location.child(relative).files():
-            if not info.path.startswith(base):
+        folder = self.location.child(relative)
+        base = folder.path.strip("/") + "/"
+        for info in folder.files():
+            path = info.path.lstrip("/")  # some filesystems list absolute paths
+            if not path.startswith(base) or path.rsplit("/", 1)[-1].startswith("."):
                 continue
-            key = f"{relative}/{info.path[len(base):]}"
+            key = f"{relative}/{path[len(base):]}"
             target = atomic_write_bytes(self.work / key, self.location.read_bytes(info.path))
             stat = target.stat()
             self._published[key] = (stat.st_size, stat.st_mtime_ns)
