@@ -10,6 +10,7 @@ import pytest
 from modelyard.inference.feedback import FeedbackLog
 from modelyard.inference.log import InferenceLog
 from modelyard.inference.store import model_root
+from modelyard.monitor.incidents import IncidentStore
 from modelyard.monitor.store import MonitorStore
 from modelyard.rollout.state import StateStore
 from modelyard.safety import UnsafeNameError
@@ -78,6 +79,7 @@ def test_a_hostile_model_name_is_refused_under_a_remote_root_too():
     lambda root: FeedbackLog(root, "fraud"),
     lambda root: MonitorStore(root, "fraud"),
     lambda root: StateStore(root),
+    lambda root: IncidentStore(root, "fraud"),
 ])
 def test_every_state_taking_a_uri_refuses_an_unknown_scheme_before_touching_the_disk(make, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
