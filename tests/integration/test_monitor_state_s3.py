@@ -28,8 +28,8 @@ from modelyard.storage import location
 SRC = Path(__file__).resolve().parents[2] / "src"
 DRIFT = {"shift": {"amount": 0.5, "distance_from_home_km": 0.5}}
 
-# Appends three events, then a fourth whose upload never completes: the process is killed while the
-# object is open (its first 10 MB part already sent as a multipart upload part).
+# Appends three events, then a fourth whose upload never completes: the process is killed while that
+# object is open (12 MB: past pyarrow's multipart threshold, so part of it may be on the server already).
 WRITER = """
 import dataclasses, sys, time
 from modelyard.monitor.incidents import IncidentStore
