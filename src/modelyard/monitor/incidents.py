@@ -34,6 +34,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -184,6 +185,8 @@ class IncidentStore:
             raise RuntimeError(f"{self.model}: incident {self.current().id} is still open")  # type: ignore[union-attr]
         incident = Incident(id=1 + max((i.id for i in incidents), default=0), opened=now or time.time(),
                             reference_version=reference_version, triggers=triggers)
+        if self.location is not None:  # a working copy left from a state since deleted is not this incident's
+            shutil.rmtree(self.work / "incidents" / f"{incident.id:04d}", ignore_errors=True)
         self.save(incident)
         return incident
 

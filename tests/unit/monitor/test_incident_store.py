@@ -100,6 +100,17 @@ def test_incident_files_are_uploaded_with_each_save_and_downloaded_elsewhere(buc
     assert restarted.publish("incidents/0001") == 0  # what it downloaded is not uploaded back
 
 
+def test_a_new_incident_starts_from_an_empty_working_folder(bucket, tmp_path):
+    leftover = tmp_path / "work" / "incidents" / "0001"
+    leftover.mkdir(parents=True)
+    (leftover / "labelled.parquet").write_bytes(b"an older state's rows")  # that state was deleted since
+    store = IncidentStore(bucket, "fraud", work=tmp_path / "work")
+    incident = store.open("1", [], now=1.0)
+    assert not store.incident_dir(incident).exists()
+    store.save(incident)
+    assert store.read_bytes("incidents/0001/labelled.parquet") is None
+
+
 def test_history_reads_the_timeline_and_the_report_from_object_storage(bucket, tmp_path, capsys):
     from modelyard.monitor.cli import print_history
 
