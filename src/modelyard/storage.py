@@ -15,13 +15,23 @@ Writes never rename on object storage: an object becomes visible whole when its 
 so a writer gives every object a unique name and readers list complete objects only. Local writes
 keep :mod:`modelyard._io`'s temporary file plus rename.
 
+Append-style records (a timeline, an audit log) have no append on object storage either:
+:class:`RecordFolder` writes each record as its own object under a unique, time-ordered name
+(:func:`record_name`) and reads them back in name order, so a killed writer leaves every earlier
+record whole and no partial one.
+
 Nothing heavy is imported here at module level: pyarrow loads when a location is resolved.
 """
 
 from __future__ import annotations
 
+import json
 import os
-from dataclasses import dataclass
+import re
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
@@ -31,7 +41,8 @@ from modelyard._io import atomic_write_bytes
 if TYPE_CHECKING:
     import pyarrow.fs as pafs
 
-__all__ = ["REMOTE_SCHEMES", "Location", "StorageError", "is_remote", "is_uri", "location"]
+__all__ = ["REMOTE_SCHEMES", "Location", "RecordFolder", "StorageError", "is_record_name", "is_remote", "is_uri",
+           "location", "record_name"]
 
 REMOTE_SCHEMES = ("s3", "gs", "gcs")
 _ENDPOINT_VARS = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
@@ -41,6 +52,11 @@ _CREDENTIALS_HINT = {
           "AWS_ENDPOINT_URL=http://host:port for an S3-compatible store",
     "gs": "set GOOGLE_APPLICATION_CREDENTIALS to a service account key (or run with a workload identity)",
 }
+
+
+_RECORD = re.compile(r"^\d{20}-[0-9a-f]{8}\.json$")
+_last_ns = 0
+_name_lock = threading.Lock()
 
 
 class StorageError(OSError):
@@ -203,3 +219,73 @@ def _remote_fs(scheme: str, endpoint: str | None) -> Any:
             raise ValueError(f"S3 endpoint {endpoint!r} is not a URL; expected http://host:port or https://host")
         return pafs.S3FileSystem(endpoint_override=split.netloc, scheme=split.scheme)
     return pafs.GcsFileSystem()
+
+
+def record_name() -> str:
+    """A unique object name, ``<epoch ns, 20 digits>-<8 hex>.json``, that sorts after every name this
+    process made before (the clock, never going back, then a random part against other writers)."""
+    global _last_ns
+    with _name_lock:
+        _last_ns = max(time.time_ns(), _last_ns + 1)
+        return f"{_last_ns:020d}-{uuid.uuid4().hex[:8]}.json"
+
+
+def is_record_name(name: str) -> bool:
+    """Whether ``name`` (the last component of a path) is one :func:`record_name` makes; temporary
+    files (dot-prefixed) and anything else are not."""
+    return bool(_RECORD.match(name))
+
+
+@dataclass
+class RecordFolder:
+    """Append-only JSON records under ``folder``: one object per record, named by :func:`record_name`.
+
+    :meth:`append` writes a record whole or not at all (local: temporary file and rename; object
+    storage: one upload), so readers never see part of one; :meth:`read` returns them oldest first.
+    Objects never change once written, so each one is fetched once per instance and kept.
+    Several writers may append to one folder: names are unique, and their order is the writers'
+    clocks' order.
+    """
+
+    folder: Location
+    _cache: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
+
+    def append(self, record: dict[str, Any]) -> str:
+        """Write ``record`` (JSON; values it cannot encode become strings); the path written.
+
+        Raises:
+            StorageError: the store refused the write.
+        """
+        return self.folder.write_bytes(record_name(), (json.dumps(record, default=str) + "\n").encode())
+
+    def paths(self) -> list[str]:
+        """The paths of the records, oldest first (their names sort by time)."""
+        found = [i.path for i in self.folder.files() if is_record_name(i.path.rsplit("/", 1)[-1])]
+        return sorted(found, key=lambda p: p.rsplit("/", 1)[-1])
+
+    def read(self) -> list[dict[str, Any]]:
+        """Every record, oldest first; records deleted meanwhile are left out.
+
+        Raises:
+            ValueError: a record that is not a JSON object (written by something else), named.
+            StorageError: the store refused the listing.
+        """
+        out = []
+        for path in self.paths():
+            if path not in self._cache:
+                try:
+                    data = self.folder.read_bytes(path)
+                except FileNotFoundError:
+                    continue
+                where = f"{self.folder.scheme}://{path}"
+                try:
+                    record = json.loads(data)
+                except json.JSONDecodeError as err:
+                    raise ValueError(f"record {where} is not JSON ({err}); records are written whole, so this "
+                                     "one was written by something else: move it away") from None
+                if not isinstance(record, dict):
+                    raise ValueError(f"record {where} holds {type(record).__name__}, expected a JSON object; "
+                                     "move it away")
+                self._cache[path] = record
+            out.append(self._cache[path])
+        return out

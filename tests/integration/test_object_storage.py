@@ -1,6 +1,7 @@
 """The inference log, feedback and the monitor's reader on object storage: a real S3-protocol server
-(moto's, from its pip package) on 127.0.0.1 at a free port, started and stopped here; the code under
-test reaches it only through ``s3://bucket/prefix`` and ``AWS_ENDPOINT_URL``, as it would a MinIO or AWS.
+(moto's, from its pip package) on 127.0.0.1 at a free port, started and stopped by the ``s3`` fixture
+of conftest.py; the code under test reaches it only through ``s3://bucket/prefix`` and
+``AWS_ENDPOINT_URL``, as it would a MinIO or AWS.
 """
 
 from __future__ import annotations
@@ -20,9 +21,6 @@ from modelyard.inference.store import list_parts
 from modelyard.monitor.store import MonitorStore
 from modelyard.storage import StorageError, location
 
-moto_server = pytest.importorskip("moto.server", reason="the S3 test server comes with the dev extra (moto[server])")
-
-BUCKET = "modelyard-test"
 SRC = Path(__file__).resolve().parents[2] / "src"
 WRITER = """
 import sys, time
@@ -36,35 +34,6 @@ for i in range(30):
 print("recorded", flush=True)
 time.sleep(600)
 """
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint():
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def s3(s3_endpoint, monkeypatch, tmp_path):
-    """``s3://BUCKET/<test>`` with the environment a client of an S3-compatible store has."""
-    import pyarrow.fs as pafs
-
-    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "modelyard")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "modelyard-secret")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # never ask a cloud metadata address
-    monkeypatch.setenv("MODELYARD_LOG_JOURNAL_DIR", str(tmp_path / "journal"))
-    admin = pafs.S3FileSystem(endpoint_override=s3_endpoint.removeprefix("http://"), scheme="http",
-                              allow_bucket_creation=True)
-    if admin.get_file_info(BUCKET).type == pafs.FileType.NotFound:
-        admin.create_dir(BUCKET)
-    return f"s3://{BUCKET}/{tmp_path.name}"
 
 
 def _record(log: InferenceLog, n: int, prefix: str = "req") -> None:

@@ -10,6 +10,7 @@ import pytest
 from modelyard.inference.feedback import FeedbackLog
 from modelyard.inference.log import InferenceLog
 from modelyard.inference.store import model_root
+from modelyard.monitor.incidents import IncidentStore
 from modelyard.monitor.store import MonitorStore
 from modelyard.rollout.state import StateStore
 from modelyard.safety import UnsafeNameError
@@ -78,9 +79,37 @@ def test_a_hostile_model_name_is_refused_under_a_remote_root_too():
     lambda root: FeedbackLog(root, "fraud"),
     lambda root: MonitorStore(root, "fraud"),
     lambda root: StateStore(root),
+    lambda root: IncidentStore(root, "fraud"),
 ])
 def test_every_state_taking_a_uri_refuses_an_unknown_scheme_before_touching_the_disk(make, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ValueError, match="scheme 'ftp', which is not supported; expected a local path"):
         make("ftp://host/logs")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_records_are_whole_objects_read_back_in_order(tmp_path):
+    from modelyard.storage import RecordFolder, is_record_name
+
+    records = RecordFolder(location(tmp_path / "events"))
+    assert records.read() == []  # a missing folder holds no record
+    written = [records.append({"n": n, "when": tmp_path}) for n in range(5)]  # a Path is kept as its text
+    names = [Path(w).name for w in written]
+    assert names == sorted(names) and len(set(names)) == 5 and all(is_record_name(n) for n in names)
+    (tmp_path / "events" / f".{names[0]}.x.tmp").write_text('{"n": ')  # a write that never finished
+    (tmp_path / "events" / "notes.txt").write_text("not a record")
+    again = RecordFolder(location(tmp_path / "events"))  # another process
+    assert [r["n"] for r in again.read()] == [0, 1, 2, 3, 4] and again.read()[0]["when"] == str(tmp_path)
+    assert [Path(p).name for p in again.paths()] == names
+
+
+def test_a_record_that_is_not_json_is_an_error_naming_it(tmp_path):
+    from modelyard.storage import RecordFolder, record_name
+
+    name = record_name()
+    (tmp_path / name).write_text("{half")
+    with pytest.raises(ValueError, match=f"record file://{tmp_path}/{name} is not JSON.*move it away"):
+        RecordFolder(location(tmp_path)).read()
+    (tmp_path / name).write_text("[1, 2]")
+    with pytest.raises(ValueError, match="holds list, expected a JSON object"):
+        RecordFolder(location(tmp_path)).read()

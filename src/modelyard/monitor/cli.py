@@ -101,7 +101,7 @@ def main(argv: Sequence[str]) -> int:
         return 0 if incident.state == "promoted" else 3
     if action == "check":
         result = monitor.check()
-        print(f"report: {monitor.incidents.root / 'reports' / 'latest' / 'report.html'}")
+        print(f"report: {monitor.incidents.where('reports/latest/report.html')}")
         return 3 if result.fired else 0
 
     if cfg.metrics_port:
@@ -148,10 +148,10 @@ def print_history(state_dir: str, model: str, as_json: bool = False, with_checks
 
 def _drift_lines(store: Any, incident: Any) -> list[str]:
     """The drifted features of an incident's report: test, statistic, corrected p-value, PSI."""
-    path = store.incident_dir(incident) / "report" / "report.json"
-    if not path.is_file():
+    data = store.read_bytes(f"incidents/{incident.id:04d}/report/report.json")
+    if data is None:
         return []
-    doc = json.loads(path.read_text())
+    doc = json.loads(data)
     drift = doc.get("drift", doc)
     lines = []
     for f in drift.get("features", []):

@@ -175,9 +175,13 @@ class MonitorConfig:
 
     Args:
         model: the served and registered model name.
-        log_dir: the inference log root (the ``log_dir`` of ``modelyard serve ray``).
+        log_dir: the inference log root (the ``log_dir`` of ``modelyard serve ray``): a local folder or
+            a ``s3://bucket/prefix``/``gs://bucket/prefix`` URI.
         reference: the registry alias (or version) whose training profile is the reference.
-        state_dir: checks, incidents and reports go to ``STATE_DIR/<model>/``.
+        state_dir: checks, incidents and reports go to ``STATE_DIR/<model>/``: a local folder, or a
+            ``s3://``/``gs://`` URI (one object per record; an incident's files are made in a local
+            working folder, ``$MODELYARD_MONITOR_WORK_DIR`` or the temporary folder, and uploaded as
+            each step ends; :mod:`modelyard.monitor.incidents`). One monitor per model and state_dir.
         tracking_uri: MLflow; default ``$MLFLOW_TRACKING_URI``, else ``./mlflow.db``.
         experiment: MLflow experiment of the incident runs.
         window: which logged rows a check looks at.

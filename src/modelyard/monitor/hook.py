@@ -20,7 +20,9 @@ command) is that knowledge. When an incident opens, the loop calls it with the i
 ``feedback`` holds one row per labelled logged row: ``ts``, ``request_id``, ``row``, ``version``,
 ``features`` (the logged inputs, as :mod:`modelyard.inference.log` flattens them), ``outputs``,
 ``predicted``, ``label`` (as fed back), ``label_index`` and ``label_ts``. ``folder`` is the
-incident's own folder, where the hook may write what its datamodule will read.
+incident's own folder, where the hook may write what its datamodule will read; always a local folder
+(with a ``s3://``/``gs://`` state_dir, the working copy whose files are uploaded to the state's
+``incidents/<NNNN>/`` when each step ends).
 
 The hook answers with one of:
 

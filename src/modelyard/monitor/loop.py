@@ -444,9 +444,10 @@ class Monitor:
         ref = self._load_reference()
         store = MonitorStore(self.cfg.log_dir, self.cfg.model, classes=ref.spec.classes if ref.spec else None)
         result = evaluate(self.cfg, store, ref, now=now, last_retrain=self.incidents.last_retrain())
-        report_dir = self.incidents.root / "reports" / "latest"
+        report_dir = self.incidents.latest_report_dir
         if result.drift is not None:
             write_report(result.drift, report_dir, result.performance, title=f"{self.cfg.model} v{ref.version}")
+            self.incidents.publish_report()
         self._gauges(result)
         self.incidents.record_check({"time": now, "summary": result.summary(), "fired": result.fired,
                                      "triggers": [asdict(t) for t in result.triggers],
@@ -623,7 +624,7 @@ class Monitor:
             self._set_tags(incident.mlflow_run, {"modelyard.incident.state": state})
             try:
                 client = client_for(self.tracking_uri)
-                client.log_artifact(incident.mlflow_run, str(self.incidents.incidents_file))
+                client.log_artifact(incident.mlflow_run, str(self.incidents.index_file()))
                 client.set_terminated(incident.mlflow_run, "FAILED" if state == "failed" else "FINISHED")
             except Exception as err:  # noqa: BLE001 - the record on disk is complete already
                 logger.warning("incident %d: MLflow run not closed: %s", incident.id, err)

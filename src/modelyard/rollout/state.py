@@ -15,9 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import time
-import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,13 +23,11 @@ from typing import Any
 from modelyard._io import atomic_write_text
 from modelyard.rollout.decision import Decision
 from modelyard.safety import check_name
-from modelyard.storage import Location, is_uri, location
+from modelyard.storage import Location, is_record_name, is_uri, location, record_name
 
 __all__ = ["PHASES", "TERMINAL", "RolloutState", "StateStore"]
 
 logger = logging.getLogger(__name__)
-
-_OBJECT = re.compile(r"^\d{20}-[0-9a-f]{8}\.json$")
 
 SCHEMA = 1
 PHASES = ("pending", "running", "promoted", "rolled_back", "aborted", "refused")
@@ -106,7 +102,6 @@ class StateStore:
         self.remote: Location | None = found if found is not None and found.remote else None
         self.state_dir = self.remote if self.remote is not None else \
             found.local_path if found is not None else Path(state_dir)
-        self._last_ns = 0
 
     def state_path(self, model: str) -> Path | Location:
         if self.remote is not None:
@@ -118,15 +113,10 @@ class StateStore:
             return self.remote.child(f"{check_name(model, 'model name')}.decisions")
         return self.state_dir / f"{check_name(model, 'model name')}.decisions.jsonl"
 
-    def _object_name(self) -> str:
-        """A unique name that sorts after every name this store wrote before (time, then random)."""
-        self._last_ns = max(time.time_ns(), self._last_ns + 1)
-        return f"{self._last_ns:020d}-{uuid.uuid4().hex[:8]}.json"
-
     @staticmethod
     def _objects(folder: Location) -> list[str]:
-        """Paths of the objects written by :meth:`_object_name` under ``folder``, oldest first."""
-        return sorted((i.path for i in folder.files() if _OBJECT.match(i.path.rsplit("/", 1)[-1])),
+        """Paths of the objects named by :func:`~modelyard.storage.record_name` under ``folder``, oldest first."""
+        return sorted((i.path for i in folder.files() if is_record_name(i.path.rsplit("/", 1)[-1])),
                       key=lambda p: p.rsplit("/", 1)[-1])
 
     def _read_text(self, model: str) -> tuple[str, str] | None:
@@ -159,7 +149,7 @@ class StateStore:
         path = self.state_path(state.model)
         if isinstance(path, Location):
             older = self._objects(path)
-            written = path.write_bytes(self._object_name(), text.encode())
+            written = path.write_bytes(record_name(), text.encode())
             for old in older:  # the new state is whole and newest: the older ones can go
                 path.delete(old)
             return written
@@ -169,7 +159,7 @@ class StateStore:
         """Append one decision to the audit log and make it durable before anything acts on it."""
         path = self.audit_path(model)
         if isinstance(path, Location):  # no append on object storage: one object per decision
-            return path.write_bytes(self._object_name(), (json.dumps(decision.to_dict(), sort_keys=True)
+            return path.write_bytes(record_name(), (json.dumps(decision.to_dict(), sort_keys=True)
                                                           + "\n").encode())
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "a", encoding="utf-8") as handle:
