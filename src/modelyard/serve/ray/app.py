@@ -35,8 +35,8 @@ from modelyard.serve.ray.router import DEPLOYED_REVISION, TrafficConfig
 from modelyard.serve.ray.serve_config import stats_name
 from modelyard.signature import Signature
 
-__all__ = ["RayServeConfig", "build", "build_app", "control_url", "deploy", "main", "run", "serving_ray",
-           "update_traffic"]
+__all__ = ["RayServeConfig", "build", "build_app", "control_url", "deploy", "grpc_address", "grpc_options", "main",
+           "run", "serving_ray", "update_traffic", "wait_grpc_ready"]
 
 logger = logging.getLogger(__name__)
 
@@ -191,6 +191,8 @@ def deploy(cfg: RayServeConfig, app_name: str = "modelyard", route_prefix: str =
     serve.run(build_app(cfg), name=app_name, route_prefix=route_prefix, blocking=False)
     base = f"http://{cfg.host}:{cfg.port}{route_prefix.rstrip('/')}"
     wait_ready(base, cfg.model)
+    if cfg.grpc_port is not None:
+        wait_grpc_ready(grpc_address(cfg), cfg.model, app_name)
     if cfg.control_port is not None:
         _wait_control(control_url(cfg))
     return base
@@ -215,6 +217,52 @@ def _wait_control(url: str, timeout_s: float = 60.0) -> None:
 
     if not wait_until(answers, timeout_s, 0.2):
         raise TimeoutError(f"control routes at {url} not answering after {timeout_s:.0f}s (last error: {last})")
+
+
+def grpc_options(cfg: RayServeConfig) -> dict[str, Any] | None:
+    """Ray Serve's ``grpc_options`` for ``cfg``: its gRPC proxy on ``grpc_port`` with Triton's
+    KServe v2 service; None when ``grpc_port`` is None (no gRPC server)."""
+    if cfg.grpc_port is None:
+        return None
+    from modelyard.serve.ray.kserve_grpc import SERVICER_FUNCTION
+
+    return {"port": cfg.grpc_port, "grpc_servicer_functions": [SERVICER_FUNCTION]}
+
+
+def grpc_address(cfg: RayServeConfig) -> str:
+    """``host:port`` of the KServe v2 gRPC endpoint (``tritonclient.grpc.InferenceServerClient(url=...)``).
+
+    Raises:
+        ValueError: ``cfg.grpc_port`` is None (gRPC is off).
+    """
+    if cfg.grpc_port is None:
+        raise ValueError("grpc_port is not set: the gRPC endpoint is off; expected --grpc_port PORT")
+    return f"{cfg.host}:{cfg.grpc_port}"
+
+
+def wait_grpc_ready(address: str, model: str, app_name: str, timeout_s: float = 60.0) -> None:
+    """Poll gRPC ``ModelReady`` of ``model`` at ``address`` (metadata ``application``: ``app_name``)
+    until it answers ready: the gRPC proxy learns of a new application on its own schedule."""
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    last: object = None
+    client = grpcclient.InferenceServerClient(address)
+
+    def ready() -> bool:
+        nonlocal last
+        try:
+            return bool(client.is_model_ready(model, headers={"application": app_name}, client_timeout=5))
+        except InferenceServerException as err:
+            last = err
+            return False
+
+    try:
+        if not wait_until(ready, timeout_s, 0.2):
+            raise TimeoutError(f"gRPC {address}: model {model!r} of application {app_name!r} not ready after "
+                               f"{timeout_s:.0f}s (last error: {last})")
+    finally:
+        client.close()
 
 
 def wait_ready(base_url: str, model: str, timeout_s: float = 60.0) -> None:
@@ -245,9 +293,10 @@ def serving_ray(cfg: RayServeConfig, app_name: str = "modelyard") -> Iterator[st
     # application is deleted at the end, never the whole Serve instance.
     own_serve = started_ray or not _serve_running()
     try:
-        serve.start(http_options={"host": cfg.host, "port": cfg.port})
+        serve.start(http_options={"host": cfg.host, "port": cfg.port}, grpc_options=grpc_options(cfg))
         url = deploy(cfg, app_name)
-        logger.info("serving %s (KServe v2) at %s", cfg.model, url)
+        logger.info("serving %s (KServe v2) at %s%s", cfg.model, url,
+                    f" and gRPC {grpc_address(cfg)}" if cfg.grpc_port is not None else "")
         yield url
     finally:
         try:
