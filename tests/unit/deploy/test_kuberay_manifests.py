@@ -62,7 +62,7 @@ def test_the_command_writes_a_rayservice_that_builds_the_serve_config(tmp_path):
     expected = yaml.safe_load(SERVE_CONFIG.read_text())
     # the serve config's keys are the builder's args, except the traffic settings and the local-only ones
     for key, value in expected.items():
-        if key in (*TRAFFIC_KEYS, "host", "port", "metrics_port", "canary", "log_dir", "num_gpus"):
+        if key in (*TRAFFIC_KEYS, "host", "port", "grpc_port", "metrics_port", "canary", "log_dir", "num_gpus"):
             continue
         assert app["args"][key] == value, key
     assert app["args"]["canary"] == "@challenger"

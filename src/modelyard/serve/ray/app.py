@@ -5,7 +5,8 @@ dynamic batching) behind one :class:`~modelyard.serve.ray.ingress.KServeIngress`
 validates requests, splits traffic, mirrors shadow traffic and keeps the statistics that
 ``GET /-/status`` reports. Weights change at run time through ``POST /-/traffic`` (or
 :func:`update_traffic`), ``/-/promote`` and ``/-/rollback`` -- on the serving port, or only on a
-separate ``control_port`` in production (:func:`control_url` says where).
+separate ``control_port`` in production (:func:`control_url` says where). With ``grpc_port`` Serve's
+gRPC proxy also speaks KServe v2 over gRPC (:mod:`~modelyard.serve.ray.kserve_grpc`, :func:`grpc_options`).
 
 Every version is served with its :class:`~modelyard.signature.Signature` (``signature.json`` beside
 its ONNX file, else the graph's own); a version whose files include a tokenizer
@@ -184,7 +185,8 @@ def deploy(cfg: RayServeConfig, app_name: str = "modelyard", route_prefix: str =
     """Deploy ``cfg`` as application ``app_name`` on the running Serve instance; the base URL.
 
     Serve itself (and its HTTP host/port) must already be started, e.g. by :func:`serving_ray`.
-    With ``cfg.control_port`` this also waits until the control port answers.
+    With ``cfg.control_port`` this also waits until the control port answers; with ``cfg.grpc_port``
+    until the gRPC endpoint answers (Serve must have been started with :func:`grpc_options`).
     """
     from ray import serve
 
@@ -369,8 +371,8 @@ def run(cfg: RayServeConfig) -> None:
             ray.shutdown()
 
 
-DESCRIPTION = ("Serve a model with Ray Serve over the KServe v2 HTTP protocol, with dynamic batching, "
-               "a weighted or sticky canary, shadow traffic and run-time traffic changes.")
+DESCRIPTION = ("Serve a model with Ray Serve over the KServe v2 protocol (HTTP, and gRPC with --grpc_port), with "
+               "dynamic batching, a weighted or sticky canary, shadow traffic and run-time traffic changes.")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,4 +1,5 @@
-"""The KServe v2 HTTP ingress of ``modelyard serve ray``: validation, canary/shadow routing, status.
+"""The KServe v2 ingress of ``modelyard serve ray`` (HTTP, and gRPC through Serve's gRPC proxy with
+``grpc_port``): validation, canary/shadow routing, status.
 
 It runs with any number of replicas (``ingress_replicas`` or ``ingress_autoscaling_config``), which
 share two things. The traffic weights (canary, shadow, sticky header, promotion) are the ingress
