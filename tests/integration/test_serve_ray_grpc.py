@@ -99,7 +99,7 @@ def test_typed_contents_answer_as_raw_contents_do(server):
     """A client sending typed ``contents`` (not tritonclient's raw bytes) through the service stub."""
     x = features(3, seed=11)
     request = service_pb2.ModelInferRequest(model_name=MODEL, model_version="1")
-    request.inputs.add(name="features", datatype="FP32", shape=[3, 8]).contents.fp32_contents.extend(x.ravel())
+    request.inputs.add(name="features", datatype="FP32", shape=[3, 8]).contents.fp32_contents.extend(x.ravel().tolist())
     with grpc.insecure_channel(server["address"]) as channel:
         response = service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=30)
     result = grpcclient.InferResult(response)
