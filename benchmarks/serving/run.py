@@ -61,7 +61,7 @@ class Profile:
     batches: tuple[int, ...] = (1, 32)
 
 
-# ci: 10 targets x 6 rows x 1.5 s, 7 ratios x 6 rounds x 2 sides x 1 s, plus server starts: ~3.5 min on 2 CPUs.
+# ci: 11 targets x 6 rows x 1.5 s, 8 ratios x 6 rounds x 2 sides x 1 s, plus server starts: ~4 min on 2 CPUs.
 PROFILES = {"ci": Profile(warmup_s=0.3, measure_s=1.2, pair_rounds=6, pair_measure_s=0.7),
             "full": Profile(warmup_s=2.0, measure_s=10.0, pair_rounds=10, pair_measure_s=5.0)}
 

@@ -35,6 +35,8 @@ RATIOS: dict[str, tuple[str, tuple[str, int, int], tuple[str, int, int], str]] =
                                               "Ray Serve dynamic batching on (max_batch_size 32) vs off (1)"),
     "triton_grpc_p50_over_http_p50": ("p50_ms", ("triton_grpc", 1, 1), ("triton_http", 1, 1),
                                       "Triton gRPC vs HTTP"),
+    "ray_grpc_p50_over_http_p50": ("p50_ms", ("ray_ingress_grpc", 1, 1), ("ray_ingress", 1, 1),
+                                   "Ray Serve ingress over gRPC (tritonclient.grpc) vs HTTP"),
 }
 ROW_KEYS: dict[str, tuple[type, ...]] = {
     "target": (str,), "concurrency": (int,), "batch": (int,), "requests": (int,),

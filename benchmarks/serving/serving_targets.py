@@ -1,7 +1,7 @@
 """The serving targets of the benchmark, started in three groups that never run at the same time.
 
 in-process (``torch_eager``, ``ort_fp32``, ``ort_int8``), Triton (``triton_http``, ``triton_grpc``) and
-Ray Serve (``ray_direct``, ``ray_ingress``, ``ray_ingress_split10``, ``ray_ingress_log``,
+Ray Serve (``ray_direct``, ``ray_ingress``, ``ray_ingress_grpc``, ``ray_ingress_split10``, ``ray_ingress_log``,
 ``ray_ingress_unbatched``). One group's servers are stopped before the next starts, so an idle
 Ray cluster does not steal CPU from the in-process figures; every gated ratio compares targets of
 the same group, measured back to back at the same concurrency and batch size.
@@ -11,6 +11,8 @@ deployment class the ingress calls (ONNX Runtime session, warm-up, ``@serve.batc
 to decode the KServe v2 JSON body itself, deployed alone as its own application behind Ray Serve's
 HTTP proxy. The same client, body and URL shape reach ``ray_ingress``; the difference is the
 ingress replica and its hop (validation, routing, statistics, metrics, the handle call).
+``ray_ingress_grpc`` is the same ingress application called through Ray Serve's gRPC proxy with
+``tritonclient.grpc``, as ``triton_grpc`` calls Triton.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ TARGETS: dict[str, str] = {
     "triton_grpc": "the same Triton server via tritonclient.grpc",
     "ray_direct": "Ray Serve HTTP straight to a ModelVersion deployment (own app, no ingress)",
     "ray_ingress": "Ray Serve HTTP through the KServe ingress, canary deployed at weight 0, log off",
+    "ray_ingress_grpc": "the same ingress app through Ray Serve's gRPC proxy (KServe v2 gRPC) via tritonclient.grpc",
     "ray_ingress_split10": "the same ingress app with canary_weight 0.1 (canary = the same ONNX file)",
     "ray_ingress_log": "the same ingress configuration with the inference log on (sample rate 1)",
     "ray_ingress_unbatched": "the same ingress configuration with max_batch_size 1 (no dynamic batching)",
@@ -54,7 +57,8 @@ TARGETS: dict[str, str] = {
 GROUPS: dict[str, tuple[str, ...]] = {
     "inprocess": ("torch_eager", "ort_fp32", "ort_int8"),
     "triton": ("triton_http", "triton_grpc"),
-    "ray": ("ray_direct", "ray_ingress", "ray_ingress_split10", "ray_ingress_log", "ray_ingress_unbatched"),
+    "ray": ("ray_direct", "ray_ingress", "ray_ingress_grpc", "ray_ingress_split10", "ray_ingress_log",
+            "ray_ingress_unbatched"),
 }
 
 
@@ -187,6 +191,22 @@ def _closing(call: Callable[[], object], close: Callable[[], object]) -> Callabl
 
 # --- Triton -------------------------------------------------------------------------------------------
 
+def _tritonclient_grpc(address: str, model: str, rows: np.ndarray,
+                       headers: dict[str, str] | None = None) -> CallFactory:
+    """Per-thread ``tritonclient.grpc`` client sending ``rows`` as FP32 ``features`` (``headers``: the
+    call's metadata, e.g. Ray Serve's ``application``)."""
+    def make() -> Callable[[], object]:
+        import tritonclient.grpc as client_lib
+
+        client = client_lib.InferenceServerClient(address)
+        inputs = [client_lib.InferInput("features", list(rows.shape), "FP32")]
+        inputs[0].set_data_from_numpy(rows.copy())
+        outputs = [client_lib.InferRequestedOutput("logits")]
+        return _closing(lambda: client.infer(model, inputs, outputs=outputs, headers=headers,
+                                             client_timeout=HTTP_TIMEOUT_S), client.close)
+    return make
+
+
 def _free_ports(n: int) -> list[int]:
     from netutil import free_port
 
@@ -220,16 +240,7 @@ def _triton(names: list[str], model_dir: Path, work: Path) -> Iterator[list[Targ
             return make
 
         def grpc_rows(rows: np.ndarray) -> CallFactory:
-            def make() -> Callable[[], object]:
-                import tritonclient.grpc as client_lib
-
-                client = client_lib.InferenceServerClient(endpoint.grpc_address)
-                inputs = [client_lib.InferInput("features", list(rows.shape), "FP32")]
-                inputs[0].set_data_from_numpy(rows.copy())
-                outputs = [client_lib.InferRequestedOutput("logits")]
-                return _closing(lambda: client.infer(endpoint.model, inputs, outputs=outputs,
-                                                     client_timeout=HTTP_TIMEOUT_S), client.close)
-            return make
+            return _tritonclient_grpc(endpoint.grpc_address, endpoint.model, rows)
 
         factories = {"triton_http": http_rows, "triton_grpc": grpc_rows}
         yield [Target(name, factories[name]) for name in GROUPS["triton"] if name in names]
@@ -305,24 +316,35 @@ def _ray(names: list[str], model_dir: Path, work: Path) -> Iterator[list[Target]
     from ray import serve
 
     from modelyard.registry.reference import resolve_reference
-    from modelyard.serve.ray.app import RayServeConfig, deploy, serving_ray, update_traffic, wait_ready
+    from modelyard.serve.ray.app import (
+        RayServeConfig,
+        deploy,
+        grpc_address,
+        serving_ray,
+        update_traffic,
+        wait_ready,
+    )
     from modelyard.serve.ray.models import read_signature
 
     os.environ.pop("RAY_ADDRESS", None)  # a local, private Ray: never load someone's cluster
     # Workers cannot import this script's folder: whatever of this module reaches Ray travels by value.
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     reference = f"path:{model_dir / 'model.onnx'}"
+    http_port, grpc_port = _free_ports(2)
     base = RayServeConfig(model=MODEL, stable=reference, canary=reference, canary_weight=0.0, log_dir=None,
-                          port=_free_ports(1)[0])
+                          port=http_port, grpc_port=grpc_port if "ray_ingress_grpc" in names else None)
     host, port = base.host, base.port
     # The ingress app is the one serving_ray deploys; it serves both ray_ingress and the split.
     with serving_ray(base, app_name="ingress") as url:
         prefixes = {"ray_ingress": "", "ray_ingress_split10": ""}
+        # The other applications are called over HTTP only: no wait for their gRPC readiness.
+        http_only = replace(base, grpc_port=None)
         if "ray_ingress_log" in names:
-            deploy(replace(base, log_dir=str(work / "inference_log")), app_name="ingress_log", route_prefix="/log")
+            deploy(replace(http_only, log_dir=str(work / "inference_log")), app_name="ingress_log",
+                   route_prefix="/log")
             prefixes["ray_ingress_log"] = "/log"
         if "ray_ingress_unbatched" in names:
-            deploy(replace(base, max_batch_size=1), app_name="ingress_unbatched", route_prefix="/unbatched")
+            deploy(replace(http_only, max_batch_size=1), app_name="ingress_unbatched", route_prefix="/unbatched")
             prefixes["ray_ingress_unbatched"] = "/unbatched"
         if "ray_direct" in names:
             stable = resolve_reference(reference, MODEL)
@@ -335,6 +357,8 @@ def _ray(names: list[str], model_dir: Path, work: Path) -> Iterator[list[Target]
             prefixes["ray_direct"] = "/direct"
 
         def for_target(name: str) -> Callable[[np.ndarray], CallFactory]:
+            if name == "ray_ingress_grpc":  # several applications: the gRPC proxy routes by this metadata
+                return lambda rows: _tritonclient_grpc(grpc_address(base), MODEL, rows, {"application": "ingress"})
             path = f"{prefixes[name]}/v2/models/{MODEL}/infer"
             return lambda rows: _http_json(host, port, path, rows)
 

@@ -30,8 +30,8 @@ BUILDER = "modelyard.serve.ray.app:build"  # the Ray Serve application builder (
 SERVE_PORT = 8000  # Ray Serve's HTTP proxy; KubeRay's serve Service targets the port named "serve"
 DASHBOARD_PORT = 8265  # KubeRay sends serveConfigV2 to the dashboard's REST API on this port
 # Keys of the serve configuration that are not the application's: where the local proxy listens
-# (the cluster's is http_options) and the local Ray node's metrics port.
-_LOCAL_ONLY = ("host", "port", "metrics_port")
+# (the cluster's is http_options, and grpc_options for grpc_port) and the local Ray node's metrics port.
+_LOCAL_ONLY = ("host", "port", "grpc_port", "metrics_port")
 _DEFAULT_REPLICA_GPUS = 1.0  # a model replica's GPUs with target gpu when the serve config says 0
 _LABELS = {"app.kubernetes.io/name": "modelyard", "app.kubernetes.io/part-of": "modelyard"}
 
@@ -64,9 +64,15 @@ def application_args(cfg: KubeRayConfig) -> dict[str, Any]:
 
 def serve_config_v2(cfg: KubeRayConfig) -> dict[str, Any]:
     """The Ray Serve config (``serveConfigV2``, as a mapping) of ``cfg``: one application built by
-    :data:`BUILDER`, its ingress carrying the traffic settings as ``user_config``."""
+    :data:`BUILDER`, its ingress carrying the traffic settings as ``user_config``. With the serve
+    configuration's ``grpc_port``, the cluster's proxies also serve KServe v2 over gRPC there
+    (``grpc_options``, a cluster-wide setting of Serve like ``http_options``)."""
+    from modelyard.serve.ray.app import grpc_options
+
+    grpc = grpc_options(cfg.serve)
     return {
         "http_options": {"host": "0.0.0.0", "port": SERVE_PORT},
+        **({"grpc_options": grpc} if grpc is not None else {}),
         "applications": [{
             "name": cfg.app_name,
             "route_prefix": "/",
@@ -120,6 +126,10 @@ def rayservice(cfg: KubeRayConfig) -> dict[str, Any]:
     head_ports = [{"name": "gcs-server", "containerPort": 6379}, {"name": "dashboard", "containerPort": DASHBOARD_PORT},
                   {"name": "client", "containerPort": 10001}, {"name": "serve", "containerPort": SERVE_PORT}]
     worker_ports = [{"name": "serve", "containerPort": SERVE_PORT}]
+    if cfg.serve.grpc_port is not None:  # every node's proxy serves gRPC too; KubeRay's serve Service is HTTP only
+        grpc_port = {"name": "grpc", "containerPort": cfg.serve.grpc_port}
+        head_ports.append(grpc_port)
+        worker_ports.append(dict(grpc_port))
     group = "gpu-workers" if gpu else "cpu-workers"
     return {
         "apiVersion": "ray.io/v1",

@@ -62,7 +62,7 @@ def test_the_command_writes_a_rayservice_that_builds_the_serve_config(tmp_path):
     expected = yaml.safe_load(SERVE_CONFIG.read_text())
     # the serve config's keys are the builder's args, except the traffic settings and the local-only ones
     for key, value in expected.items():
-        if key in (*TRAFFIC_KEYS, "host", "port", "metrics_port", "canary", "log_dir", "num_gpus"):
+        if key in (*TRAFFIC_KEYS, "host", "port", "grpc_port", "metrics_port", "canary", "log_dir", "num_gpus"):
             continue
         assert app["args"][key] == value, key
     assert app["args"]["canary"] == "@challenger"
@@ -131,6 +131,27 @@ def test_serve_config_v2_is_a_valid_ray_serve_config_and_its_builder_builds_the_
     app = call_user_app_builder_with_args_if_necessary(build, app_schema.args)  # as Ray Serve calls it
     ingress = app._bound_deployment
     assert [d.name for d in app_schema.deployments] == [ingress.name] == ["fraud-ingress"]
+
+
+def test_grpc_port_becomes_the_clusters_grpc_options_and_a_port_of_every_pod():
+    from ray.serve.schema import ServeDeploySchema
+
+    from modelyard.serve.ray.kserve_grpc import SERVICER_FUNCTION
+
+    service = rayservice(_cfg(serve={"grpc_port": 9000}))
+    assert problems(service) == []
+    serve_config = serve_config_of(service)
+    assert serve_config["grpc_options"] == {"port": 9000, "grpc_servicer_functions": [SERVICER_FUNCTION]}
+    schema = ServeDeploySchema.model_validate(serve_config)
+    assert schema.grpc_options.port == 9000
+    assert "grpc_port" not in serve_config["applications"][0]["args"]  # cluster-wide, not the application's
+    cluster = service["spec"]["rayClusterConfig"]
+    for template in (cluster["headGroupSpec"]["template"], cluster["workerGroupSpecs"][0]["template"]):
+        assert {"name": "grpc", "containerPort": 9000} in template["spec"]["containers"][0]["ports"]
+    plain = serve_config_of(rayservice(_cfg()))
+    assert "grpc_options" not in plain
+    assert all(p["name"] != "grpc" for p in rayservice(_cfg())["spec"]["rayClusterConfig"]["headGroupSpec"][
+        "template"]["spec"]["containers"][0]["ports"])
 
 
 def test_the_ingress_applies_the_manifests_user_config():

@@ -5,7 +5,8 @@ dynamic batching) behind one :class:`~modelyard.serve.ray.ingress.KServeIngress`
 validates requests, splits traffic, mirrors shadow traffic and keeps the statistics that
 ``GET /-/status`` reports. Weights change at run time through ``POST /-/traffic`` (or
 :func:`update_traffic`), ``/-/promote`` and ``/-/rollback`` -- on the serving port, or only on a
-separate ``control_port`` in production (:func:`control_url` says where).
+separate ``control_port`` in production (:func:`control_url` says where). With ``grpc_port`` Serve's
+gRPC proxy also speaks KServe v2 over gRPC (:mod:`~modelyard.serve.ray.kserve_grpc`, :func:`grpc_options`).
 
 Every version is served with its :class:`~modelyard.signature.Signature` (``signature.json`` beside
 its ONNX file, else the graph's own); a version whose files include a tokenizer
@@ -35,8 +36,8 @@ from modelyard.serve.ray.router import DEPLOYED_REVISION, TrafficConfig
 from modelyard.serve.ray.serve_config import stats_name
 from modelyard.signature import Signature
 
-__all__ = ["RayServeConfig", "build", "build_app", "control_url", "deploy", "main", "run", "serving_ray",
-           "update_traffic"]
+__all__ = ["RayServeConfig", "build", "build_app", "control_url", "deploy", "grpc_address", "grpc_options", "main",
+           "run", "serving_ray", "update_traffic", "wait_grpc_ready"]
 
 logger = logging.getLogger(__name__)
 
@@ -184,13 +185,16 @@ def deploy(cfg: RayServeConfig, app_name: str = "modelyard", route_prefix: str =
     """Deploy ``cfg`` as application ``app_name`` on the running Serve instance; the base URL.
 
     Serve itself (and its HTTP host/port) must already be started, e.g. by :func:`serving_ray`.
-    With ``cfg.control_port`` this also waits until the control port answers.
+    With ``cfg.control_port`` this also waits until the control port answers; with ``cfg.grpc_port``
+    until the gRPC endpoint answers (Serve must have been started with :func:`grpc_options`).
     """
     from ray import serve
 
     serve.run(build_app(cfg), name=app_name, route_prefix=route_prefix, blocking=False)
     base = f"http://{cfg.host}:{cfg.port}{route_prefix.rstrip('/')}"
     wait_ready(base, cfg.model)
+    if cfg.grpc_port is not None:
+        wait_grpc_ready(grpc_address(cfg), cfg.model, app_name)
     if cfg.control_port is not None:
         _wait_control(control_url(cfg))
     return base
@@ -215,6 +219,52 @@ def _wait_control(url: str, timeout_s: float = 60.0) -> None:
 
     if not wait_until(answers, timeout_s, 0.2):
         raise TimeoutError(f"control routes at {url} not answering after {timeout_s:.0f}s (last error: {last})")
+
+
+def grpc_options(cfg: RayServeConfig) -> dict[str, Any] | None:
+    """Ray Serve's ``grpc_options`` for ``cfg``: its gRPC proxy on ``grpc_port`` with Triton's
+    KServe v2 service; None when ``grpc_port`` is None (no gRPC server)."""
+    if cfg.grpc_port is None:
+        return None
+    from modelyard.serve.ray.kserve_grpc import SERVICER_FUNCTION
+
+    return {"port": cfg.grpc_port, "grpc_servicer_functions": [SERVICER_FUNCTION]}
+
+
+def grpc_address(cfg: RayServeConfig) -> str:
+    """``host:port`` of the KServe v2 gRPC endpoint (``tritonclient.grpc.InferenceServerClient(url=...)``).
+
+    Raises:
+        ValueError: ``cfg.grpc_port`` is None (gRPC is off).
+    """
+    if cfg.grpc_port is None:
+        raise ValueError("grpc_port is not set: the gRPC endpoint is off; expected --grpc_port PORT")
+    return f"{cfg.host}:{cfg.grpc_port}"
+
+
+def wait_grpc_ready(address: str, model: str, app_name: str, timeout_s: float = 60.0) -> None:
+    """Poll gRPC ``ModelReady`` of ``model`` at ``address`` (metadata ``application``: ``app_name``)
+    until it answers ready: the gRPC proxy learns of a new application on its own schedule."""
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    last: object = None
+    client = grpcclient.InferenceServerClient(address)
+
+    def ready() -> bool:
+        nonlocal last
+        try:
+            return bool(client.is_model_ready(model, headers={"application": app_name}, client_timeout=5))
+        except InferenceServerException as err:
+            last = err
+            return False
+
+    try:
+        if not wait_until(ready, timeout_s, 0.2):
+            raise TimeoutError(f"gRPC {address}: model {model!r} of application {app_name!r} not ready after "
+                               f"{timeout_s:.0f}s (last error: {last})")
+    finally:
+        client.close()
 
 
 def wait_ready(base_url: str, model: str, timeout_s: float = 60.0) -> None:
@@ -245,9 +295,10 @@ def serving_ray(cfg: RayServeConfig, app_name: str = "modelyard") -> Iterator[st
     # application is deleted at the end, never the whole Serve instance.
     own_serve = started_ray or not _serve_running()
     try:
-        serve.start(http_options={"host": cfg.host, "port": cfg.port})
+        serve.start(http_options={"host": cfg.host, "port": cfg.port}, grpc_options=grpc_options(cfg))
         url = deploy(cfg, app_name)
-        logger.info("serving %s (KServe v2) at %s", cfg.model, url)
+        logger.info("serving %s (KServe v2) at %s%s", cfg.model, url,
+                    f" and gRPC {grpc_address(cfg)}" if cfg.grpc_port is not None else "")
         yield url
     finally:
         try:
@@ -320,8 +371,8 @@ def run(cfg: RayServeConfig) -> None:
             ray.shutdown()
 
 
-DESCRIPTION = ("Serve a model with Ray Serve over the KServe v2 HTTP protocol, with dynamic batching, "
-               "a weighted or sticky canary, shadow traffic and run-time traffic changes.")
+DESCRIPTION = ("Serve a model with Ray Serve over the KServe v2 protocol (HTTP, and gRPC with --grpc_port), with "
+               "dynamic batching, a weighted or sticky canary, shadow traffic and run-time traffic changes.")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -32,16 +32,18 @@ import numpy as np
 
 from modelyard.signature import Signature, SignatureError, TensorSig
 
-__all__ = ["InferRequest", "KServeError", "check_request", "decode_request", "encode_response", "int_header",
-           "parse_json", "tensor_metadata"]
+__all__ = ["InferRequest", "KServeError", "check_request", "decode_document", "decode_request", "encode_response",
+           "int_header", "parse_json", "tensor_metadata"]
 
 
 class KServeError(ValueError):
-    """A request the server refuses; ``status`` is the HTTP status, the message goes to ``{"error"}``."""
+    """A request the server refuses; ``status`` is the HTTP status (gRPC maps it to a status code),
+    the message goes to ``{"error"}``; ``headers``: response headers to send with it (``Retry-After``)."""
 
-    def __init__(self, message: str, status: int = 400) -> None:
+    def __init__(self, message: str, status: int = 400, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.headers = headers
 
 
 def int_header(value: str | None, name: str = "Inference-Header-Content-Length") -> int | None:
@@ -119,6 +121,17 @@ def decode_request(body: bytes, signature: Signature, header_length: int | None 
         KServeError: naming the input, what was expected and what was received.
     """
     doc, binary = _parse_header(body, header_length)
+    return decode_document(doc, binary, signature, alternatives)
+
+
+def decode_document(doc: Mapping[str, Any], binary: bytes, signature: Signature,
+                    alternatives: Sequence[TensorSig] = ()) -> InferRequest:
+    """A parsed KServe v2 request (the JSON document, and the bytes after it that inputs with a
+    ``binary_data_size`` parameter take in order) decoded and validated as :func:`decode_request` does.
+
+    The gRPC endpoint builds this document from a ``ModelInferRequest``
+    (:func:`modelyard.serve.ray.kserve_grpc.request_document`), so both protocols share every rule.
+    """
     given = doc.get("inputs")
     if not isinstance(given, list) or not given:
         raise KServeError(f"'inputs' must be a non-empty list of tensors, got {_short(given)}")

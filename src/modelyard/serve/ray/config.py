@@ -75,6 +75,10 @@ class RayServeConfig:
         max_body_bytes: largest request body; larger bodies get 413.
         host: HTTP host.
         port: HTTP port.
+        grpc_port: port of Ray Serve's gRPC proxy speaking KServe v2 over gRPC (Triton's
+            ``GRPCInferenceService``: ``tritonclient.grpc`` works unchanged), with the same validation,
+            traffic split, statistics and inference log as HTTP. Ray binds it on every interface and
+            only when it starts Serve (a running Serve instance keeps its gRPC settings). ``None``: off.
         tracking_uri: MLflow tracking URI for registry references; default ``$MLFLOW_TRACKING_URI``,
             else ``./mlflow.db``.
         metrics_port: port of the local Ray node's Prometheus endpoint (``/metrics``), where the
@@ -149,6 +153,7 @@ class RayServeConfig:
     max_body_bytes: PositiveInt = 1_000_000
     host: str = "127.0.0.1"
     port: Port = 8000
+    grpc_port: ControlPort | None = None  # 1..65535: with 0 Ray would start no gRPC server at all
     tracking_uri: str | None = None
     metrics_port: int | None = None
     canary_fault_error_rate: ClosedUnitInterval = 0.0
@@ -184,6 +189,9 @@ class RayServeConfig:
                                 f"every request may wait that long for its batch to fill; got {self.request_timeout_s}")
             if self.control_port == self.port and self.control_host in (self.host, "0.0.0.0"):
                 problems.append(f"control_port {self.control_port} is the serving port; expected a separate port")
+            if self.grpc_port is not None and self.grpc_port in (self.port, self.control_port):
+                problems.append(f"grpc_port {self.grpc_port} is also the HTTP port ({self.port}) or the control port "
+                                f"({self.control_port}); expected a port of its own")
             if (why := name_problem(self.model)) is not None:
                 problems.append(f"model (the served model name) {self.model!r} is refused: {why}")
             for key, resources in (("ingress_resources", self.ingress_resources),

@@ -1,4 +1,5 @@
-"""The KServe v2 HTTP ingress of ``modelyard serve ray``: validation, canary/shadow routing, status.
+"""The KServe v2 ingress of ``modelyard serve ray`` (HTTP, and gRPC through Serve's gRPC proxy with
+``grpc_port``): validation, canary/shadow routing, status.
 
 It runs with any number of replicas (``ingress_replicas`` or ``ingress_autoscaling_config``), which
 share two things. The traffic weights (canary, shadow, sticky header, promotion) are the ingress
@@ -61,6 +62,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from modelyard.inference.feedback import FeedbackLog
 from modelyard.inference.log import InferenceLog
+from modelyard.serve.ray import kserve_grpc
 from modelyard.serve.ray.codec import (
     InferRequest,
     KServeError,
@@ -252,6 +254,32 @@ def _retryable(err: BaseException) -> bool:
     """
     return isinstance(err, (TimeoutError, RayActorError, ReplicaUnavailableError)) and not isinstance(
         err, RayTaskError)
+
+
+@dataclass(frozen=True)
+class Answer:
+    """An answered inference request, before it is written in the protocol the caller spoke."""
+
+    label: str  # the version that answered
+    request_id: str
+    outputs: dict[str, np.ndarray]
+    requested: list[str] | None  # output names asked for; None: all
+
+
+def _grpc_refusal(context: Any, err: KServeError, empty: Any) -> Any:
+    """Answer a gRPC call with ``err``'s status code and message (Ray Serve's proxy sends the code set
+    on the context) and the ``empty`` response message."""
+    context.set_code(kserve_grpc.grpc_status(err.status))
+    context.set_details(str(err))
+    return empty
+
+
+def _serve_request_id() -> str | None:
+    """The request id Ray Serve's gRPC proxy gave this call (the client's ``request_id`` metadata, else
+    one it generated), which it sends back in the trailing metadata."""
+    from ray.serve.context import _get_serve_request_context
+
+    return _get_serve_request_context().request_id or None
 
 
 # Helpers above stay above the class: Ray pickles the ingress class by value with the globals that
@@ -470,32 +498,51 @@ class KServeIngress:
         return await self._infer(name, version, request)
 
     async def _infer(self, name: str, version: str | None, request: Request) -> JSONResponse:
+        async def decode() -> InferRequest:
+            body = await request.body()  # over max_body_bytes: BodyTooLarge (413), from the middleware
+            header = request.headers.get("inference-header-content-length")
+            return decode_request(body, self.signature, int_header(header), self.alternatives)
+
+        try:
+            answer = await self._answer(name, version, decode, request.headers.get(self.sticky_header),
+                                        request.headers.get("x-request-id"))
+        except KServeError as err:
+            return _error(err.status, str(err), err.headers)
+        body = encode_response(self.model, answer.label, answer.request_id, answer.outputs, self.outputs,
+                               answer.requested)
+        return JSONResponse(body, headers={"x-model-version": answer.label})
+
+    async def _answer(self, name: str, version: str | None, decode: Callable[[], Awaitable[InferRequest]],
+                      key: str | None, header_id: str | None) -> Answer:
+        """One inference request, whichever protocol it came in: the model name, the in-flight bound,
+        ``decode`` (decoding and validation), routing, the model call, statistics, shadow and log.
+
+        Raises:
+            KServeError: the refusal, with its HTTP status (the gRPC endpoint maps it to a status code).
+        """
         if name != self.model:
-            return self._reject(404, f"unknown model {name!r}; this server serves {self.model!r}")
+            raise self._refuse(404, f"unknown model {name!r}; this server serves {self.model!r}")
         # Our own in-flight bound answers overload at once; Ray's queue would only make callers wait.
         if self.inflight >= self.max_inflight:
-            return self._reject(503, f"overloaded: {self.inflight} requests in flight (limit {self.max_inflight}); "
-                                "retry later", {"Retry-After": RETRY_AFTER_S})
+            raise self._refuse(503, f"overloaded: {self.inflight} requests in flight (limit {self.max_inflight}); "
+                               "retry later", {"Retry-After": RETRY_AFTER_S})
         self.inflight += 1
         try:
             try:
-                body = await request.body()  # over max_body_bytes: BodyTooLarge (413), from the middleware
-                header = request.headers.get("inference-header-content-length")
-                decoded = decode_request(body, self.signature, int_header(header), self.alternatives)
+                decoded = await decode()
             except KServeError as err:
-                return self._reject(err.status, str(err))
-            return await self._run(decoded, version, request.headers.get(self.sticky_header),
-                                   request.headers.get("x-request-id"))
+                raise self._refuse(err.status, str(err)) from None
+            return await self._run(decoded, version, key, header_id)
         finally:
             self.inflight -= 1
 
     async def _run(self, req: InferRequest, version: str | None, key: str | None,
-                   header_id: str | None = None) -> JSONResponse:
+                   header_id: str | None = None) -> Answer:
         if version is not None:
             roles = [r for r, label in self.labels.items() if label == version]
             if not roles:
-                return self._reject(404, f"model {self.model!r} has no version {version!r}; "
-                                    f"versions: {list(self.labels.values())}")
+                raise self._refuse(404, f"model {self.model!r} has no version {version!r}; "
+                                   f"versions: {list(self.labels.values())}")
             role, shadow = roles[0], False
         else:
             route = self.router.choose(key)
@@ -505,7 +552,7 @@ class KServeIngress:
         try:
             inputs = self._model_inputs(req, label)
         except KServeError as err:
-            return self._reject(err.status, str(err))
+            raise self._refuse(err.status, str(err)) from None
         request_id = req.id or header_id or uuid.uuid4().hex
         tags = {"model": self.model, "version": label, "role": role}
         payload = {"inputs": inputs, "role": role}
@@ -519,19 +566,20 @@ class KServeIngress:
                     result = await response
                 break
             except BackPressureError as err:
-                return self._reject(503, f"overloaded: {err}", {"Retry-After": RETRY_AFTER_S})
+                raise self._refuse(503, f"overloaded: {err}", {"Retry-After": RETRY_AFTER_S}) from None
             except Exception as err:  # noqa: BLE001 - a model failure is answered, counted and logged
                 if not _retryable(err):
                     self.stats[label].record(time.perf_counter() - started, error=True)
                     self.m_requests.inc(tags=tags)
                     self.m_errors.inc(tags=tags)
                     logger.exception("%s v%s failed", self.model, label)
-                    return _error(500, f"model {self.model} version {label} failed: {type(err).__name__}: {err}")
+                    raise KServeError(f"model {self.model} version {label} failed: {type(err).__name__}: {err}",
+                                      500) from None
                 reason = "timeout" if isinstance(err, TimeoutError) else type(err).__name__
                 if reason == "timeout":
                     response.cancel()  # the replica may still be alive: free its slot
                 if attempt >= self.request_attempts:
-                    return self._unavailable(label, tags, started, attempt, reason)
+                    raise self._unavailable(label, tags, started, attempt, reason) from None
                 self.retries[reason] = self.retries.get(reason, 0) + 1
                 self.m_retries.inc(tags={**tags, "reason": reason})
                 logger.warning("%s v%s: attempt %d of %d failed (%s); retrying", self.model, label, attempt,
@@ -553,8 +601,7 @@ class KServeIngress:
             features = _feature_rows(inputs, self.inputs, req.rows) if self.log.inputs_sampled() else None
             self.log.record(request_id, label, role, features, _first_2d(outputs, skip=self.log_embedding),
                             embedding=_embedding_rows(outputs, self.log_embedding), rows=req.rows)
-        body = encode_response(self.model, label, request_id, result["outputs"], self.outputs, req.outputs)
-        return JSONResponse(body, headers={"x-model-version": label})
+        return Answer(label, request_id, result["outputs"], req.outputs)
 
     async def _shadow(self, req: InferRequest, stable_classes: list[int], stable_label: str) -> None:
         """Send a copy to the canary; record both predictions. Never raises: the caller is long gone."""
@@ -617,19 +664,82 @@ class KServeIngress:
         return self._tokenizers[label]
 
     def _unavailable(self, label: str, tags: dict[str, str], started: float, attempts: int,
-                     reason: str) -> JSONResponse:
+                     reason: str) -> KServeError:
         """Every attempt met a dead, unavailable or silent replica: 503, the caller may retry later."""
         self.stats[label].record(time.perf_counter() - started, error=True)
         self.m_requests.inc(tags=tags)
         self.m_errors.inc(tags=tags)
         logger.error("%s v%s unavailable: %d attempts failed, the last with %s", self.model, label, attempts, reason)
         timeout = f" within {self.request_timeout_s:g} s" if reason == "timeout" else ""
-        return self._reject(503, f"model {self.model} version {label} did not answer{timeout} in {attempts} "
+        return self._refuse(503, f"model {self.model} version {label} did not answer{timeout} in {attempts} "
                             f"attempts (last: {reason}); retry later", {"Retry-After": RETRY_AFTER_S})
 
-    def _reject(self, status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    def _refuse(self, status: int, message: str, headers: dict[str, str] | None = None) -> KServeError:
+        """A refusal counted in the status's ``rejected``, for the caller to raise."""
         self.rejected[str(status)] = self.rejected.get(str(status), 0) + 1
-        return _error(status, message, headers)
+        return KServeError(message, status, headers)
+
+    # --- KServe v2 over gRPC -------------------------------------------------------------------------
+    # Ray Serve's gRPC proxy (grpc_port) calls the method named like the RPC of Triton's
+    # GRPCInferenceService (modelyard.serve.ray.kserve_grpc) with the request message and the call's
+    # context. Inference takes the HTTP path's _answer: same validation, routing, statistics and log.
+    async def ServerLive(self, request: Any) -> Any:
+        return kserve_grpc.service_pb2.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request: Any) -> Any:
+        return kserve_grpc.service_pb2.ServerReadyResponse(ready=True)
+
+    async def ServerMetadata(self, request: Any) -> Any:
+        return kserve_grpc.service_pb2.ServerMetadataResponse(name="modelyard-ray-serve", version=ray.__version__,
+                                                              extensions=[])
+
+    async def ModelReady(self, request: Any) -> Any:
+        """Ready when ``name`` is the served model and ``version`` empty or deployed; not ready otherwise
+        (as Triton answers an unknown model)."""
+        known = request.name == self.model and request.version in ("", *self.labels.values())
+        return kserve_grpc.service_pb2.ModelReadyResponse(ready=known)
+
+    def _grpc_model(self, request: Any) -> None:
+        """Refuse (NOT_FOUND) a request for another model or an undeployed version."""
+        if request.name != self.model:
+            raise KServeError(f"unknown model {request.name!r}; this server serves {self.model!r}", 404)
+        if request.version and request.version not in self.labels.values():
+            raise KServeError(f"model {self.model!r} has no version {request.version!r}; "
+                              f"versions: {list(self.labels.values())}", 404)
+
+    async def ModelMetadata(self, request: Any, grpc_context: Any = None) -> Any:
+        try:
+            self._grpc_model(request)
+        except KServeError as err:
+            return _grpc_refusal(grpc_context, err, kserve_grpc.service_pb2.ModelMetadataResponse())
+        return kserve_grpc.model_metadata(self.model, list(self.labels.values()), self.signature)
+
+    async def ModelConfig(self, request: Any, grpc_context: Any = None) -> Any:
+        try:
+            self._grpc_model(request)
+        except KServeError as err:
+            return _grpc_refusal(grpc_context, err, kserve_grpc.service_pb2.ModelConfigResponse())
+        return kserve_grpc.model_config(self.model, self.signature)
+
+    async def ModelInfer(self, request: Any, grpc_context: Any = None) -> Any:
+        """``ModelInferRequest`` -> ``ModelInferResponse``; a refusal sets the status code (400:
+        INVALID_ARGUMENT, 404: NOT_FOUND, 503: UNAVAILABLE, ...) and its message. The sticky routing
+        key is the metadata key named by ``sticky_header``."""
+        async def decode() -> InferRequest:
+            size = request.ByteSize()
+            if size > self.settings.max_body_bytes:
+                raise KServeError(f"request message of {size} bytes received; the limit is "
+                                  f"{self.settings.max_body_bytes} (max_body_bytes)", 413)
+            return kserve_grpc.decode_infer_request(request, self.signature, self.alternatives)
+
+        metadata = dict(grpc_context.invocation_metadata()) if grpc_context is not None else {}
+        try:
+            answer = await self._answer(request.model_name, request.model_version or None, decode,
+                                        metadata.get(self.sticky_header), _serve_request_id())
+        except KServeError as err:
+            return _grpc_refusal(grpc_context, err, kserve_grpc.service_pb2.ModelInferResponse())
+        return kserve_grpc.infer_response(self.model, answer.label, answer.request_id, answer.outputs,
+                                          self.outputs, answer.requested)
 
     # --- feedback -----------------------------------------------------------------------------------
     @app.post("/v2/models/{name}/feedback")
