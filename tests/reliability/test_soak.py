@@ -13,7 +13,7 @@ from soak_helpers import percentile_ms, rss_mib, serve_process_pids
 
 pytest.importorskip("ray.serve")
 
-SOAK_S = float(os.environ.get("MODELYARD_SOAK_S", "90"))
+SOAK_S = float(os.environ.get("MODELYARD_SOAK_S", "60"))
 RATE_PER_S = 60.0  # offered load: steady, well below what one 2-core machine serves (no deliberate overload)
 THREADS = 6  # enough senders that a slow answer does not cut the offered rate
 WARMUP_S = 10.0
@@ -30,7 +30,7 @@ RSS_GROWTH_BOUND_MIB = 150.0
 
 def test_soak_steady_traffic_through_a_rollout_without_errors_or_memory_growth(tmp_path, figures):
     """A steady 60 requests/s from 6 threads go through the canary ingress for ``MODELYARD_SOAK_S``
-    seconds (90 by default; set the variable for a longer soak, e.g. ``MODELYARD_SOAK_S=1800``) while
+    seconds (60 by default; set the variable for a longer soak, e.g. ``MODELYARD_SOAK_S=1800``) while
     a canary (a perturbed copy of the model) is rolled out: 10% of traffic, then 50%, then promoted
     to stable. Every request must succeed (any non-2xx fails the test: nothing is overloaded on
     purpose), both versions must answer while the canary is live and only the promoted one after,
