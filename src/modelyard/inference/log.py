@@ -57,7 +57,7 @@ STALE_TEMP_S = 3600.0  # dot files older than this are leftovers of a killed wri
 _FLOAT16_MAX = 65504.0  # the largest finite float16
 
 
-class _Entry(NamedTuple):
+class _Entry(NamedTuple):  # a JournalRecord and the journal segment holding it (NamedTuples cannot extend)
     request_id: str
     ts: float
     version: str
@@ -157,16 +157,18 @@ class InferenceLog:
         ``outputs`` ``(N, C)`` or None, ``embedding`` ``(N, D)`` or None; ``rows`` (N) is needed only
         when ``features`` is None.
 
-        Only appends references to a buffer (the arrays must not be modified afterwards); conversion
-        and I/O happen in the writer thread. Drops and counts the rows when the buffer is full.
+        Encodes the record and appends it to this replica's journal (one ``os.write``, so it survives
+        the process), then buffers references to the arrays (they must not be modified afterwards);
+        Parquet conversion and writes happen in the writer thread. Drops and counts the rows when the
+        buffer is full.
         """
         if rows is None:
             shaped = next((a for a in (features, outputs, embedding) if a is not None), None)
             rows = int(shaped.shape[0]) if shaped is not None and np.ndim(shaped) else 1
         ts = time.time() if timestamp is None else timestamp
         journal = self._journal
-        frame = encode(JournalRecord(request_id, ts, version, role, features, outputs, rows, embedding)) \
-            if journal is not None else b""
+        record = JournalRecord(request_id, ts, version, role, features, outputs, rows, embedding)
+        frame = encode(record) if journal is not None else b""
         with self._lock:
             if self._closed or self._pending + rows > self.max_buffer_rows:
                 self._counts["dropped"] += rows
@@ -179,7 +181,7 @@ class InferenceLog:
                 except OSError as err:  # disk full: the row is still buffered, only its durability is lost
                     self._counts["journal_errors"] += 1
                     self._last_error = f"journal write failed: {type(err).__name__}: {err}"
-            self._buffer.append(_Entry(request_id, ts, version, role, features, outputs, rows, embedding, segment))
+            self._buffer.append(_Entry(*record, segment=segment))
             self._pending += rows
             self._counts["recorded"] += rows
             if features is not None:

@@ -29,7 +29,7 @@ from lightning import LightningDataModule
 from scipy.ndimage import uniform_filter
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
-from modelyard.workloads._splits import split_indices
+from modelyard.workloads._splits import generated_rows, served_rows, split_indices
 
 __all__ = ["SHAPES", "ImageDrift", "ImagesDataModule", "make_images", "retraining_window", "served_pixels"]
 
@@ -257,7 +257,6 @@ def retraining_window(window: Mapping[str, Any]) -> dict[str, Any]:
     Raises:
         ValueError: no labelled row of the champion kept its pixels, or the pixels are not the champion's size.
     """
-    import pandas as pd
     import yaml
 
     from modelyard.tracking import client_for, quiet_downloads
@@ -268,21 +267,12 @@ def retraining_window(window: Mapping[str, Any]) -> dict[str, Any]:
             window["champion_run"], "config.yaml", str(folder))).read_text())
     args = dict((config.get("data") or {}).get("init_args") or {})
     size = int(args.get("size", 32))
-    labelled = pd.read_parquet(window["feedback"])
-    labelled = labelled[labelled["version"].astype(str) == str(window["champion_version"])]
-    kept = labelled["features"].map(lambda f: f is not None and len(f) > 0)
-    if not kept.any():
-        raise ValueError(f"none of the {len(labelled)} labelled rows the champion answered kept its pixels: the "
-                         "serving log keeps the raw inputs of an images model only for log_input_sample_rate of "
-                         "requests (0 by default, no whole image is logged); set it above 0 in the serve config "
-                         "(e.g. 0.5) to retrain from traffic")
-    labelled = labelled[kept]
-    profile_since = window.get("profile_since")
+    labelled, profile = served_rows(window, (
+        "its pixels: the serving log keeps the raw inputs of an images model only for log_input_sample_rate of "
+        "requests (0 by default, no whole image is logged); set it above 0 in the serve config (e.g. 0.5) to "
+        "retrain from traffic"))
     path = folder / "served_images.npz"
     np.savez_compressed(path, pixels=served_pixels(labelled["features"].to_list(), size),
-                        label=labelled["label_index"].to_numpy(np.int64),
-                        profile=(labelled["ts"].to_numpy() >= profile_since) if profile_since is not None
-                        else np.zeros(len(labelled), bool))
-    fraction = float(window.get("reference_fraction", 0.2))
-    args |= {"served": str(path.resolve()), "n_rows": max(20, round(len(labelled) * fraction / (1 - fraction)))}
+                        label=labelled["label_index"].to_numpy(np.int64), profile=profile)
+    args |= {"served": str(path.resolve()), "n_rows": generated_rows(len(labelled), window)}
     return {"class_path": f"{ImagesDataModule.__module__}.{ImagesDataModule.__name__}", "init_args": args}

@@ -30,7 +30,7 @@ import torch
 from lightning import LightningDataModule
 from torch.utils.data import DataLoader, DistributedSampler
 
-from modelyard.workloads._splits import split_indices
+from modelyard.workloads._splits import generated_rows, served_rows, split_indices
 
 __all__ = ["TOPICS", "TextDataModule", "TextDrift", "encode_texts", "load_tokenizer", "make_texts", "train_tokenizer"]
 
@@ -356,23 +356,14 @@ def retraining_window(window: Mapping[str, Any]) -> dict[str, Any]:
                                                              str(folder)))
         config = yaml.safe_load(Path(client.download_artifacts(window["champion_run"], "config.yaml",
                                                                str(folder))).read_text())
-    labelled = pd.read_parquet(window["feedback"])
-    labelled = labelled[labelled["version"].astype(str) == str(window["champion_version"])]
-    kept = labelled["features"].map(lambda f: f is not None and len(f) > 0)
-    if not kept.any():
-        raise ValueError(f"none of the {len(labelled)} labelled rows the champion answered kept its token ids: "
-                         "the serving log keeps the raw inputs of a text model only for log_input_sample_rate of "
-                         "requests (0 by default); set it above 0 in the serve config to retrain from traffic")
-    labelled = labelled[kept]
-    texts = served_texts(labelled["features"].to_list(), tokenizer)
-    profile_since = window.get("profile_since")
-    served = pd.DataFrame({"text": texts, "label": labelled["label_index"].to_numpy(np.int64),
-                           "profile": (labelled["ts"].to_numpy() >= profile_since) if profile_since is not None
-                           else np.zeros(len(texts), bool)})
+    labelled, profile = served_rows(window, (
+        "its token ids: the serving log keeps the raw inputs of a text model only for log_input_sample_rate of "
+        "requests (0 by default); set it above 0 in the serve config to retrain from traffic"))
+    served = pd.DataFrame({"text": served_texts(labelled["features"].to_list(), tokenizer),
+                           "label": labelled["label_index"].to_numpy(np.int64), "profile": profile})
     served = served[served["text"] != ""].reset_index(drop=True)
     path = folder / "served_texts.parquet"
     served.to_parquet(path, index=False)
-    fraction = float(window.get("reference_fraction", 0.2))
     args = dict((config.get("data") or {}).get("init_args") or {})
-    args |= {"served": str(path.resolve()), "n_rows": max(20, round(len(served) * fraction / (1 - fraction)))}
+    args |= {"served": str(path.resolve()), "n_rows": generated_rows(len(served), window)}
     return {"class_path": f"{TextDataModule.__module__}.{TextDataModule.__name__}", "init_args": args}
