@@ -23,7 +23,7 @@ from modelyard.config import ConfigError
 from modelyard.deploy.config import KubeRayConfig
 from modelyard.serve.ray.config import TRAFFIC_KEYS, RayServeConfig, ingress_deployment_name
 
-__all__ = ["BUILDER", "SERVE_PORT", "application_args", "patch_command", "rayservice", "serve_config_of",
+__all__ = ["BUILDER", "JOURNAL_MOUNT", "SERVE_PORT", "application_args", "patch_command", "rayservice", "serve_config_of",
            "serve_config_v2", "weight_patch", "with_weights"]
 
 BUILDER = "modelyard.serve.ray.app:build"  # the Ray Serve application builder (import_path)
@@ -34,6 +34,10 @@ DASHBOARD_PORT = 8265  # KubeRay sends serveConfigV2 to the dashboard's REST API
 _LOCAL_ONLY = ("host", "port", "grpc_port", "metrics_port")
 _DEFAULT_REPLICA_GPUS = 1.0  # a model replica's GPUs with target gpu when the serve config says 0
 _LABELS = {"app.kubernetes.io/name": "modelyard", "app.kubernetes.io/part-of": "modelyard"}
+
+
+# Where every pod keeps the inference log's local journal (MODELYARD_LOG_JOURNAL_DIR).
+JOURNAL_MOUNT = "/var/lib/modelyard/journal"
 
 
 def _installed_ray() -> str:
@@ -104,10 +108,16 @@ def _pod(cfg: KubeRayConfig, container: str, ports: list[dict[str, Any]], resour
             "ports": ports,
             "resources": resources,
             "envFrom": [{"secretRef": {"name": cfg.secret, "optional": True}}],
+            # The inference log's per-replica journal (answered requests not yet on object storage):
+            # on a volume of the pod, not in the container's own layer, so a container that crashes
+            # or is OOM-killed finds it on restart and the flusher drains it.
+            "env": [{"name": "MODELYARD_LOG_JOURNAL_DIR", "value": JOURNAL_MOUNT}],
             # Ray's object store lives in shared memory; a container's default /dev/shm is 64 MiB.
-            "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}],
+            "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"},
+                             {"name": "log-journal", "mountPath": JOURNAL_MOUNT}],
         }],
-        "volumes": [{"name": "dshm", "emptyDir": {"medium": "Memory"}}],
+        "volumes": [{"name": "dshm", "emptyDir": {"medium": "Memory"}},
+                    {"name": "log-journal", "emptyDir": {}}],
     }
     if gpu:  # GPU nodes are commonly tainted so that only pods asking for GPUs land there
         spec["tolerations"] = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]

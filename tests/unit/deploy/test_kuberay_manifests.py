@@ -22,7 +22,7 @@ from modelyard.config import ConfigError, parse_config
 from modelyard.deploy.cli import _parser
 from modelyard.deploy.cli import main as deploy_main
 from modelyard.deploy.config import DEFAULT_TRITON_IMAGE, KubeRayConfig
-from modelyard.deploy.kuberay import BUILDER, rayservice, serve_config_of, weight_patch, with_weights
+from modelyard.deploy.kuberay import BUILDER, JOURNAL_MOUNT, rayservice, serve_config_of, weight_patch, with_weights
 from modelyard.deploy.run import run
 from modelyard.deploy.validate import problems
 from modelyard.serve.ray.config import TRAFFIC_KEYS, RayServeConfig
@@ -71,6 +71,13 @@ def test_the_command_writes_a_rayservice_that_builds_the_serve_config(tmp_path):
     assert app["deployments"] == [{"name": "fraud-ingress", "user_config": {
         "canary_weight": 0.1, "shadow_weight": 0.05, "sticky_header": "x-routing-key"}}]
     assert serve_config["http_options"] == {"host": "0.0.0.0", "port": 8000}
+    # every pod keeps the log's journal on a volume of the pod, where the replicas look for it
+    for template in (service["spec"]["rayClusterConfig"]["headGroupSpec"]["template"],
+                     *(g["template"] for g in service["spec"]["rayClusterConfig"]["workerGroupSpecs"])):
+        [container] = template["spec"]["containers"]
+        assert {"name": "MODELYARD_LOG_JOURNAL_DIR", "value": JOURNAL_MOUNT} in container["env"]
+        [mount] = [m for m in container["volumeMounts"] if m["mountPath"] == JOURNAL_MOUNT]
+        assert {"name": mount["name"], "emptyDir": {}} in template["spec"]["volumes"]
 
 
 def test_gpu_target_asks_for_gpus_and_cpu_target_for_none(tmp_path):
