@@ -39,9 +39,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tools"))  # netutil, raycluster: repository tools, not installed
 
-from serving_load import Cell, closed_loop, pool
-from serving_report import environment
-from serving_targets import MODEL, _http_json, example_rows
+from serving_load import Cell, closed_loop, pool  # noqa: E402
+from serving_report import environment  # noqa: E402
+from serving_targets import MODEL, _http_json, example_rows  # noqa: E402
 
 logger = logging.getLogger("benchmarks.multinode")
 
@@ -193,7 +193,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     doc = {"benchmark": "multinode", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
            **environment(ROOT),
            "settings": {"rounds": args.rounds, "warmup_s": args.warmup_s, "measure_s": args.measure_s,
-                        "nodes": ["head", *INGRESS_NODES, MODEL_NODE], "wall_s": round(time.perf_counter() - started, 1)},
+                        "nodes": ["head", *INGRESS_NODES, MODEL_NODE],
+                        "wall_s": round(time.perf_counter() - started, 1)},
            **figures}
     doc["machine"]["load_avg"] = {"before": load_before, "after": [round(x, 2) for x in os.getloadavg()]}
     args.out.mkdir(parents=True, exist_ok=True)

@@ -25,6 +25,7 @@ MODEL = "fraud"
 APP = "modelyard"
 INGRESS = f"{MODEL}-ingress"
 REPLICAS = 3
+LOG_FLUSH_S = 2.0  # each replica writes its logged rows this often
 
 
 def _wait(predicate, timeout_s: float, what: str):
@@ -60,7 +61,7 @@ def server(tmp_path_factory):
     canary = make_canary(tmp_path_factory.mktemp("canary"))
     cfg = RayServeConfig(model=MODEL, stable=f"path:{STABLE_ONNX}", canary=f"path:{canary}", canary_weight=0.5,
                          ingress_replicas=REPLICAS, port=free_port(), max_batch_size=16, batch_wait_timeout_s=0.002,
-                         log_dir=None)
+                         log_dir=str(tmp_path_factory.mktemp("log")), log_flush_interval_s=LOG_FLUSH_S)
     try:
         with serving_ray(cfg) as url:
             # Every replica started and applied the deployed configuration (it reports on applying).
@@ -140,6 +141,30 @@ def test_status_counts_are_the_sum_over_all_replicas(server):
     assert len(per_replica) == REPLICAS and sum(per_replica.values()) == status["versions"]["stable"]["requests"] + \
         status["versions"]["canary"]["requests"], per_replica
     assert sum(1 for n in per_replica.values() if n > 0) >= 2, per_replica
+
+
+def test_feedback_right_after_the_answers_is_accepted_whichever_replica_answered(server):
+    """Labels sent at once for requests that every replica answered: the replica taking the feedback
+    has logged only its own; the others' rows reach log_dir on their next flush, and it waits for that
+    rather than rejecting the labels as unknown."""
+    ids = [f"fb-{i}" for i in range(60)]
+
+    def one(request_id: str) -> str:
+        body = {**_body(), "id": request_id}
+        r = requests.post(f"{server}/v2/models/{MODEL}/infer", json=body, timeout=30)  # a new connection each
+        assert r.status_code == 200, r.text
+        return r.json()["id"]
+
+    with ThreadPoolExecutor(6) as pool:
+        assert sorted(pool.map(one, ids)) == sorted(ids)
+    response = requests.post(f"{server}/v2/models/{MODEL}/feedback",
+                             json={"labels": [{"id": i, "label": n % 2} for n, i in enumerate(ids)]}, timeout=60)
+    assert response.status_code == 200, response.text
+    assert response.json()["accepted"] == len(ids)
+    # a label for an id nobody logged is still refused, once every replica had its flush
+    response = requests.post(f"{server}/v2/models/{MODEL}/feedback", json={"labels": [{"id": "never", "label": 1}]},
+                             timeout=60)
+    assert response.status_code == 422 and response.json()["unknown"] == [{"id": "never", "row": 0}], response.text
 
 
 def test_a_weight_change_under_load_reaches_every_replica_in_place(server):

@@ -23,8 +23,8 @@ from modelyard.config import ConfigError
 from modelyard.deploy.config import KubeRayConfig
 from modelyard.serve.ray.config import TRAFFIC_KEYS, RayServeConfig, ingress_deployment_name
 
-__all__ = ["BUILDER", "JOURNAL_MOUNT", "SERVE_PORT", "application_args", "patch_command", "rayservice", "serve_config_of",
-           "serve_config_v2", "weight_patch", "with_weights"]
+__all__ = ["BUILDER", "JOURNAL_MOUNT", "SERVE_PORT", "application_args", "patch_command", "rayservice",
+           "serve_config_of", "serve_config_v2", "weight_patch", "with_weights"]
 
 BUILDER = "modelyard.serve.ray.app:build"  # the Ray Serve application builder (import_path)
 SERVE_PORT = 8000  # Ray Serve's HTTP proxy; KubeRay's serve Service targets the port named "serve"

@@ -93,6 +93,10 @@ RETRY_BACKOFF_S = 0.05
 PUSH_INTERVAL_S = 0.2
 # A replica whose last snapshot is older than this counts as stopped: it has nothing in flight.
 LIVE_SNAPSHOT_S = 5.0
+# Feedback naming ids another ingress replica answered is retried this often, for one flush interval
+# of the log plus this margin (the other replica's write of its rows to log_dir).
+FEEDBACK_RETRY_S = 0.25
+FEEDBACK_FLUSH_MARGIN_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -760,6 +764,8 @@ class KServeIngress:
         await asyncio.to_thread(self.log.flush)  # ids answered a moment ago must be on disk to be known
         try:
             result = await asyncio.to_thread(self.feedback_log.submit, body["labels"])
+            if result.unknown and await self._other_live_replicas():
+                result = await self._resubmit_unknown(body["labels"], result)
         except OSError as err:
             logger.exception("storing feedback for %s failed", self.model)
             return _error(500, f"storing the labels failed, none of them is stored: {type(err).__name__}: {err}")
@@ -768,6 +774,35 @@ class KServeIngress:
             return JSONResponse(out)
         out["messages"].append(f"the {result.accepted} accepted labels are stored; resend only the rejected items")
         return JSONResponse(out, status_code=422)
+
+    async def _other_live_replicas(self) -> int:
+        """How many other ingress replicas reported a snapshot lately (0 without the shared statistics)."""
+        if self.shared_stats is None:
+            return 0
+        try:
+            snapshots = await self.shared_stats.all.remote()
+        except Exception:  # noqa: BLE001 - the statistics deployment restarts: assume others may exist
+            return 1
+        live_after = time.time() - LIVE_SNAPSHOT_S
+        return sum(1 for replica, snap in snapshots.items() if replica != self.replica and snap["at"] >= live_after)
+
+    async def _resubmit_unknown(self, items: list[Any], result: Any) -> Any:
+        """Labels for ids this replica has not logged may name requests another ingress replica answered
+        a moment ago, still in its journal: every replica writes its rows to ``log_dir`` each
+        ``log_flush_interval_s``, so those items are tried again until one interval (and a margin) has
+        passed. An id's rows are logged together, so an item whose id was unknown had nothing accepted
+        and resending it cannot double-store a label."""
+        deadline = time.monotonic() + self.log.flush_interval_s + FEEDBACK_FLUSH_MARGIN_S
+        while result.unknown and time.monotonic() < deadline:
+            await asyncio.sleep(FEEDBACK_RETRY_S)
+            unknown_ids = {u["id"] for u in result.unknown}
+            again = [item for item in items if isinstance(item, dict) and item.get("id") in unknown_ids]
+            retry = await asyncio.to_thread(self.feedback_log.submit, again)
+            result.accepted += retry.accepted
+            result.unknown = [u for u in result.unknown if u["id"] not in unknown_ids] + retry.unknown
+            result.duplicate += retry.duplicate
+            items = again
+        return result
 
     async def __del__(self) -> None:
         """Write what the inference log still holds. Ray Serve awaits this on a graceful replica stop
