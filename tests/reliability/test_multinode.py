@@ -2,10 +2,11 @@
 (tools/raycluster.py), with custom resources that put the ingress on one node and the model
 replicas on two others. The CLI runs against it through ``RAY_ADDRESS`` (and the cluster's token
 settings) exactly as against a cluster of machines: ``modelyard serve ray``, ``rollout start``,
-``train --launcher ray``.
+``train --launcher ray`` and the monitor's canary redeploy.
 
 One cluster and one served application for the module (start-up costs most of a minute on 2 cores);
-the node kill runs last among the serving tests, as it leaves one model node.
+the node kill runs after the other serving tests but the monitor's redeploy, which goes on from the
+state the rollout left (v2 promoted).
 """
 
 from __future__ import annotations
@@ -316,3 +317,35 @@ def test_a_model_node_killed_under_load_mid_rollout(served, registry, tmp_path, 
     assert rollout.returncode == 0, output[-3000:]
     assert [d["action"] for d in audit].count("promote") == 1 and audit[-1]["action"] == "promote", audit[-1]
     assert champion == "2" and status["versions"]["stable"]["version"] == "2", status
+
+
+def test_the_monitors_canary_redeploy_runs_on_the_cluster(served, registry, tmp_path, figures):
+    """The monitor's step that puts a retrained version behind the ingress (``RayServeDeployer``, what
+    ``modelyard monitor`` runs after an export) in a process of its own with ``RAY_ADDRESS`` of the
+    cluster: the application is redeployed there with the champion as stable and the given version as
+    canary at weight 0, the ingress still on the ingress node and the canary on a model node."""
+    port = int(served["url"].rsplit(":", 1)[1])
+    settings = {"model": MODEL, "tracking_uri": registry["uri"], "port": port, "num_replicas": REPLICAS,
+                "ingress_resources": INGRESS_RESOURCES, "model_resources": MODEL_RESOURCES,
+                "log_dir": str(served["log_dir"]), "log_flush_interval_s": 0.5, "request_timeout_s": 3,
+                "health_check_period_s": 1, "health_check_timeout_s": 3}
+    script = ("import json, sys\n"
+              "from modelyard.monitor.loop import RayServeDeployer\n"
+              "from modelyard.serve.ray.config import RayServeConfig\n"
+              "print(RayServeDeployer(RayServeConfig(**json.loads(sys.argv[1]))).deploy_canary('1'))\n")
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, "-c", script, json.dumps(settings)], cwd=tmp_path,
+                          env=_cli_env(served["cluster"]), capture_output=True, text=True, timeout=300)
+    took = time.monotonic() - started
+    status = _status(served["url"])
+    ingress_nodes = _nodes_of(served["cluster"], f"{MODEL}-ingress")
+    canary_nodes = _nodes_of(served["cluster"], STABLE)  # registry version 1's deployment
+    figures.record("monitor canary redeploy on the cluster: seconds", round(took, 1), "s",
+                   note="own process, RAY_ADDRESS; until the application answers ready")
+    figures.record("after it: stable / canary", f"v{status['versions']['stable']['version']} / "
+                   f"v{status['versions'].get('canary', {}).get('version')}", bound="v2 / v1 at weight 0")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert status["versions"]["stable"]["version"] == "2" and status["versions"]["canary"]["version"] == "1", status
+    assert status["weights"] == {"canary": 0.0, "shadow": 0.0}
+    assert ingress_nodes == [INGRESS_NODE] and set(canary_nodes) <= set(MODEL_NODES) and canary_nodes, \
+        (ingress_nodes, canary_nodes)
