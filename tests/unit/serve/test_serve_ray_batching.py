@@ -242,3 +242,11 @@ def test_the_model_replica_runs_requests_queued_behind_a_batch_as_one_batch_of_t
         # Each request's own rows (a batch may round differently from a lone run in the last bits).
         np.testing.assert_allclose(answer["outputs"]["logits"], session.run(["logits"], {"features": x})[0],
                                    rtol=1e-5, atol=1e-6)
+
+
+def test_the_batcher_serves_again_on_a_new_event_loop_after_the_first_one_closed():
+    model = _Model()
+    batcher = Batcher(model.run, max_batch_size=4)
+    assert asyncio.run(batcher.submit("a")) == ("a", 1)  # asyncio.run cancels the worker as it closes
+    assert asyncio.run(batcher.submit("b")) == ("b", 1)
+    assert model.batches == [["a"], ["b"]]

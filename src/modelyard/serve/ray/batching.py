@@ -99,11 +99,11 @@ class Batcher(Generic[T, R]):
 
     def _start(self, loop: asyncio.AbstractEventLoop) -> asyncio.Event:
         """The arrival event, with the worker task running (started on first use, restarted if it died)."""
-        if self._arrived is None:
+        if self._arrived is None or self._worker is None or self._worker.done():
+            # New ones on this loop (an event belongs to the loop it first waited on). A fresh context:
+            # the worker must not carry the first caller's context variables (Serve's request
+            # context) into every batch after it.
             self._arrived = asyncio.Event()
-        if self._worker is None or self._worker.done():
-            # A fresh context: the worker must not carry the first caller's context variables (Serve's
-            # request context) into every batch after it.
             self._worker = loop.create_task(self._work(self._arrived), name="modelyard-batcher",
                                             context=contextvars.Context())
         return self._arrived
