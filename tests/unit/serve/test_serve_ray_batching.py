@@ -250,3 +250,19 @@ def test_the_batcher_serves_again_on_a_new_event_loop_after_the_first_one_closed
     assert asyncio.run(batcher.submit("a")) == ("a", 1)  # asyncio.run cancels the worker as it closes
     assert asyncio.run(batcher.submit("b")) == ("b", 1)
     assert model.batches == [["a"], ["b"]]
+
+
+@pytest.mark.parametrize(("bound", "max_batch_size", "rows"), [(None, 8, 8), (4, 8, 4), (16, 8, 8)])
+def test_the_model_replica_batches_at_most_max_batch_size_rows_and_the_signatures_batch_bound(
+        bound, max_batch_size, rows):
+    from dataclasses import replace
+    from pathlib import Path
+
+    from modelyard.serve.ray.models import ModelVersion, read_signature
+
+    example = Path(__file__).resolve().parents[3] / "triton_models" / "example_fraud" / "1" / "model.onnx"
+    signature = read_signature(str(example))
+    if bound is not None:
+        signature = replace(signature, bounds={"batch": bound})
+    replica = ModelVersion.func_or_class("fraud", "1", str(example), signature, max_batch_size, 0.0)
+    assert replica._batcher.max_batch_size == rows
