@@ -37,11 +37,8 @@ def test_check_health_fails_while_a_batch_is_stuck_and_recovers():
     stuck = replica.session = _StuckSession(replica.session)
     x = np.zeros((2, 8), np.float32)
 
-    # The batch body itself (serve.batch's queue needs a live replica context to be built).
-    run_batch = type(replica).predict.__wrapped__
-
-    async def scenario() -> list[dict]:
-        task = asyncio.create_task(run_batch(replica, [{"inputs": {"features": x}, "role": "stable"}]))
+    async def scenario() -> dict:
+        task = asyncio.create_task(replica.predict({"inputs": {"features": x}, "role": "stable"}))
         # The event loop stays free while ONNX Runtime is stuck (it runs on a worker thread): this
         # loop keeps turning, as Serve's health-check call must.
         for _ in range(600):
@@ -62,7 +59,7 @@ def test_check_health_fails_while_a_batch_is_stuck_and_recovers():
         assert "max_batch_run_s=0.5" in str(error) and "fraud v1" in str(error)
         return await asyncio.wait_for(task, 30)
 
-    [result] = asyncio.run(scenario())
+    result = asyncio.run(scenario())
     assert result["outputs"]["logits"].shape == (2, 2) and result["replica"] == "local"
     replica.check_health()  # the batch finished: healthy again
 

@@ -97,8 +97,7 @@ def build_app(cfg: RayServeConfig) -> Any:
     def model_deployment(label: str, path: str, signature: Signature,
                          faults: tuple[float, float] = (0.0, 0.0)) -> Any:
         options: dict[str, Any] = {"name": _deployment_name(cfg.model, label),
-                                   # Batching needs at least a batch's worth of requests in the replica.
-                                   "max_ongoing_requests": max(cfg.max_ongoing_requests, cfg.max_batch_size),
+                                   "max_ongoing_requests": cfg.model_ongoing_requests(),
                                    "health_check_period_s": cfg.health_check_period_s,
                                    "health_check_timeout_s": cfg.health_check_timeout_s,
                                    "ray_actor_options": cfg.actor_options("model")}

@@ -59,8 +59,13 @@ class RayServeConfig:
         shadow_weight: share of requests also sent to the canary in the background (0..1); the caller
             always gets the stable answer.
         sticky_header: request header whose value pins a caller to one version (stable hash).
-        max_batch_size: dynamic batching: largest batch a model replica runs.
-        batch_wait_timeout_s: dynamic batching: longest wait for a batch to fill.
+        max_batch_size: dynamic batching: most rows in one batch a model replica runs (never more
+            than the signature's batch bound). Batching is queue-driven, as Triton's: a request that
+            finds the replica idle runs at once; those that arrive while a batch runs form the next
+            one. A request of more rows runs alone. 1: no batching.
+        batch_wait_timeout_s: dynamic batching: extra wait for a batch to fill to ``max_batch_size``
+            rows, from the arrival of its oldest request (Triton's ``max_queue_delay_microseconds``).
+            0 (default): none, so a lone request never waits; batches still form under load.
         num_replicas: replicas per model version (ignored with ``autoscaling_config``).
         num_gpus: GPUs each model replica reserves (Ray's ``num_gpus``; a fraction shares one GPU
             between replicas). Above 0 the replica runs ONNX Runtime on CUDA where its build has it,
@@ -71,7 +76,8 @@ class RayServeConfig:
             sums their statistics.
         ingress_autoscaling_config: Ray Serve autoscaling config of the ingress.
         max_ongoing_requests: requests one model replica (and the ingress) takes at once; beyond it
-            the ingress answers 503 with ``Retry-After``.
+            the ingress answers 503 with ``Retry-After``. A model replica takes at least twice
+            ``max_batch_size``: a running batch and a full next one (:meth:`model_ongoing_requests`).
         max_body_bytes: largest request body; larger bodies get 413.
         host: HTTP host.
         port: HTTP port.
@@ -143,7 +149,7 @@ class RayServeConfig:
     shadow_weight: ClosedUnitInterval = 0.0
     sticky_header: str = "x-routing-key"
     max_batch_size: PositiveInt = 32
-    batch_wait_timeout_s: NonNegativeFloat = 0.005
+    batch_wait_timeout_s: NonNegativeFloat = 0.0
     num_replicas: PositiveInt = 1
     num_gpus: NonNegativeFloat = 0.0
     autoscaling_config: dict[str, Any] | None = None
@@ -230,6 +236,12 @@ class RayServeConfig:
         resources = self.ingress_resources if role == "ingress" else self.model_resources
         gpus = {"num_gpus": self.num_gpus} if role == "model" and self.num_gpus else {}
         return {"num_cpus": 0, **gpus, **({"resources": dict(resources)} if resources else {})}
+
+    def model_ongoing_requests(self) -> int:
+        """``max_ongoing_requests`` of a model deployment: the configured figure, but at least room for a
+        running batch and a full next batch queued behind it (batches form from the requests that wait
+        while one runs, so a replica holding fewer would cap them below ``max_batch_size``)."""
+        return max(self.max_ongoing_requests, 2 * self.max_batch_size)
 
     def log_settings(self) -> dict[str, Any] | None:
         """The inference log settings the ingress gets, ``log_dir`` made absolute; ``None`` when off.

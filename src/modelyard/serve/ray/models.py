@@ -1,9 +1,13 @@
-"""The per-version model deployment of ``modelyard serve ray``: ONNX Runtime behind Ray Serve batching.
+"""The per-version model deployment of ``modelyard serve ray``: ONNX Runtime behind dynamic batching.
 
 Which ONNX file a model reference names is decided in :mod:`modelyard.registry.reference`; what it
 takes and returns is its :class:`~modelyard.signature.Signature` (:func:`read_signature`).
 
-Dynamic batching with variable sizes: requests whose dynamic non-batch axes differ (token ids of
+Dynamic batching (:class:`~modelyard.serve.ray.batching.Batcher`) is queue-driven, as Triton's: a
+request that finds the model idle runs at once; the requests that arrive while a batch runs form the
+next batch, up to ``max_batch_size`` rows (and the signature's batch bound).
+
+Batches with variable sizes: requests whose dynamic non-batch axes differ (token ids of
 different lengths) are padded with 0 to the batch's largest size -- for a text model the attention
 mask's 0 marks the padding -- run together, and each request's outputs are cut back: an output axis
 that carries a padded axis name is sliced to the request's own size, and rows are split per request.
@@ -23,6 +27,7 @@ from ray import serve
 from ray.serve.metrics import Histogram
 
 from modelyard.onnx_runtime import CPU, session
+from modelyard.serve.ray.batching import Batcher
 from modelyard.signature import Signature, load_signature
 
 __all__ = ["ModelVersion", "pad_batch", "read_signature", "split_outputs"]
@@ -91,6 +96,11 @@ def split_outputs(signature: Signature, results: dict[str, np.ndarray], counts: 
     return out
 
 
+def _request_rows(request: dict[str, Any]) -> int:
+    """Rows of a request (its inputs share the batch axis, as the ingress checked)."""
+    return int(next(iter(request["inputs"].values())).shape[0])
+
+
 def _replica_id() -> str:
     """This replica's full Serve id: its actor's name (``SERVE_REPLICA::app#deployment#suffix``), the
     name ``ray list actors`` shows; ``"local"`` outside Serve."""
@@ -102,7 +112,7 @@ def _replica_id() -> str:
 
 @serve.deployment(ray_actor_options={"num_cpus": 0}, health_check_period_s=10, health_check_timeout_s=30)
 class ModelVersion:
-    """One model version: an ONNX Runtime session behind Ray Serve dynamic batching.
+    """One model version: an ONNX Runtime session behind queue-driven dynamic batching.
 
     ONNX Runtime runs on a worker thread of the replica so that the replica's event loop stays free
     while a batch runs: Serve's health check then still reaches :meth:`check_health`, which fails
@@ -117,7 +127,7 @@ class ModelVersion:
         self.model, self.label = model, label
         self.replica = _replica_id()
         self.max_batch_run_s = max_batch_run_s
-        # One thread: batches run one at a time (serve.batch's default), so one is all they need.
+        # One thread: batches run one at a time (the batcher's), so one is all they need.
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"ort-{label}")
         self._batch_started: float | None = None  # monotonic start of the running batch, None when idle
         self.fault_error_rate, self.fault_delay_s = fault_error_rate, fault_delay_ms / 1000.0
@@ -127,8 +137,10 @@ class ModelVersion:
         self.session = _session(path, gpu)
         self.signature = signature
         self.output_names = [o.name for o in self.session.get_outputs()]
-        self.predict.set_max_batch_size(max_batch_size)
-        self.predict.set_batch_wait_timeout_s(batch_wait_timeout_s)
+        # Rows per batch: max_batch_size, and never more than the model declares it takes at once.
+        rows = min(max_batch_size, signature.max_batch or max_batch_size)
+        self._batcher: Batcher[dict[str, Any], dict[str, Any]] = Batcher(
+            self._run_batch, rows, batch_wait_timeout_s, rows=_request_rows)
         self.batch_hist = Histogram("modelyard_serve_batch_size", "Rows per dynamic batch run by ONNX Runtime.",
                                     boundaries=[1, 2, 4, 8, 16, 32, 64, 128, 256],
                                     tag_keys=("model", "version", "role"))
@@ -140,14 +152,21 @@ class ModelVersion:
         self.session.run(self.output_names, dummy)
         logger.info("%s v%s ready (%s), warm-up %.1f ms", model, label, path, (time.perf_counter() - started) * 1e3)
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
-    async def predict(self, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Run a batch: pad dynamic axes to the batch's largest size, concatenate each input along the
-        batch dimension, cut the outputs back per request (:func:`pad_batch`, :func:`split_outputs`).
+    async def predict(self, request: dict[str, Any]) -> dict[str, Any]:
+        """One request's answer, run in the next batch: ``{"outputs": {name: array}, "version": label,
+        "batch_size": rows of its batch, "replica": id}``.
 
-        Each request is ``{"inputs": {name: array}, "role": str}`` already validated by the ingress.
+        ``request`` is ``{"inputs": {name: array}, "role": str}`` already validated by the ingress.
+
+        Raises:
+            Exception: what ONNX Runtime raised for the request's batch (every request of it gets it).
         """
-        counts = [next(iter(r["inputs"].values())).shape[0] for r in requests]
+        return await self._batcher.submit(request)
+
+    async def _run_batch(self, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Run a batch: pad dynamic axes to the batch's largest size, concatenate each input along the
+        batch dimension, cut the outputs back per request (:func:`pad_batch`, :func:`split_outputs`)."""
+        counts = [_request_rows(r) for r in requests]
         feed, sizes = pad_batch(self.signature, [r["inputs"] for r in requests])
         self._batch_started = time.monotonic()
         try:
