@@ -46,10 +46,12 @@ test: setup lint
 	$(MAKE) --no-print-directory bench
 
 bench: setup
-	rm -f $(BENCH_OUT)/serving.json $(BENCH_OUT)/training.json
+	rm -f $(BENCH_OUT)/serving.json $(BENCH_OUT)/model_batching.json $(BENCH_OUT)/training.json
 	$(BIN)/python benchmarks/serving/run.py --profile $(BENCH_PROFILE) --out $(BENCH_OUT)
+	$(BIN)/python benchmarks/serving/model_batching.py --profile $(BENCH_PROFILE) --out $(BENCH_OUT)
 	$(BIN)/python benchmarks/training/run.py --profile $(BENCH_PROFILE) --out $(BENCH_OUT)
-	$(BIN)/python benchmarks/gate.py --gates benchmarks/gates.yaml $(BENCH_OUT)/serving.json $(BENCH_OUT)/training.json
+	$(BIN)/python benchmarks/gate.py --gates benchmarks/gates.yaml $(BENCH_OUT)/serving.json \
+	  $(BENCH_OUT)/model_batching.json $(BENCH_OUT)/training.json
 
 # ruff (pycodestyle, pyflakes, isort, bugbear; settings in pyproject.toml) before any test runs
 lint: setup
