@@ -6,7 +6,9 @@ controller and HTTP proxy), two ingress nodes (``{"modelyard_ingress": 1}`` each
 ``one`` with ``ingress_replicas: 1`` and ``two`` with ``ingress_replicas: 2`` (Serve spreads the two
 over the ingress nodes), each with its own model replicas on the model node. Both are measured with
 the same closed-loop HTTP client as ``run.py`` in alternating rounds (A B B A ...), at 1 client (p50)
-and at 32 (throughput), so slow drift of a shared machine hits both sides alike.
+and at 32 (throughput), so slow drift of a shared machine hits both sides alike. Then the time a
+canary weight change takes to reach both replicas of ``two`` (the control route answers once every
+serving replica applied it).
 
 On one machine every node shares its cores: a second ingress replica adds an event loop, not CPU,
 so the figure shows whether the replicated ingress costs anything and where the ceiling is (the
@@ -36,6 +38,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tools"))  # netutil, raycluster: repository tools, not installed
 
@@ -50,6 +54,7 @@ INGRESS_NODES, MODEL_NODE = ("ingress-a", "ingress-b"), "models"
 INGRESS_RESOURCES, MODEL_RESOURCES = {"modelyard_ingress": 0.01}, {"modelyard_models": 0.01}
 APPS = {1: ("one", "/one"), 2: ("two", "/two")}  # ingress replicas -> (application, route prefix)
 CONCURRENCY = (1, 32)
+WEIGHT_CHANGES = 6
 RATIOS = {
     "ingress2_over_ingress1_throughput_c32": ("throughput_req_s", 32,
                                               "2 ingress replicas vs 1, requests/s at 32 clients"),
@@ -93,7 +98,8 @@ def measure(rounds: int, warmup_s: float, measure_s: float, spec: dict[str, Any]
             ray.init(address=cluster.address, log_to_driver=False)
             logger.info("cluster of %d nodes up in %.1f s", len(cluster.nodes), time.perf_counter() - started)
             reference = f"path:{MODEL_DIR / 'model.onnx'}"
-            base = RayServeConfig(model=MODEL, stable=reference, log_dir=None, port=free_port(),
+            # a canary (the same file) at weight 0, so that the weight changes below have one to move
+            base = RayServeConfig(model=MODEL, stable=reference, canary=reference, log_dir=None, port=free_port(),
                                   ingress_resources=INGRESS_RESOURCES, model_resources=MODEL_RESOURCES)
             with serving_ray(base, app_name=APPS[1][0]):
                 deploy(replace(base, ingress_replicas=2), app_name=APPS[2][0], route_prefix=APPS[2][1])
@@ -110,6 +116,7 @@ def measure(rounds: int, warmup_s: float, measure_s: float, spec: dict[str, Any]
                             cells.setdefault((replicas, concurrency), []).append(cell)
                             logger.info("%d ingress replica(s) c%-3d p50 %7.2f ms  %7.0f req/s  errors %d", replicas,
                                         concurrency, cell.p50_ms or float("nan"), cell.throughput_req_s, cell.errors)
+                weight_changes = _weight_changes(f"http://{base.host}:{base.port}{APPS[2][1]}")
         finally:
             ray.shutdown()
             cluster.stop()
@@ -120,7 +127,23 @@ def measure(rounds: int, warmup_s: float, measure_s: float, spec: dict[str, Any]
                         "requests": c.requests, "errors": c.errors, "first_error": c.first_error,
                         "p50_ms": _round(c.p50_ms), "p95_ms": _round(c.p95_ms), "p99_ms": _round(c.p99_ms),
                         "throughput_req_s": round(c.throughput_req_s, 1)})
-    return {"results": results, "ratios": compute_ratios(results), "placement": placement}
+    return {"results": results, "ratios": compute_ratios(results), "placement": placement,
+            "weight_change_s": weight_changes}
+
+
+def _weight_changes(url: str, count: int = WEIGHT_CHANGES) -> dict[str, Any]:
+    """Seconds from ``POST /-/traffic`` to its answer, which comes once every serving ingress replica
+    applied the new weights (on two nodes here), over ``count`` changes; the canary ends at 0."""
+    from modelyard.serve.ray.app import update_traffic
+
+    took = []
+    for i in range(count):
+        started = time.perf_counter()
+        update_traffic(url, canary_weight=0.0 if i % 2 else 0.1)
+        took.append(time.perf_counter() - started)
+    logger.info("weight change applied by both ingress replicas in %s s", [round(t, 2) for t in took])
+    return {"changes": count, "p50": round(float(np.median(took)), 3), "max": round(max(took), 3),
+            "each": [round(t, 3) for t in took]}
 
 
 def _placement(cluster: Any) -> dict[str, list[str]]:
@@ -167,7 +190,10 @@ def render_markdown(doc: dict[str, Any]) -> str:
     for r in doc["results"]:
         lines.append(f"| {r['ingress_replicas']} | {r['concurrency']} | {r['requests']} | {r['p50_ms']} | "
                      f"{r['p95_ms']} | {r['p99_ms']} | {r['throughput_req_s']:,.0f} | {r['errors']} |")
-    lines += ["", "| ratio | value | meaning |", "|---|---:|---|"]
+    w = doc["weight_change_s"]
+    lines += ["", f"A weight change (`POST /-/traffic`, answered once both ingress replicas applied it): p50 "
+              f"{w['p50']} s, slowest {w['max']} s over {w['changes']} changes.",
+              "", "| ratio | value | meaning |", "|---|---:|---|"]
     lines += [f"| `{name}` | {doc['ratios'][name]} | {meaning} |" for name, (_m, _c, meaning) in RATIOS.items()]
     return "\n".join(lines) + "\n"
 

@@ -35,8 +35,9 @@ def test_page_lists_every_row_and_ratio():
            "versions": {"ray": "2.60.0"}, "commit": {"sha": "0123456789abcdef"},
            "settings": {"rounds": 4, "warmup_s": 1.0, "measure_s": 4.0},
            "placement": {"2 replica(s)": ["ingress-a", "ingress-b"]}, "results": rows,
+           "weight_change_s": {"changes": 6, "p50": 0.52, "max": 0.81, "each": []},
            "ratios": multinode.compute_ratios(rows)}
     page = multinode.render_markdown(doc)
     assert page.count("\n| 1 |") == 2 and page.count("\n| 2 |") == 2
     assert "`ingress2_over_ingress1_throughput_c32` | 1.5 |" in page
-    assert "ingress-a" in page
+    assert "ingress-a" in page and "p50 0.52 s, slowest 0.81 s over 6 changes" in page
