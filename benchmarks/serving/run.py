@@ -37,7 +37,15 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))  # netutil (serving_targets): not installed
 
 from serving_load import Cell, closed_loop, pool
-from serving_report import FLOOR_RATIOS, RATIOS, check_document, compute_ratios, environment, render_markdown, write_plot
+from serving_report import (
+    FLOOR_RATIOS,
+    RATIOS,
+    check_document,
+    compute_ratios,
+    environment,
+    render_markdown,
+    write_plot,
+)
 from serving_targets import GROUPS, INTRA_OP_THREADS, TARGETS, Target, example_rows, start_group
 
 logger = logging.getLogger("benchmarks.serving")

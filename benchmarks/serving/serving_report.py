@@ -14,7 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["FLOOR_RATIOS", "RATIOS", "ROW_KEYS", "check_document", "compute_ratios", "environment", "render_markdown", "write_plot"]
+__all__ = ["FLOOR_RATIOS", "RATIOS", "ROW_KEYS", "check_document", "compute_ratios", "environment", "render_markdown",
+           "write_plot"]
 
 # name -> (metric, numerator (target, concurrency, batch), denominator (target, concurrency, batch), meaning).
 # The gate reads these names; both sides are measured in the same run, back to back.

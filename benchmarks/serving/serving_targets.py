@@ -87,6 +87,7 @@ class Target:
     enter: Callable[[], object] | None = None
     leave: Callable[[], object] | None = None
     notes: dict[str, Any] = field(default_factory=dict)
+    url: str | None = None  # base URL of an HTTP target (its route prefix included), for other tools
 
 
 def example_rows(spec: dict[str, Any], n: int, seed: int = 0) -> np.ndarray:
@@ -416,7 +417,8 @@ def _ray(names: list[str], model_dir: Path, work: Path) -> Iterator[list[Target]
             if name == "ray_ingress_split10":
                 hooks = {"enter": lambda: update_traffic(url, canary_weight=SPLIT_WEIGHT),
                          "leave": lambda: update_traffic(url, canary_weight=0.0)}
-            targets.append(Target(name, for_target(name), **hooks))
+            http_url = f"http://{host}:{port}{prefixes[name]}" if name in prefixes else None
+            targets.append(Target(name, for_target(name), url=http_url, **hooks))
         yield targets
 
 
