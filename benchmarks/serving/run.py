@@ -9,7 +9,7 @@ client at every concurrency and batch size of the profile; the ratios the CI gat
 
 Run (from the repository root; CPU only)::
 
-    python benchmarks/serving/run.py --profile ci          # ~3.5 minutes on 2 CPUs
+    python benchmarks/serving/run.py --profile ci          # ~4.5 minutes on 2 CPUs
     python benchmarks/serving/run.py --profile full        # ~25 minutes, steadier figures
     python benchmarks/serving/run.py --only inprocess,triton_http --out /tmp/bench
     python benchmarks/serving/run.py --only ray_noop,ray_direct,ray_ingress,mlflow_serve
@@ -276,8 +276,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", choices=sorted(PROFILES), default="ci",
-                        help="ci: ~1.5 s per row, 6 paired rounds per ratio (about 3.5 minutes on 2 CPUs); "
-                             "full: 12 s per row, 10 rounds")
+                        help="ci: ~1.5 s per row, 6 paired rounds per ratio, 2 per floor ratio (about 4.5 minutes "
+                             "on 2 CPUs); full: 12 s per row, 10 rounds")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results",
                         help="folder for serving.json, serving.md and serving.png")
     parser.add_argument("--only", default=None,
