@@ -1,16 +1,18 @@
 """Serving benchmark: latency p50/p95/p99 and throughput of every way modelyard serves a model.
 
 Targets (``serving_targets.TARGETS``): PyTorch eager and ONNX Runtime fp32/int8 in process; Triton
-over HTTP and gRPC; Ray Serve straight to a model deployment and through the canary ingress (stable
-only, a 10% split, the inference log on, dynamic batching off). Each is measured with a closed-loop
+over HTTP and gRPC; Ray Serve to a bare no-op deployment (the engine's floor), straight to a model
+deployment and through the canary ingress (stable only, over gRPC, a 10% split, the inference log on,
+dynamic batching off); ``mlflow models serve`` on the same model. Each is measured with a closed-loop
 client at every concurrency and batch size of the profile; the ratios the CI gate reads
 (``serving_report.RATIOS``) compare targets measured back to back in this run.
 
 Run (from the repository root; CPU only)::
 
-    python benchmarks/serving/run.py --profile ci          # ~3.5 minutes on 2 CPUs
+    python benchmarks/serving/run.py --profile ci          # ~4.5 minutes on 2 CPUs
     python benchmarks/serving/run.py --profile full        # ~25 minutes, steadier figures
     python benchmarks/serving/run.py --only inprocess,triton_http --out /tmp/bench
+    python benchmarks/serving/run.py --only ray_noop,ray_direct,ray_ingress,mlflow_serve
 
 Writes ``serving.json`` (schema: ``serving_report.check_document``), ``serving.md`` and
 ``serving.png`` to ``--out``. A target that cannot start is recorded with its error and the run
@@ -35,7 +37,15 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))  # netutil (serving_targets): not installed
 
 from serving_load import Cell, closed_loop, pool
-from serving_report import RATIOS, check_document, compute_ratios, environment, render_markdown, write_plot
+from serving_report import (
+    FLOOR_RATIOS,
+    RATIOS,
+    check_document,
+    compute_ratios,
+    environment,
+    render_markdown,
+    write_plot,
+)
 from serving_targets import GROUPS, INTRA_OP_THREADS, TARGETS, Target, example_rows, start_group
 
 logger = logging.getLogger("benchmarks.serving")
@@ -50,20 +60,23 @@ class Profile:
 
     The gated ratios are measured again after the grid, in ``pair_rounds`` alternating rounds of
     ``pair_measure_s`` per side (A B B A ...): one back-to-back pair of rows is at the mercy of a
-    shared machine's drift, alternation spreads it over both sides.
+    shared machine's drift, alternation spreads it over both sides. The report-only floor ratios
+    (``serving_report.FLOOR_RATIOS``) take ``floor_pair_rounds``.
     """
 
     warmup_s: float
     measure_s: float
     pair_rounds: int
     pair_measure_s: float
+    floor_pair_rounds: int
     concurrency: tuple[int, ...] = (1, 8, 32)
     batches: tuple[int, ...] = (1, 32)
 
 
-# ci: 11 targets x 6 rows x 1.5 s, 8 ratios x 6 rounds x 2 sides x 1 s, plus server starts: ~4 min on 2 CPUs.
-PROFILES = {"ci": Profile(warmup_s=0.3, measure_s=1.2, pair_rounds=6, pair_measure_s=0.7),
-            "full": Profile(warmup_s=2.0, measure_s=10.0, pair_rounds=10, pair_measure_s=5.0)}
+# ci: 13 targets x 6 rows x 1.5 s, 8 ratios x 6 rounds x 2 sides x 1 s, 2 floor ratios x 2 rounds x 2 sides
+# x 1 s, plus server starts: ~4.5 min on 2 CPUs.
+PROFILES = {"ci": Profile(warmup_s=0.3, measure_s=1.2, pair_rounds=6, pair_measure_s=0.7, floor_pair_rounds=2),
+            "full": Profile(warmup_s=2.0, measure_s=10.0, pair_rounds=10, pair_measure_s=5.0, floor_pair_rounds=10)}
 
 
 def select(only: str | None) -> list[str]:
@@ -127,10 +140,11 @@ def measure_pairs(targets: list[Target], profile: Profile, spec: dict[str, Any])
     by_name = {t.name: t for t in targets}
     out: dict[str, dict[str, Any]] = {}
     for name, (metric, top, bottom, _meaning) in RATIOS.items():
-        if top[0] not in by_name or bottom[0] not in by_name or profile.pair_rounds < 1:
+        rounds = profile.floor_pair_rounds if name in FLOOR_RATIOS else profile.pair_rounds
+        if top[0] not in by_name or bottom[0] not in by_name or rounds < 1:
             continue
         cells: dict[int, list[Cell]] = {0: [], 1: []}
-        for i in range(profile.pair_rounds):
+        for i in range(rounds):
             for side in ((0, 1) if i % 2 == 0 else (1, 0)):
                 target, concurrency, batch = (top, bottom)[side]
                 cells[side].append(run_cell(by_name[target], concurrency, batch,
@@ -138,7 +152,7 @@ def measure_pairs(targets: list[Target], profile: Profile, spec: dict[str, Any])
                                             profile.pair_measure_s))
         pooled = [pool(cells[0]), pool(cells[1])]
         figures = [getattr(c, metric) for c in pooled]
-        entry: dict[str, Any] = {"metric": metric, "rounds": profile.pair_rounds, "ratio": None, "error": None}
+        entry: dict[str, Any] = {"metric": metric, "rounds": rounds, "ratio": None, "error": None}
         for key, (target, concurrency, batch), cell in zip(("numerator", "denominator"), (top, bottom), pooled):
             entry[key] = {"target": target, "concurrency": concurrency, "batch": batch, "requests": cell.requests,
                           "errors": cell.errors, "p50_ms": _round(cell.p50_ms), "p99_ms": _round(cell.p99_ms),
@@ -149,7 +163,7 @@ def measure_pairs(targets: list[Target], profile: Profile, spec: dict[str, Any])
             entry["error"] = f"no {metric} on a side"
         else:
             entry["ratio"] = round(figures[0] / figures[1], 4)
-        logger.info("pair %-40s %s (%d rounds: %s / %s)", name, entry["ratio"], profile.pair_rounds, *figures)
+        logger.info("pair %-40s %s (%d rounds: %s / %s)", name, entry["ratio"], rounds, *figures)
         out[name] = entry
     return out
 
@@ -262,8 +276,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", choices=sorted(PROFILES), default="ci",
-                        help="ci: ~1.5 s per row, 6 paired rounds per ratio (about 3.5 minutes on 2 CPUs); "
-                             "full: 12 s per row, 10 rounds")
+                        help="ci: ~1.5 s per row, 6 paired rounds per ratio, 2 per floor ratio (about 4.5 minutes "
+                             "on 2 CPUs); full: 12 s per row, 10 rounds")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results",
                         help="folder for serving.json, serving.md and serving.png")
     parser.add_argument("--only", default=None,

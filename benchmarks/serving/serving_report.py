@@ -14,7 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RATIOS", "ROW_KEYS", "check_document", "compute_ratios", "environment", "render_markdown", "write_plot"]
+__all__ = ["FLOOR_RATIOS", "RATIOS", "ROW_KEYS", "check_document", "compute_ratios", "environment", "render_markdown",
+           "write_plot"]
 
 # name -> (metric, numerator (target, concurrency, batch), denominator (target, concurrency, batch), meaning).
 # The gate reads these names; both sides are measured in the same run, back to back.
@@ -37,7 +38,26 @@ RATIOS: dict[str, tuple[str, tuple[str, int, int], tuple[str, int, int], str]] =
                                       "Triton gRPC vs HTTP"),
     "ray_grpc_p50_over_http_p50": ("p50_ms", ("ray_ingress_grpc", 1, 1), ("ray_ingress", 1, 1),
                                    "Ray Serve ingress over gRPC (tritonclient.grpc) vs HTTP"),
+    # Floors: the ingress against Ray Serve's own bare HTTP path and against other servers of the same model.
+    "ingress_p50_over_noop_p50": ("p50_ms", ("ray_ingress", 1, 1), ("ray_noop", 1, 1),
+                                  "canary ingress vs a bare Ray Serve deployment answering a constant (no model)"),
+    "ingress_over_noop_throughput_c32": ("throughput_rows_s", ("ray_ingress", 32, 1), ("ray_noop", 32, 1),
+                                         "canary ingress vs the bare Ray Serve deployment, 32 clients"),
+    "ingress_over_mlflow_throughput_c32": ("throughput_rows_s", ("ray_ingress", 32, 1), ("mlflow_serve", 32, 1),
+                                           "canary ingress vs `mlflow models serve` (2 workers), 32 clients"),
+    "ingress_p50_over_triton_http_p50": ("p50_ms", ("ray_ingress", 1, 1), ("triton_http", 1, 1),
+                                         "canary ingress vs Triton over HTTP, 1 client"),
+    "ingress_grpc_over_mlflow_throughput_c32": ("throughput_rows_s", ("ray_ingress_grpc", 32, 1),
+                                                ("mlflow_serve", 32, 1),
+                                                "canary ingress over Serve's gRPC proxy vs `mlflow models serve`"),
+    "ingress_grpc_p50_over_triton_http_p50": ("p50_ms", ("ray_ingress_grpc", 1, 1), ("triton_http", 1, 1),
+                                              "canary ingress over Serve's gRPC proxy vs Triton over HTTP"),
 }
+# Report-only floors measured in fewer paired rounds (Profile.floor_pair_rounds) to keep the ci run short;
+# the ones whose sides are in different groups come from the grid's rows whatever the profile.
+FLOOR_RATIOS = frozenset({"ingress_p50_over_noop_p50", "ingress_over_noop_throughput_c32",
+                          "ingress_over_mlflow_throughput_c32", "ingress_p50_over_triton_http_p50",
+                          "ingress_grpc_over_mlflow_throughput_c32", "ingress_grpc_p50_over_triton_http_p50"})
 ROW_KEYS: dict[str, tuple[type, ...]] = {
     "target": (str,), "concurrency": (int,), "batch": (int,), "requests": (int,),
     "p50_ms": (float, type(None)), "p95_ms": (float, type(None)), "p99_ms": (float, type(None)),
@@ -47,7 +67,7 @@ ROW_KEYS: dict[str, tuple[type, ...]] = {
 TOP_KEYS: dict[str, type] = {"benchmark": str, "time": str, "machine": dict, "versions": dict, "commit": dict,
                              "profile": str, "settings": dict, "targets": dict, "results": list, "ratios": dict}
 PACKAGES = {"torch": "torch", "onnxruntime": "onnxruntime", "ray": "ray", "tritonclient": "tritonclient",
-            "modelyard": "modelyard", "pytriton": "nvidia-pytriton"}
+            "mlflow": "mlflow", "modelyard": "modelyard", "pytriton": "nvidia-pytriton"}
 
 
 def compute_ratios(results: list[dict[str, Any]]) -> tuple[dict[str, float | None], dict[str, str]]:

@@ -1,10 +1,12 @@
 """The serving targets of the benchmark, started in three groups that never run at the same time.
 
-in-process (``torch_eager``, ``ort_fp32``, ``ort_int8``), Triton (``triton_http``, ``triton_grpc``) and
-Ray Serve (``ray_direct``, ``ray_ingress``, ``ray_ingress_grpc``, ``ray_ingress_split10``, ``ray_ingress_log``,
-``ray_ingress_unbatched``). One group's servers are stopped before the next starts, so an idle
-Ray cluster does not steal CPU from the in-process figures; every gated ratio compares targets of
-the same group, measured back to back at the same concurrency and batch size.
+in-process (``torch_eager``, ``ort_fp32``, ``ort_int8``), Triton (``triton_http``, ``triton_grpc``),
+Ray Serve (``ray_noop``, ``ray_direct``, ``ray_ingress``, ``ray_ingress_grpc``, ``ray_ingress_split10``,
+``ray_ingress_log``, ``ray_ingress_unbatched``) and MLflow (``mlflow_serve``). One group's servers are
+stopped before the next starts, so an idle Ray cluster does not steal CPU from the in-process figures;
+every gated ratio compares targets of the same group, measured back to back at the same concurrency
+and batch size. The report-only ratios against Triton and ``mlflow models serve`` compare groups, so
+they are read from the grid's rows, measured minutes apart.
 
 "Straight to a model deployment" (``ray_direct``) is HTTP to HTTP: the same ``ModelVersion``
 deployment class the ingress calls (ONNX Runtime session, warm-up, ``@serve.batch``), subclassed only
@@ -13,6 +15,13 @@ HTTP proxy. The same client, body and URL shape reach ``ray_ingress``; the diffe
 ingress replica and its hop (validation, routing, statistics, metrics, the handle call).
 ``ray_ingress_grpc`` is the same ingress application called through Ray Serve's gRPC proxy with
 ``tritonclient.grpc``, as ``triton_grpc`` calls Triton.
+
+``ray_noop`` is the engine's floor: a bare deployment behind the same Serve instance and proxy,
+answering every POST with a constant small JSON body without reading the body or any model; the same
+client, body and URL shape reach it. ``mlflow_serve`` is the real ``mlflow models serve`` CLI
+(``--env-manager local``, 2 uvicorn workers) on the same ONNX file, saved as an MLflow model of the
+ONNX flavor with the signature the registry gives it (:func:`modelyard.registry.register.register_onnx`
+logs the same flavor), called with the same HTTP client on ``/invocations`` (``{"inputs": rows}``).
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ import http.client
 import json
 import re
 import shutil
+import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -47,18 +57,23 @@ TARGETS: dict[str, str] = {
     "ort_int8": "ONNX Runtime int8 session in process (make_variant(..., 'int8') of the same file)",
     "triton_http": "Triton (pytriton's tritonserver, ONNX Runtime, config.pbtxt batching) via tritonclient.http",
     "triton_grpc": "the same Triton server via tritonclient.grpc",
+    "ray_noop": "Ray Serve HTTP to a bare deployment answering a constant JSON body (no model, body unread): "
+                "the floor of the engine's HTTP path",
     "ray_direct": "Ray Serve HTTP straight to a ModelVersion deployment (own app, no ingress)",
     "ray_ingress": "Ray Serve HTTP through the KServe ingress, canary deployed at weight 0, log off",
     "ray_ingress_grpc": "the same ingress app through Ray Serve's gRPC proxy (KServe v2 gRPC) via tritonclient.grpc",
     "ray_ingress_split10": "the same ingress app with canary_weight 0.1 (canary = the same ONNX file)",
     "ray_ingress_log": "the same ingress configuration with the inference log on (sample rate 1)",
     "ray_ingress_unbatched": "the same ingress configuration with max_batch_size 1 (no dynamic batching)",
+    "mlflow_serve": "`mlflow models serve` (--env-manager local, 2 uvicorn workers) on the same ONNX file as an "
+                    "MLflow ONNX-flavor model, POST /invocations {\"inputs\": rows}",
 }
 GROUPS: dict[str, tuple[str, ...]] = {
     "inprocess": ("torch_eager", "ort_fp32", "ort_int8"),
     "triton": ("triton_http", "triton_grpc"),
-    "ray": ("ray_direct", "ray_ingress", "ray_ingress_grpc", "ray_ingress_split10", "ray_ingress_log",
+    "ray": ("ray_noop", "ray_direct", "ray_ingress", "ray_ingress_grpc", "ray_ingress_split10", "ray_ingress_log",
             "ray_ingress_unbatched"),
+    "mlflow": ("mlflow_serve",),
 }
 
 
@@ -72,6 +87,7 @@ class Target:
     enter: Callable[[], object] | None = None
     leave: Callable[[], object] | None = None
     notes: dict[str, Any] = field(default_factory=dict)
+    url: str | None = None  # base URL of an HTTP target (its route prefix included), for other tools
 
 
 def example_rows(spec: dict[str, Any], n: int, seed: int = 0) -> np.ndarray:
@@ -89,7 +105,7 @@ def example_rows(spec: dict[str, Any], n: int, seed: int = 0) -> np.ndarray:
 
 def start_group(group: str, names: list[str], model_dir: Path, work: Path) -> Any:
     """The context manager that starts ``names`` of ``group`` and yields their :class:`Target` list."""
-    starters = {"inprocess": _inprocess, "triton": _triton, "ray": _ray}
+    starters = {"inprocess": _inprocess, "triton": _triton, "ray": _ray, "mlflow": _mlflow}
     if group not in starters:
         raise ValueError(f"unknown group {group!r}; expected one of {sorted(starters)}")
     return starters[group](names, model_dir, work)
@@ -254,9 +270,10 @@ def kserve_body(rows: np.ndarray, name: str = "features") -> bytes:
                                    "data": rows.reshape(-1).tolist()}]}).encode()
 
 
-def _http_json(host: str, port: int, path: str, rows: np.ndarray) -> CallFactory:
-    """Per-thread keep-alive connection posting the same body; raises on anything but 200."""
-    body = kserve_body(rows)
+def _http_json(host: str, port: int, path: str, rows: np.ndarray, body: bytes | None = None) -> CallFactory:
+    """Per-thread keep-alive connection posting the same body (the KServe v2 body of ``rows`` unless
+    ``body`` is given); raises on anything but 200."""
+    body = kserve_body(rows) if body is None else body
     headers = {"Content-Type": "application/json"}
 
     def make() -> Callable[[], object]:
@@ -308,6 +325,29 @@ def direct_deployment() -> Any:
     return serve.deployment(ray_actor_options={"num_cpus": 0})(DirectModelVersion)
 
 
+NOOP_ANSWER = {"model_name": MODEL, "outputs": []}
+
+
+def noop_deployment() -> Any:
+    """A bare HTTP deployment: a constant small JSON answer to every POST (the body is not read, no
+    model is called), ``ready`` to a GET. What Ray Serve's proxy and one replica hop cost alone.
+
+    Deploy it with the ingress's ``max_ongoing_requests``: at Serve's default (5) the proxy backs off
+    and retries requests the replica refuses, and 32 clients wait seconds for a constant."""
+    from ray import serve
+
+    @serve.deployment(ray_actor_options={"num_cpus": 0})
+    class Noop:
+        async def __call__(self, request: Any) -> Any:  # a starlette Request from the HTTP proxy
+            from starlette.responses import JSONResponse
+
+            if request.method == "GET":  # /v2/models/{name}/ready, polled by wait_ready
+                return JSONResponse({"name": MODEL, "ready": True})
+            return JSONResponse(NOOP_ANSWER)
+
+    return Noop
+
+
 @contextmanager
 def _ray(names: list[str], model_dir: Path, work: Path) -> Iterator[list[Target]]:
     import os
@@ -317,6 +357,7 @@ def _ray(names: list[str], model_dir: Path, work: Path) -> Iterator[list[Target]
 
     from modelyard.registry.reference import resolve_reference
     from modelyard.serve.ray.app import (
+        INGRESS_HEADROOM,
         RayServeConfig,
         deploy,
         grpc_address,
@@ -355,6 +396,12 @@ def _ray(names: list[str], model_dir: Path, work: Path) -> Iterator[list[Target]
             serve.run(app, name="direct", route_prefix="/direct", blocking=False)
             wait_ready(f"{url}/direct", MODEL)
             prefixes["ray_direct"] = "/direct"
+        if "ray_noop" in names:
+            noop = noop_deployment().options(name="noop",
+                                             max_ongoing_requests=base.max_ongoing_requests + INGRESS_HEADROOM)
+            serve.run(noop.bind(), name="noop", route_prefix="/noop", blocking=False)
+            wait_ready(f"{url}/noop", MODEL)
+            prefixes["ray_noop"] = "/noop"
 
         def for_target(name: str) -> Callable[[np.ndarray], CallFactory]:
             if name == "ray_ingress_grpc":  # several applications: the gRPC proxy routes by this metadata
@@ -370,6 +417,101 @@ def _ray(names: list[str], model_dir: Path, work: Path) -> Iterator[list[Target]
             if name == "ray_ingress_split10":
                 hooks = {"enter": lambda: update_traffic(url, canary_weight=SPLIT_WEIGHT),
                          "leave": lambda: update_traffic(url, canary_weight=0.0)}
-            targets.append(Target(name, for_target(name), **hooks))
+            http_url = f"http://{host}:{port}{prefixes[name]}" if name in prefixes else None
+            targets.append(Target(name, for_target(name), url=http_url, **hooks))
         yield targets
 
+
+
+# --- mlflow models serve ------------------------------------------------------------------------------
+
+MLFLOW_WORKERS = 2
+MLFLOW_START_TIMEOUT_S = 120.0
+
+
+def save_mlflow_model(model_dir: Path, dest: Path) -> Path:
+    """The ONNX file of ``model_dir`` saved at ``dest`` as an MLflow model of the ONNX flavor, with the
+    signature inferred from example rows and the file's own answer (as the registry logs a tabular
+    model: :func:`modelyard.registry.register.register_onnx` with ``input_example`` and
+    ``output_example``). A saved model rather than a registry version: ``mlflow models serve -m`` reads
+    the same ``MLmodel`` either way, and a store would add nothing to the serving path."""
+    import mlflow.onnx
+    import onnx
+    from mlflow.models import infer_signature
+
+    from modelyard.onnx_runtime import session
+
+    spec = json.loads((model_dir / "manifest.json").read_text())["data_spec"]
+    x = example_rows(spec, 5, seed=2)
+    ort = session(model_dir / "model.onnx", intra_threads=1, inter_threads=1)
+    reference = ort.run(None, {ort.get_inputs()[0].name: x})[0]
+    mlflow.onnx.save_model(onnx.load(str(model_dir / "model.onnx")), str(dest),
+                           signature=infer_signature(x, reference), input_example=x)
+    return dest
+
+
+def _mlflow_cli() -> str:
+    """The ``mlflow`` command of this interpreter's environment."""
+    beside = Path(sys.executable).with_name("mlflow")
+    found = str(beside) if beside.exists() else shutil.which("mlflow")
+    if found is None:
+        raise FileNotFoundError(f"no mlflow command beside {sys.executable} nor on PATH; expected MLflow installed")
+    return found
+
+
+@contextmanager
+def _mlflow(names: list[str], model_dir: Path, work: Path) -> Iterator[list[Target]]:
+    import os
+    import time
+    import urllib.error
+    import urllib.request
+
+    model = save_mlflow_model(model_dir, work / "mlflow_model")
+    (port,) = _free_ports(1)
+    log = open(work / "mlflow_serve.log", "wb")  # noqa: SIM115 - closed after the server stops
+    # The CLI runs `uvicorn` by name: this environment's bin folder first. A file store of its own: the
+    # server never writes to someone's tracking server.
+    env = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+           "MLFLOW_TRACKING_URI": (work / "mlruns").as_uri()}
+    process = subprocess.Popen([_mlflow_cli(), "models", "serve", "-m", str(model), "--env-manager", "local",
+                                "-w", str(MLFLOW_WORKERS), "-h", "127.0.0.1", "-p", str(port)],
+                               stdout=log, stderr=subprocess.STDOUT, env=env,
+                               start_new_session=True)  # its own group: the uvicorn workers stop with it
+    try:
+        deadline = time.monotonic() + MLFLOW_START_TIMEOUT_S
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"mlflow models serve exited with {process.returncode}: "
+                                   f"{(work / 'mlflow_serve.log').read_text(errors='replace')[-2000:]}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as resp:
+                    if resp.status == 200:
+                        break
+            except (urllib.error.URLError, OSError):
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"mlflow models serve on port {port} not ready after {MLFLOW_START_TIMEOUT_S:.0f} s")
+            time.sleep(0.2)
+
+        def for_rows(rows: np.ndarray) -> CallFactory:
+            body = json.dumps({"inputs": rows.tolist()}).encode()
+            return _http_json("127.0.0.1", port, "/invocations", rows, body)
+
+        yield [Target("mlflow_serve", for_rows, notes={"workers": MLFLOW_WORKERS})]
+    finally:
+        import signal
+
+        # The CLI runs uvicorn as a child, which runs the workers: the whole group this Popen started.
+        def signal_group(sig: int) -> None:
+            try:
+                os.killpg(process.pid, sig)
+            except ProcessLookupError:  # every process of the group already exited
+                pass
+
+        signal_group(signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            signal_group(signal.SIGKILL)
+            process.wait()
+        log.close()

@@ -145,7 +145,9 @@ def test_committed_gates_file_covers_the_harness_ratios():
             "model_batched_over_unbatched_throughput_c32", "model_batched_minus_unbatched_p50_ms_c1",
             "lightning_over_plain_throughput", "ddp2_over_ddp1_throughput"} == set(gates)
     assert {"ort_int8_p50_over_fp32_p50_b32", "triton_grpc_p50_over_http_p50",
-            "ray_grpc_p50_over_http_p50"} <= set(report_only)
+            "ray_grpc_p50_over_http_p50", "ingress_p50_over_noop_p50", "ingress_over_noop_throughput_c32",
+            "ingress_over_mlflow_throughput_c32", "ingress_p50_over_triton_http_p50",
+            "ingress_grpc_over_mlflow_throughput_c32", "ingress_grpc_p50_over_triton_http_p50"} <= set(report_only)
 
 
 def _results_on(tmp_path: Path, name: str, ratios: dict, cpus: int, before: list, after: list) -> Path:

@@ -12,7 +12,7 @@ import pytest
 HERE = Path(__file__).resolve().parents[3] / "benchmarks" / "serving"
 sys.path.insert(0, str(HERE))
 
-from serving_report import RATIOS, check_document, compute_ratios, render_markdown, write_plot  # noqa: E402
+from serving_report import FLOOR_RATIOS, RATIOS, check_document, compute_ratios, render_markdown, write_plot  # noqa: E402
 from serving_targets import GROUPS, TARGETS, example_rows  # noqa: E402
 
 # run.py under a unique module name: a bare `run` could collide with another harness's run.py.
@@ -34,7 +34,8 @@ def _full_rows() -> list[dict]:
 
 
 def test_every_ratio_compares_known_targets_and_cells():
-    assert len(RATIOS) == 8
+    assert len(RATIOS) == 14
+    assert FLOOR_RATIOS <= set(RATIOS)
     for metric, top, bottom, _ in RATIOS.values():
         assert metric in {"p50_ms", "throughput_rows_s"}
         for target, concurrency, batch in (top, bottom):
