@@ -38,8 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))  # netuti
 
 from serving_load import Cell, closed_loop, pool
 from serving_report import (
-    FLOOR_RATIOS,
     RATIOS,
+    REPORT_ONLY_RATIOS,
     check_document,
     compute_ratios,
     environment,
@@ -60,23 +60,36 @@ class Profile:
 
     The gated ratios are measured again after the grid, in ``pair_rounds`` alternating rounds of
     ``pair_measure_s`` per side (A B B A ...): one back-to-back pair of rows is at the mercy of a
-    shared machine's drift, alternation spreads it over both sides. The report-only floor ratios
-    (``serving_report.FLOOR_RATIOS``) take ``floor_pair_rounds``.
+    shared machine's drift, alternation spreads it over both sides. The report-only ratios
+    (``serving_report.REPORT_ONLY_RATIOS``) take ``report_pair_rounds``. ``served_grid``: the
+    ``(concurrency, batches)`` of the HTTP-served groups (Ray Serve, ``mlflow models serve``) when
+    they need fewer rows than the in-process and Triton groups (None: the same grid).
     """
 
     warmup_s: float
     measure_s: float
     pair_rounds: int
     pair_measure_s: float
-    floor_pair_rounds: int
+    report_pair_rounds: int
     concurrency: tuple[int, ...] = (1, 8, 32)
     batches: tuple[int, ...] = (1, 32)
+    served_grid: tuple[tuple[int, ...], tuple[int, ...]] | None = None
+
+    def grid(self, group: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """``(concurrency, batches)`` of ``group``'s rows."""
+        if self.served_grid is not None and group in SERVED_GROUPS:
+            return self.served_grid
+        return self.concurrency, self.batches
 
 
-# ci: 13 targets x 6 rows x 1.5 s, 8 ratios x 6 rounds x 2 sides x 1 s, 2 floor ratios x 2 rounds x 2 sides
-# x 1 s, plus server starts: ~4.5 min on 2 CPUs.
-PROFILES = {"ci": Profile(warmup_s=0.3, measure_s=1.2, pair_rounds=6, pair_measure_s=0.7, floor_pair_rounds=2),
-            "full": Profile(warmup_s=2.0, measure_s=10.0, pair_rounds=10, pair_measure_s=5.0, floor_pair_rounds=10)}
+# Groups served over HTTP by a Python proxy or server: a row there costs seconds of a shared machine.
+SERVED_GROUPS = ("ray", "mlflow")
+# ci: the served groups at 1 and 32 clients, batch 1 (the rows a ratio or the README reads; the c8 ratios
+# are paired), the others on the full grid; 5 gated ratios x 6 rounds and 9 reported x 2, 2 sides x 1 s
+# each; plus server starts: about 4 minutes on 2 CPUs.
+PROFILES = {"ci": Profile(warmup_s=0.3, measure_s=1.2, pair_rounds=6, pair_measure_s=0.7, report_pair_rounds=2,
+                          served_grid=((1, 32), (1,))),
+            "full": Profile(warmup_s=2.0, measure_s=10.0, pair_rounds=10, pair_measure_s=5.0, report_pair_rounds=10)}
 
 
 def select(only: str | None) -> list[str]:
@@ -140,7 +153,7 @@ def measure_pairs(targets: list[Target], profile: Profile, spec: dict[str, Any])
     by_name = {t.name: t for t in targets}
     out: dict[str, dict[str, Any]] = {}
     for name, (metric, top, bottom, _meaning) in RATIOS.items():
-        rounds = profile.floor_pair_rounds if name in FLOOR_RATIOS else profile.pair_rounds
+        rounds = profile.report_pair_rounds if name in REPORT_ONLY_RATIOS else profile.pair_rounds
         if top[0] not in by_name or bottom[0] not in by_name or rounds < 1:
             continue
         cells: dict[int, list[Cell]] = {0: [], 1: []}
@@ -191,9 +204,10 @@ def run_group(group: str, names: list[str], profile: Profile, spec: dict[str, An
             logger.info("%s: %s ready in %.1f s", group, ", ".join(t.name for t in targets),
                         time.perf_counter() - started)
             notes.update({t.name: t.notes for t in targets if t.notes})
-            for batch in profile.batches:
+            concurrencies, batches = profile.grid(group)
+            for batch in batches:
                 inputs = example_rows(spec, batch, seed=batch)  # (B, F)
-                for concurrency in profile.concurrency:
+                for concurrency in concurrencies:
                     for target in targets:
                         row = measure(target, concurrency, batch, inputs, profile)
                         rows.append(row)
@@ -210,7 +224,8 @@ def run_group(group: str, names: list[str], profile: Profile, spec: dict[str, An
     failures: dict[str, str] = {}
     if failure is not None:
         for name in names:
-            missing = [(b, c) for b in profile.batches for c in profile.concurrency if (name, c, b) not in done]
+            concurrencies, batches = profile.grid(group)
+            missing = [(b, c) for b in batches for c in concurrencies if (name, c, b) not in done]
             if missing:
                 failures[name] = failure
             rows += [_row(name, c, b, error=failure) for b, c in missing]

@@ -14,8 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["FLOOR_RATIOS", "RATIOS", "ROW_KEYS", "check_document", "compute_ratios", "environment", "render_markdown",
-           "write_plot"]
+__all__ = ["FLOOR_RATIOS", "RATIOS", "REPORT_ONLY_RATIOS", "ROW_KEYS", "check_document", "compute_ratios",
+           "environment", "render_markdown", "write_plot"]
 
 # name -> (metric, numerator (target, concurrency, batch), denominator (target, concurrency, batch), meaning).
 # The gate reads these names; both sides are measured in the same run, back to back.
@@ -53,11 +53,14 @@ RATIOS: dict[str, tuple[str, tuple[str, int, int], tuple[str, int, int], str]] =
     "ingress_grpc_p50_over_triton_http_p50": ("p50_ms", ("ray_ingress_grpc", 1, 1), ("triton_http", 1, 1),
                                               "canary ingress over Serve's gRPC proxy vs Triton over HTTP"),
 }
-# Report-only floors measured in fewer paired rounds (Profile.floor_pair_rounds) to keep the ci run short;
-# the ones whose sides are in different groups come from the grid's rows whatever the profile.
+# Report-only ratios (benchmarks/gates.yaml), measured in fewer paired rounds (Profile.report_pair_rounds)
+# to keep the ci run short; the ones whose sides are in different groups come from the grid's rows
+# whatever the profile.
 FLOOR_RATIOS = frozenset({"ingress_p50_over_noop_p50", "ingress_over_noop_throughput_c32",
                           "ingress_over_mlflow_throughput_c32", "ingress_p50_over_triton_http_p50",
                           "ingress_grpc_over_mlflow_throughput_c32", "ingress_grpc_p50_over_triton_http_p50"})
+REPORT_ONLY_RATIOS = FLOOR_RATIOS | {"ort_int8_p50_over_fp32_p50_b32", "triton_grpc_p50_over_http_p50",
+                                     "ray_grpc_p50_over_http_p50"}
 ROW_KEYS: dict[str, tuple[type, ...]] = {
     "target": (str,), "concurrency": (int,), "batch": (int,), "requests": (int,),
     "p50_ms": (float, type(None)), "p95_ms": (float, type(None)), "p99_ms": (float, type(None)),

@@ -9,7 +9,7 @@ and batch size. The report-only ratios against Triton and ``mlflow models serve`
 they are read from the grid's rows, measured minutes apart.
 
 "Straight to a model deployment" (``ray_direct``) is HTTP to HTTP: the same ``ModelVersion``
-deployment class the ingress calls (ONNX Runtime session, warm-up, ``@serve.batch``), subclassed only
+deployment class the ingress calls (ONNX Runtime session, warm-up, dynamic batching), subclassed only
 to decode the KServe v2 JSON body itself, deployed alone as its own application behind Ray Serve's
 HTTP proxy. The same client, body and URL shape reach ``ray_ingress``; the difference is the
 ingress replica and its hop (validation, routing, statistics, metrics, the handle call).
@@ -390,7 +390,7 @@ def _ray(names: list[str], model_dir: Path, work: Path) -> Iterator[list[Target]
         if "ray_direct" in names:
             stable = resolve_reference(reference, MODEL)
             app = direct_deployment().options(
-                name=f"{MODEL}-direct", max_ongoing_requests=max(base.max_ongoing_requests, base.max_batch_size),
+                name=f"{MODEL}-direct", max_ongoing_requests=base.model_ongoing_requests(),
             ).bind(MODEL, stable.label, stable.path, read_signature(stable.path), base.max_batch_size,
                    base.batch_wait_timeout_s)
             serve.run(app, name="direct", route_prefix="/direct", blocking=False)

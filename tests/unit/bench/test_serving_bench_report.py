@@ -156,3 +156,20 @@ def test_paired_ratios_take_precedence_and_the_grid_is_kept():
     assert doc["ratios"]["split10_p50_over_stable_p50"] is None
     assert doc["ratios_missing"] == {"split10_p50_over_stable_p50": "paired rounds: failed requests: HTTP 503"}
     assert "| `ingress_p50_over_direct_p50` | 1.250 | 1.000 |" in render_markdown(doc)
+
+
+def test_ci_profile_measures_the_served_groups_on_the_rows_the_ratios_and_readme_read():
+    ci = bench_run.PROFILES["ci"]
+    assert ci.grid("ray") == ci.grid("mlflow") == ((1, 32), (1,))
+    assert ci.grid("inprocess") == ci.grid("triton") == ((1, 8, 32), (1, 32))
+    served = {"ray", "mlflow"}
+    for name, (_metric, top, bottom, _meaning) in RATIOS.items():
+        if name in bench_run.REPORT_ONLY_RATIOS:
+            continue
+        for target, concurrency, batch in (top, bottom):
+            group = next(g for g, members in GROUPS.items() if target in members)
+            # a gated ratio is paired, so its rows need not be in the grid; those in the grid must be
+            assert group not in served or (concurrency in ci.grid(group)[0] and batch in ci.grid(group)[1]) \
+                or concurrency == 8, (name, target)
+    full = bench_run.PROFILES["full"]
+    assert full.grid("ray") == full.grid("inprocess") == ((1, 8, 32), (1, 32))
