@@ -43,6 +43,13 @@ RATIOS: dict[str, tuple[str, tuple[str, int, int], tuple[str, int, int], str]] =
                                   "canary ingress vs a bare Ray Serve deployment answering a constant (no model)"),
     "ingress_over_noop_throughput_c32": ("throughput_rows_s", ("ray_ingress", 32, 1), ("ray_noop", 32, 1),
                                          "canary ingress vs the bare Ray Serve deployment, 32 clients"),
+    "ingress_in_p50_over_noop_p50": ("p50_ms", ("ray_ingress_in", 1, 1), ("ray_noop", 1, 1),
+                                     "canary ingress running the models itself vs the bare Ray Serve deployment"),
+    "ingress_in_over_noop_throughput_c32": ("throughput_rows_s", ("ray_ingress_in", 32, 1), ("ray_noop", 32, 1),
+                                            "canary ingress running the models itself vs the bare deployment, "
+                                            "32 clients"),
+    "ingress_in_p50_over_direct_p50": ("p50_ms", ("ray_ingress_in", 1, 1), ("ray_direct", 1, 1),
+                                       "canary ingress running the models itself vs straight to a model deployment"),
     "ingress_over_mlflow_throughput_c32": ("throughput_rows_s", ("ray_ingress", 32, 1), ("mlflow_serve", 32, 1),
                                            "canary ingress vs `mlflow models serve` (2 workers), 32 clients"),
     "ingress_p50_over_triton_http_p50": ("p50_ms", ("ray_ingress", 1, 1), ("triton_http", 1, 1),
@@ -57,6 +64,8 @@ RATIOS: dict[str, tuple[str, tuple[str, int, int], tuple[str, int, int], str]] =
 # to keep the ci run short; the ones whose sides are in different groups come from the grid's rows
 # whatever the profile.
 FLOOR_RATIOS = frozenset({"ingress_p50_over_noop_p50", "ingress_over_noop_throughput_c32",
+                          "ingress_in_p50_over_noop_p50", "ingress_in_over_noop_throughput_c32",
+                          "ingress_in_p50_over_direct_p50",
                           "ingress_over_mlflow_throughput_c32", "ingress_p50_over_triton_http_p50",
                           "ingress_grpc_over_mlflow_throughput_c32", "ingress_grpc_p50_over_triton_http_p50"})
 REPORT_ONLY_RATIOS = FLOOR_RATIOS | {"ort_int8_p50_over_fp32_p50_b32", "triton_grpc_p50_over_http_p50",

@@ -1,18 +1,21 @@
-"""The serving targets of the benchmark, started in three groups that never run at the same time.
+"""The serving targets of the benchmark, started in four groups that never run at the same time.
 
 in-process (``torch_eager``, ``ort_fp32``, ``ort_int8``), Triton (``triton_http``, ``triton_grpc``),
-Ray Serve (``ray_noop``, ``ray_direct``, ``ray_ingress``, ``ray_ingress_grpc``, ``ray_ingress_split10``,
-``ray_ingress_log``, ``ray_ingress_unbatched``) and MLflow (``mlflow_serve``). One group's servers are
-stopped before the next starts, so an idle Ray cluster does not steal CPU from the in-process figures;
-every gated ratio compares targets of the same group, measured back to back at the same concurrency
-and batch size. The report-only ratios against Triton and ``mlflow models serve`` compare groups, so
-they are read from the grid's rows, measured minutes apart.
+Ray Serve (``ray_noop``, ``ray_direct``, ``ray_ingress``, ``ray_ingress_in``, ``ray_ingress_grpc``,
+``ray_ingress_split10``, ``ray_ingress_log``, ``ray_ingress_unbatched``) and MLflow
+(``mlflow_serve``). One group's servers are stopped before the next starts, so an idle Ray cluster
+does not steal CPU from the in-process figures; every gated ratio compares targets of the same
+group, measured back to back at the same concurrency and batch size. The report-only ratios against
+Triton and ``mlflow models serve`` compare groups, so they are read from the grid's rows, measured
+minutes apart.
 
 "Straight to a model deployment" (``ray_direct``) is HTTP to HTTP: the same ``ModelVersion``
 deployment class the ingress calls (ONNX Runtime session, warm-up, dynamic batching), subclassed only
 to decode the KServe v2 JSON body itself, deployed alone as its own application behind Ray Serve's
 HTTP proxy. The same client, body and URL shape reach ``ray_ingress``; the difference is the
 ingress replica and its hop (validation, routing, statistics, metrics, the handle call).
+``ray_ingress_in`` is the ingress with ``model_placement: ingress``: the same application, but the
+ingress replica runs both versions' sessions itself, one Ray hop fewer.
 ``ray_ingress_grpc`` is the same ingress application called through Ray Serve's gRPC proxy with
 ``tritonclient.grpc``, as ``triton_grpc`` calls Triton.
 
@@ -61,6 +64,8 @@ TARGETS: dict[str, str] = {
                 "the floor of the engine's HTTP path",
     "ray_direct": "Ray Serve HTTP straight to a ModelVersion deployment (own app, no ingress)",
     "ray_ingress": "Ray Serve HTTP through the KServe ingress, canary deployed at weight 0, log off",
+    "ray_ingress_in": "the same ingress configuration with model_placement ingress (the ingress replica runs "
+                      "both versions itself: no model deployment, one Ray hop fewer)",
     "ray_ingress_grpc": "the same ingress app through Ray Serve's gRPC proxy (KServe v2 gRPC) via tritonclient.grpc",
     "ray_ingress_split10": "the same ingress app with canary_weight 0.1 (canary = the same ONNX file)",
     "ray_ingress_log": "the same ingress configuration with the inference log on (sample rate 1)",
@@ -71,8 +76,8 @@ TARGETS: dict[str, str] = {
 GROUPS: dict[str, tuple[str, ...]] = {
     "inprocess": ("torch_eager", "ort_fp32", "ort_int8"),
     "triton": ("triton_http", "triton_grpc"),
-    "ray": ("ray_noop", "ray_direct", "ray_ingress", "ray_ingress_grpc", "ray_ingress_split10", "ray_ingress_log",
-            "ray_ingress_unbatched"),
+    "ray": ("ray_noop", "ray_direct", "ray_ingress", "ray_ingress_in", "ray_ingress_grpc", "ray_ingress_split10",
+            "ray_ingress_log", "ray_ingress_unbatched"),
     "mlflow": ("mlflow_serve",),
 }
 
@@ -384,6 +389,9 @@ def _ray(names: list[str], model_dir: Path, work: Path) -> Iterator[list[Target]
             deploy(replace(http_only, log_dir=str(work / "inference_log")), app_name="ingress_log",
                    route_prefix="/log")
             prefixes["ray_ingress_log"] = "/log"
+        if "ray_ingress_in" in names:
+            deploy(replace(http_only, model_placement="ingress"), app_name="ingress_in", route_prefix="/in")
+            prefixes["ray_ingress_in"] = "/in"
         if "ray_ingress_unbatched" in names:
             deploy(replace(http_only, max_batch_size=1), app_name="ingress_unbatched", route_prefix="/unbatched")
             prefixes["ray_ingress_unbatched"] = "/unbatched"

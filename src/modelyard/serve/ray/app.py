@@ -74,7 +74,7 @@ def build_app(cfg: RayServeConfig) -> Any:
         ValueError: a bad configuration or model reference, or stable and canary with different inputs.
     """
     from modelyard.serve.ray.ingress import IngressSettings, KServeIngress
-    from modelyard.serve.ray.models import ModelVersion, read_signature
+    from modelyard.serve.ray.models import InProcessModel, ModelVersion, read_signature
     from modelyard.serve.ray.shared import TrafficStats
 
     stable = resolve_reference(cfg.stable, cfg.model, cfg.tracking_uri)
@@ -96,6 +96,9 @@ def build_app(cfg: RayServeConfig) -> Any:
 
     def model_deployment(label: str, path: str, signature: Signature,
                          faults: tuple[float, float] = (0.0, 0.0)) -> Any:
+        if cfg.model_placement == "ingress":  # loaded and run by every ingress replica itself
+            return InProcessModel(cfg.model, label, path, signature, cfg.max_batch_size, cfg.batch_wait_timeout_s,
+                                  *faults, cfg.max_batch_run_s)
         options: dict[str, Any] = {"name": _deployment_name(cfg.model, label),
                                    "max_ongoing_requests": cfg.model_ongoing_requests(),
                                    "health_check_period_s": cfg.health_check_period_s,

@@ -66,6 +66,14 @@ class RayServeConfig:
         batch_wait_timeout_s: dynamic batching: extra wait for a batch to fill to ``max_batch_size``
             rows, from the arrival of its oldest request (Triton's ``max_queue_delay_microseconds``).
             0 (default): none, so a lone request never waits; batches still form under load.
+        model_placement: where the model versions run. ``deployment`` (default): each version is a
+            Ray Serve deployment of its own, called by the ingress over a handle -- its own replicas,
+            scaling, nodes and GPUs, and a crash of one version's process touches no other. ``ingress``:
+            every ingress replica loads both versions' ONNX Runtime sessions and runs them itself
+            (same batching, faults, health check), one Ray hop fewer per request (about half the
+            canary path's latency on a small CPU model, benchmarks/README.md); scale with
+            ``ingress_replicas``. CPU only, and a model process that crashes takes the ingress replica
+            with it: for small CPU models where the hop costs more than the model.
         num_replicas: replicas per model version (ignored with ``autoscaling_config``).
         num_gpus: GPUs each model replica reserves (Ray's ``num_gpus``; a fraction shares one GPU
             between replicas). Above 0 the replica runs ONNX Runtime on CUDA where its build has it,
@@ -150,6 +158,7 @@ class RayServeConfig:
     sticky_header: str = "x-routing-key"
     max_batch_size: PositiveInt = 32
     batch_wait_timeout_s: NonNegativeFloat = 0.0
+    model_placement: Literal["deployment", "ingress"] = "deployment"
     num_replicas: PositiveInt = 1
     num_gpus: NonNegativeFloat = 0.0
     autoscaling_config: dict[str, Any] | None = None
@@ -200,6 +209,16 @@ class RayServeConfig:
                                 f"({self.control_port}); expected a port of its own")
             if (why := name_problem(self.model)) is not None:
                 problems.append(f"model (the served model name) {self.model!r} is refused: {why}")
+            if self.model_placement == "ingress":
+                separate = {key: value for key, value in (("num_replicas", self.num_replicas != 1),
+                                                          ("num_gpus", self.num_gpus > 0),
+                                                          ("autoscaling_config", self.autoscaling_config),
+                                                          ("model_resources", self.model_resources)) if value}
+                if separate:
+                    problems.append(f"model_placement 'ingress' runs the models in the ingress replicas, so "
+                                    f"{sorted(separate)} (settings of model deployments) cannot apply; scale with "
+                                    "ingress_replicas / ingress_autoscaling_config, or use model_placement "
+                                    "'deployment' (GPUs need it)")
             for key, resources in (("ingress_resources", self.ingress_resources),
                                    ("model_resources", self.model_resources)):
                 if builtin := sorted(set(resources or {}) & BUILTIN_RESOURCES):

@@ -76,6 +76,7 @@ from modelyard.serve.ray.codec import (
 from modelyard.serve.ray.control import CONTROL_ROUTES, control_app, start_control_server
 from modelyard.serve.ray.enrich import CardFeatureEnricher
 from modelyard.serve.ray.middleware import BearerToken, BearerTokenMiddleware, BodyLimitMiddleware
+from modelyard.serve.ray.models import InProcessModel, LocalHandle
 from modelyard.serve.ray.router import TrafficConfig, TrafficRouter, validate_weights
 from modelyard.serve.ray.serve_config import apply_traffic
 from modelyard.serve.ray.stats import ShadowLog, VersionStats, merge_status
@@ -295,8 +296,14 @@ class KServeIngress:
 
     async def __init__(self, settings: IngressSettings, stable: Any, canary: Any | None = None,
                        shared_stats: Any | None = None) -> None:
-        """``stable``, ``canary``: handles of the model deployments (``canary`` None: no canary);
-        ``shared_stats``: handle of the statistics deployment (None: this replica's statistics only)."""
+        """``stable``, ``canary``: handles of the model deployments (``canary`` None: no canary), or
+        :class:`~modelyard.serve.ray.models.InProcessModel` descriptions that this replica loads and runs
+        itself (``model_placement: ingress``); ``shared_stats``: handle of the statistics deployment
+        (None: this replica's statistics only)."""
+        if isinstance(stable, InProcessModel):
+            stable = stable.start()
+        if isinstance(canary, InProcessModel):
+            canary = canary.start()
         self.settings = settings
         self.model, self.signature = settings.model, settings.signature
         self.inputs, self.outputs = settings.signature.inputs, settings.signature.outputs
@@ -386,6 +393,17 @@ class KServeIngress:
                     config.revision[:8], self.router.canary_weight, self.router.shadow_weight, config.promoted)
         if self.shared_stats is not None:  # at once: apply_traffic waits for every replica to report it
             await self._push()
+
+    def check_health(self) -> None:
+        """Called by Serve every health-check period; raising has this replica replaced. With the models
+        in this process (``model_placement: ingress``): a stuck ONNX Runtime batch of either version.
+
+        Raises:
+            RuntimeError: a version run here has had a batch running longer than ``max_batch_run_s``.
+        """
+        for handle, _ in self._deployed.values():
+            if isinstance(handle, LocalHandle):
+                handle.check_health()
 
     def _apply_roles(self, promoted: bool) -> None:
         """Roles as the configuration says: as deployed, or the canary promoted to stable (no canary).

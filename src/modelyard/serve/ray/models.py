@@ -20,6 +20,7 @@ import logging
 import random
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -30,7 +31,7 @@ from modelyard.onnx_runtime import CPU, session
 from modelyard.serve.ray.batching import Batcher
 from modelyard.signature import Signature, load_signature
 
-__all__ = ["ModelVersion", "pad_batch", "read_signature", "split_outputs"]
+__all__ = ["InProcessModel", "LocalHandle", "ModelVersion", "pad_batch", "read_signature", "split_outputs"]
 
 logger = logging.getLogger(__name__)
 
@@ -198,3 +199,42 @@ class ModelVersion:
             raise RuntimeError(f"injected fault in {self.model} v{self.label} (canary_fault_error_rate)")
         return await self.predict(request)
 
+
+
+@dataclass(frozen=True)
+class InProcessModel:
+    """A model version the ingress runs in its own process (``model_placement: ingress``): what a
+    :class:`ModelVersion` deployment is built with, given to the ingress in place of its handle."""
+
+    model: str
+    label: str
+    path: str
+    signature: Signature
+    max_batch_size: int
+    batch_wait_timeout_s: float
+    fault_error_rate: float = 0.0
+    fault_delay_ms: float = 0.0
+    max_batch_run_s: float = 30.0
+
+    def start(self) -> LocalHandle:
+        """Load the session (and warm it up) in this process; the handle the ingress calls."""
+        version = ModelVersion.func_or_class(self.model, self.label, self.path, self.signature, self.max_batch_size,
+                                             self.batch_wait_timeout_s, self.fault_error_rate, self.fault_delay_ms,
+                                             self.max_batch_run_s)
+        return LocalHandle(version)
+
+
+class LocalHandle:
+    """What the ingress uses of a ``DeploymentHandle`` -- ``remote(payload)``, an awaitable with
+    ``cancel()`` -- over a :class:`ModelVersion` object in the ingress's own process: the same
+    batching, fault injection and stuck-batch check, without the Ray hop."""
+
+    def __init__(self, version: Any) -> None:
+        self.version = version
+
+    def remote(self, payload: dict[str, Any]) -> asyncio.Task:
+        return asyncio.ensure_future(self.version(payload))
+
+    def check_health(self) -> None:
+        """Raises RuntimeError when the version's running batch is stuck (see ``ModelVersion.check_health``)."""
+        self.version.check_health()
