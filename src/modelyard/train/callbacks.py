@@ -20,7 +20,8 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from modelyard._io import atomic_open
 
-__all__ = ["AtomicCheckpointIO", "EpochSeedCallback", "PreemptionCheckpoint", "ThroughputCallback", "batch_rows"]
+__all__ = ["AtomicCheckpointIO", "EpochSeedCallback", "MetricsBeforeCheckpoint", "PreemptionCheckpoint",
+           "ThroughputCallback", "batch_rows"]
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +93,32 @@ class ThroughputCallback(Callback):
         if (batch_idx + 1) % self.every == 0 and elapsed > 0:
             pl_module.log("samples_per_sec", self._samples / elapsed, on_step=True, on_epoch=False,
                           prog_bar=True, rank_zero_only=True)
+
+
+class MetricsBeforeCheckpoint(Callback):
+    """At the end of validation and of each training epoch, wait (up to ``wait_s``) until the metrics
+    the run's logger has queued are in MLflow (:meth:`MetricBuffer.send_now`).
+
+    Lightning runs checkpoint callbacks after every other callback, so this happens before the
+    epoch's checkpoints are written: a job killed after a checkpoint and resumed from it has every
+    metric up to that checkpoint in its run (the logger otherwise sends at most every few seconds).
+    Once per epoch, one request; an unreachable server is not waited for.
+    """
+
+    def __init__(self, wait_s: float = 5.0) -> None:
+        self.wait_s = wait_s
+
+    def _deliver(self, trainer: Trainer) -> None:
+        buffer = getattr(trainer.logger, "buffer", None)
+        if buffer is not None and trainer.global_rank == 0:
+            buffer.send_now(self.wait_s)
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._deliver(trainer)
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._deliver(trainer)
 
 
 class PreemptionCheckpoint(Callback):

@@ -92,6 +92,7 @@ class MetricBuffer:
         self._pause = FIRST_RETRY_S
         self._lock = threading.Lock()
         self._wake = threading.Event()
+        self._hurry = threading.Event()  # cuts the interval short: send_soon() and the end of training
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         if background:
@@ -115,7 +116,24 @@ class MetricBuffer:
             self._wake.clear()
             if not self._stop.is_set():
                 if self.flush():  # (after a failure the retry pause applies instead)
-                    self._stop.wait(self.send_interval_s)  # what is logged meanwhile goes in the next request
+                    self._hurry.wait(self.send_interval_s)  # what is logged meanwhile goes in the next request
+                    self._hurry.clear()
+
+    def send_now(self, wait_s: float = 0.0) -> bool:
+        """Have the thread send what is queued now rather than at the end of its interval, and wait up to
+        ``wait_s`` seconds for it to arrive; True when it did. Called before a checkpoint is written: a
+        job killed after it resumes from it and never logs what came before it again. An unreachable
+        server is not waited for (the queue is kept and spilled as usual)."""
+        with self._lock:
+            target = self.delivered + len(self.pending)
+        self._hurry.set()
+        self._wake.set()
+        deadline = time.monotonic() + wait_s
+        while self.delivered < target and self._down_since is None and self._thread is not None:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.005)
+        return self.delivered >= target
 
     def flush(self, *, force: bool = False) -> bool:
         """Send the queue; True when it is empty afterwards. ``force`` ignores the retry pause.
@@ -161,6 +179,7 @@ class MetricBuffer:
             wait_s = _final_wait_s()
         if self._thread is not None:
             self._stop.set()
+            self._hurry.set()
             self._wake.set()
             self._thread.join()  # at most one request in flight, bounded by its timeout
             self._thread = None

@@ -147,6 +147,22 @@ def test_points_logged_between_requests_go_in_one_request():
     assert client.calls == 2 and client.points() == _as_tuples(_steps(0, 50))
 
 
+def test_send_now_delivers_the_queue_before_it_returns_and_does_not_wait_for_a_server_that_is_down():
+    """What an epoch end calls before its checkpoints are written."""
+    client = FlakyClient()
+    buffer = MetricBuffer(client, RUN, send_interval_s=3600.0)
+    buffer.add(_steps(0, 1))
+    _wait_until(lambda: client.calls == 1)
+    buffer.add(_steps(1, 5))
+    assert buffer.send_now(wait_s=30.0) and client.points() == _as_tuples(_steps(0, 5))
+    client.down = True
+    buffer.add(_steps(5, 6))
+    t0 = time.monotonic()
+    assert not buffer.send_now(wait_s=30.0)  # an outage: kept and retried, not waited for
+    assert time.monotonic() - t0 < 10.0 and client.failures >= 1
+    buffer.drain(wait_s=0)
+
+
 def test_retries_back_off_and_a_returning_server_is_noticed_within_the_longest_pause():
     """With a clock the test moves: the first failure costs one request, later steps do not hit the
     dead server until the pause is over, pauses double up to ``MAX_RETRY_S``, and the first attempt
