@@ -8,7 +8,7 @@ import torch
 from lightning import LightningModule
 from torch import nn
 
-from modelyard.models._classification import build_metrics, classification_step, configure_adamw
+from modelyard.models._classification import build_metrics, classification_step, configure_adamw, log_train_loss_epoch
 from modelyard.models.preprocessing import TabularPreprocessor
 from modelyard.models.spec import DataSpec
 
@@ -64,6 +64,9 @@ class TabularMLP(LightningModule):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         return classification_step(self, batch, "train", self.metrics, self.class_weight)
+
+    def on_train_epoch_end(self) -> None:
+        log_train_loss_epoch(self)
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         classification_step(self, batch, "val", self.metrics, self.class_weight)

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from lightning import LightningModule
 from torch import nn
 
-from modelyard.models._classification import build_metrics, named_classification_step
+from modelyard.models._classification import build_metrics, log_train_loss_epoch, named_classification_step
 
 __all__ = ["TextClassifier", "transformer_flops_per_token"]
 
@@ -109,6 +109,9 @@ class TextClassifier(LightningModule):
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         return named_classification_step(self, batch, "train", self.metrics)
+
+    def on_train_epoch_end(self) -> None:
+        log_train_loss_epoch(self)
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         named_classification_step(self, batch, "val", self.metrics)

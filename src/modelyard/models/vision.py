@@ -12,6 +12,7 @@ from modelyard.models._classification import (
     build_metrics,
     classification_step,
     configure_adamw,
+    log_train_loss_epoch,
     named_classification_step,
 )
 from modelyard.models.spec import DataSpec
@@ -76,6 +77,9 @@ class SmallCNN(LightningModule):
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         return classification_step(self, batch, "train", self.metrics)
 
+    def on_train_epoch_end(self) -> None:
+        log_train_loss_epoch(self)
+
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         classification_step(self, batch, "val", self.metrics)
 
@@ -122,6 +126,9 @@ class ImageClassifier(LightningModule):
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         return named_classification_step(self, batch, "train", self.metrics)
+
+    def on_train_epoch_end(self) -> None:
+        log_train_loss_epoch(self)
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         named_classification_step(self, batch, "val", self.metrics)

@@ -20,7 +20,8 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from modelyard._io import atomic_open
 
-__all__ = ["AtomicCheckpointIO", "EpochSeedCallback", "PreemptionCheckpoint", "ThroughputCallback", "batch_rows"]
+__all__ = ["AtomicCheckpointIO", "EpochSeedCallback", "MetricsBeforeCheckpoint", "PreemptionCheckpoint",
+           "ThroughputCallback", "batch_rows"]
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +95,32 @@ class ThroughputCallback(Callback):
                           prog_bar=True, rank_zero_only=True)
 
 
+class MetricsBeforeCheckpoint(Callback):
+    """At the end of validation and of each training epoch, wait (up to ``wait_s``) until the metrics
+    the run's logger has queued are in MLflow (:meth:`MetricBuffer.send_now`).
+
+    Lightning runs checkpoint callbacks after every other callback, so this happens before the
+    epoch's checkpoints are written: a job killed after a checkpoint and resumed from it has every
+    metric up to that checkpoint in its run (the logger otherwise sends at most every few seconds).
+    Once per epoch, one request; an unreachable server is not waited for.
+    """
+
+    def __init__(self, wait_s: float = 5.0) -> None:
+        self.wait_s = wait_s
+
+    def _deliver(self, trainer: Trainer) -> None:
+        buffer = getattr(trainer.logger, "buffer", None)
+        if buffer is not None and trainer.global_rank == 0:
+            buffer.send_now(self.wait_s)
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._deliver(trainer)
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._deliver(trainer)
+
+
 class PreemptionCheckpoint(Callback):
     """On SIGTERM (preemption, ``scancel``, ``kubectl delete``) write ``last.ckpt`` and exit cleanly.
 
@@ -106,12 +133,19 @@ class PreemptionCheckpoint(Callback):
     rank agrees at the start of each training batch, through one all-reduce, whether any rank was
     signalled; then all raise ``SIGTERMException`` at the same batch. Rank 0 writes the checkpoint
     directly through the checkpoint IO (no barrier: the other ranks are stopping too).
+
+    The agreement costs no collective of its own: Lightning (2.5 and later) already broadcasts rank 0's
+    SIGTERM flag at the start of every training batch (``_broadcast_sigterm_tensor`` of the epoch
+    loop), and that call is replaced by the all-reduce of every rank's flag. On a small model a
+    collective costs a noticeable part of a step; only where that method is missing does the
+    all-reduce run in ``on_train_batch_start`` instead.
     """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.saved = False
         self._signalled = False
+        self._agreement_in_loop = False
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # Lightning registers its handlers after on_fit_start and restores the previous ones at
@@ -127,9 +161,23 @@ class PreemptionCheckpoint(Callback):
             self._signalled = True
 
         signal.signal(signal.SIGTERM, note)
+        loop = trainer.fit_loop.epoch_loop
+        if callable(getattr(loop, "_broadcast_sigterm_tensor", None)):
+            loop._broadcast_sigterm_tensor = lambda: self._agree(trainer)  # an instance attribute: this fit only
+            self._agreement_in_loop = True
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
-        if trainer.world_size > 1 and trainer.strategy.reduce_boolean_decision(self._signalled, all=False):
+        if trainer.world_size > 1 and not self._agreement_in_loop:
+            self._agree(trainer)
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._agreement_in_loop:
+            del trainer.fit_loop.epoch_loop._broadcast_sigterm_tensor  # Lightning's method again
+            self._agreement_in_loop = False
+
+    def _agree(self, trainer: Trainer) -> None:
+        """Raise ``SIGTERMException`` on every rank when any rank was signalled (one all-reduce)."""
+        if trainer.strategy.reduce_boolean_decision(self._signalled, all=False):
             raise SIGTERMException()
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:

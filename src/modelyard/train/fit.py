@@ -60,6 +60,7 @@ def fit(cfg: TrainConfig, job: Job, run_id: str | None, uri: str, experiment: st
     from modelyard.train.callbacks import (  # Lightning callbacks: imports torch and lightning
         AtomicCheckpointIO,
         EpochSeedCallback,
+        MetricsBeforeCheckpoint,
         PreemptionCheckpoint,
         ThroughputCallback,
     )
@@ -80,7 +81,8 @@ def fit(cfg: TrainConfig, job: Job, run_id: str | None, uri: str, experiment: st
     trainer = Trainer(
         **trainer_args,
         callbacks=[checkpoint, _last_checkpoint_callback(job), EpochSeedCallback(cfg.seed_everything),
-                   ThroughputCallback(trainer_args.get("log_every_n_steps", 10)), preemption],
+                   ThroughputCallback(trainer_args.get("log_every_n_steps", 10)), MetricsBeforeCheckpoint(),
+                   preemption],
         logger=_run_logger(run_id, uri, experiment, job) if run_id else False,
         plugins=plugins,
         default_root_dir=str(job.dir),

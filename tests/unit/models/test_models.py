@@ -89,3 +89,51 @@ def test_instantiate_model_rejects_what_is_not_a_lightning_module():
         instantiate_model(ModelConfig("collections.OrderedDict"), SPEC)
     with pytest.raises(ValueError, match="cannot be imported"):
         instantiate_model(ModelConfig("nowhere.Model"), SPEC)
+
+
+def test_training_loss_reaches_the_logger_at_its_logging_steps_and_as_the_epochs_row_weighted_mean():
+    """``train_loss_step`` (the batch's loss, on the steps whose metrics reach the logger) and
+    ``train_loss_epoch`` (the mean over the epoch's rows), as ``self.log(on_step=True, on_epoch=True)``
+    would log them, without a call into Lightning's logging on every step."""
+    from lightning import Callback, Trainer
+    from lightning.pytorch.loggers.logger import Logger
+    from torch.utils.data import DataLoader, TensorDataset
+
+    class Recorder(Logger):
+        name, version = "recorder", "0"
+        points: list = []
+
+        def log_metrics(self, metrics, step=None):
+            self.points.extend((key, float(value), step) for key, value in metrics.items())
+
+        def log_hyperparams(self, params, *args, **kwargs):
+            pass
+
+    class Losses(Callback):
+        batches: list = []  # (epoch, global step, loss, rows)
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            self.batches.append((trainer.current_epoch, trainer.global_step - 1, float(outputs["loss"]),
+                                 len(batch[1])))
+
+    torch.manual_seed(0)
+    x = torch.stack([torch.randn(50) * 50 + 100, torch.randint(0, 4, (50,)).float()], dim=1)  # (50, 2)
+    y = torch.randint(0, 2, (50,))
+    loader = DataLoader(TensorDataset(x, y), batch_size=8)  # 7 batches: 6 of 8 rows, 1 of 2
+    model, recorder, losses = TabularMLP(SPEC.to_dict(), hidden_sizes=[8]), Recorder(), Losses()
+    trainer = Trainer(max_epochs=2, accelerator="cpu", devices=1, logger=recorder, callbacks=[losses],
+                      log_every_n_steps=3, enable_checkpointing=False, enable_progress_bar=False,
+                      enable_model_summary=False)
+    trainer.fit(model, train_dataloaders=loader)
+
+    step_points = [(value, step) for key, value, step in recorder.points if key == "train_loss_step"]
+    expected = [(loss, step) for _, step, loss, _ in losses.batches if (step + 1) % 3 == 0]
+    assert [s for _, s in step_points] == [s for _, s in expected] == [2, 5, 8, 11]
+    assert [v for v, _ in step_points] == pytest.approx([v for v, _ in expected])
+    epoch_means = [value for key, value, _ in recorder.points if key == "train_loss_epoch"]
+    assert len(epoch_means) == 2
+    for epoch, mean in enumerate(epoch_means):
+        rows = [(loss, n) for e, _, loss, n in losses.batches if e == epoch]
+        assert mean == pytest.approx(sum(loss * n for loss, n in rows) / sum(n for _, n in rows))
+    assert "train_loss" in trainer.callback_metrics  # what a checkpoint may monitor
+    assert not {key for key, _, _ in recorder.points} & {"train_loss"}  # the logger gets the _step/_epoch names

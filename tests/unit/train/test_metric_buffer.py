@@ -80,8 +80,10 @@ def _wait_until(condition, timeout_s: float = 15.0) -> None:
 
 @pytest.fixture
 def short_pauses(monkeypatch):
-    """Retry pauses of 50-200 ms instead of 1-5 s, so an outage and its recovery take a fraction of a second."""
+    """Retry pauses of 50-200 ms instead of 1-5 s, and a request every 50 ms instead of 2 s, so an outage
+    and its recovery take a fraction of a second."""
     monkeypatch.setattr(metric_buffer, "FIRST_RETRY_S", 0.05)
+    monkeypatch.setattr(metric_buffer, "SEND_INTERVAL_S", 0.05)
     monkeypatch.setattr(metric_buffer, "MAX_RETRY_S", 0.2)
 
 
@@ -128,6 +130,37 @@ def test_points_logged_during_an_outage_arrive_in_order_once_the_server_is_back(
     assert summary["logged"] == summary["delivered"] == 210 and summary["undelivered"] == 0
     assert summary["outages"] == 1 and summary["outage_seconds"] > 0
     assert summary["buffered_max"] >= 3 and "MlflowException" in summary["last_error"]
+
+
+def test_points_logged_between_requests_go_in_one_request():
+    """Training logs every few milliseconds; the thread sends at most one request per interval, so
+    many logging steps cost one request, and the end of training sends what gathered since."""
+    client = FlakyClient()
+    buffer = MetricBuffer(client, RUN, send_interval_s=3600.0)
+    buffer.add(_steps(0, 1))
+    _wait_until(lambda: client.calls == 1)  # the first request goes at once
+    for step in range(1, 50):
+        buffer.add(_steps(step, step + 1))
+    time.sleep(0.2)  # room for a request that should not come (a thread sending at once sends here)
+    assert client.calls == 1 and buffer.delivered == len(KEYS)  # the rest waits for the interval ...
+    assert buffer.drain(wait_s=1.0) == 0  # ... or the end of training, in one request
+    assert client.calls == 2 and client.points() == _as_tuples(_steps(0, 50))
+
+
+def test_send_now_delivers_the_queue_before_it_returns_and_does_not_wait_for_a_server_that_is_down():
+    """What an epoch end calls before its checkpoints are written."""
+    client = FlakyClient()
+    buffer = MetricBuffer(client, RUN, send_interval_s=3600.0)
+    buffer.add(_steps(0, 1))
+    _wait_until(lambda: client.calls == 1)
+    buffer.add(_steps(1, 5))
+    assert buffer.send_now(wait_s=30.0) and client.points() == _as_tuples(_steps(0, 5))
+    client.down = True
+    buffer.add(_steps(5, 6))
+    t0 = time.monotonic()
+    assert not buffer.send_now(wait_s=30.0)  # an outage: kept and retried, not waited for
+    assert time.monotonic() - t0 < 10.0 and client.failures >= 1
+    buffer.drain(wait_s=0)
 
 
 def test_retries_back_off_and_a_returning_server_is_noticed_within_the_longest_pause():
