@@ -156,7 +156,7 @@ def _table(clients: dict[str, dict[str, float]], proxy: dict[str, float], noop_r
         f"| ingress replica: FastAPI, middleware, decode, routing, stats, metrics, encode, handle hop | "
         f"{median_of({k: ingress_replica[k] for k in ing if k in ingress_replica}, model_replica):.2f} "
         "| ingress - model replica access log |",
-        f"| model replica: `@serve.batch` queue and wait, ONNX Runtime, split | "
+        f"| model replica: batch queue, ONNX Runtime on the worker thread, split | "
         f"{median_of({k: model_replica[k] for k in ing if k in model_replica}):.2f} | model replica access log |",
         f"| of which KServe v2 decode + validation (in ingress) | {local['decode']:.3f} | in process, timeit |",
         f"| of which response encode + JSONResponse render (in ingress) | {local['encode']:.3f} | in process, timeit |",

@@ -50,6 +50,20 @@ RATIOS: dict[str, tuple[str, tuple[str, int, int], tuple[str, int, int], str]] =
                                             "32 clients"),
     "ingress_in_p50_over_direct_p50": ("p50_ms", ("ray_ingress_in", 1, 1), ("ray_direct", 1, 1),
                                        "canary ingress running the models itself vs straight to a model deployment"),
+    "ingress_in_grpc_p50_over_noop_p50": ("p50_ms", ("ray_ingress_in_grpc", 1, 1), ("ray_noop", 1, 1),
+                                          "the one-hop canary ingress over Serve's gRPC proxy vs the bare Ray Serve "
+                                          "deployment over HTTP, 1 client"),
+    "ingress_in_grpc_over_noop_throughput_c32": ("throughput_rows_s", ("ray_ingress_in_grpc", 32, 1),
+                                                 ("ray_noop", 32, 1),
+                                                 "the one-hop canary ingress over gRPC vs the bare deployment over "
+                                                 "HTTP, 32 clients"),
+    "ingress_in_grpc_p50_over_triton_http_p50": ("p50_ms", ("ray_ingress_in_grpc", 1, 1), ("triton_http", 1, 1),
+                                                 "the one-hop canary ingress over Serve's gRPC proxy vs Triton over "
+                                                 "HTTP, 1 client"),
+    "ingress_in_grpc_over_mlflow_throughput_c32": ("throughput_rows_s", ("ray_ingress_in_grpc", 32, 1),
+                                                   ("mlflow_serve", 32, 1),
+                                                   "the one-hop canary ingress over Serve's gRPC proxy vs `mlflow "
+                                                   "models serve`, 32 clients"),
     "ingress_over_mlflow_throughput_c32": ("throughput_rows_s", ("ray_ingress", 32, 1), ("mlflow_serve", 32, 1),
                                            "canary ingress vs `mlflow models serve` (2 workers), 32 clients"),
     "ingress_p50_over_triton_http_p50": ("p50_ms", ("ray_ingress", 1, 1), ("triton_http", 1, 1),
@@ -65,7 +79,9 @@ RATIOS: dict[str, tuple[str, tuple[str, int, int], tuple[str, int, int], str]] =
 # whatever the profile.
 FLOOR_RATIOS = frozenset({"ingress_p50_over_noop_p50", "ingress_over_noop_throughput_c32",
                           "ingress_in_p50_over_noop_p50", "ingress_in_over_noop_throughput_c32",
-                          "ingress_in_p50_over_direct_p50",
+                          "ingress_in_p50_over_direct_p50", "ingress_in_grpc_p50_over_triton_http_p50",
+                          "ingress_in_grpc_p50_over_noop_p50", "ingress_in_grpc_over_noop_throughput_c32",
+                          "ingress_in_grpc_over_mlflow_throughput_c32",
                           "ingress_over_mlflow_throughput_c32", "ingress_p50_over_triton_http_p50",
                           "ingress_grpc_over_mlflow_throughput_c32", "ingress_grpc_p50_over_triton_http_p50"})
 REPORT_ONLY_RATIOS = FLOOR_RATIOS | {"ort_int8_p50_over_fp32_p50_b32", "triton_grpc_p50_over_http_p50",

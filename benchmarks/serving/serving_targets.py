@@ -16,6 +16,7 @@ HTTP proxy. The same client, body and URL shape reach ``ray_ingress``; the diffe
 ingress replica and its hop (validation, routing, statistics, metrics, the handle call).
 ``ray_ingress_in`` is the ingress with ``model_placement: ingress``: the same application, but the
 ingress replica runs both versions' sessions itself, one Ray hop fewer.
+``ray_ingress_in_grpc`` calls that application through the gRPC proxy.
 ``ray_ingress_grpc`` is the same ingress application called through Ray Serve's gRPC proxy with
 ``tritonclient.grpc``, as ``triton_grpc`` calls Triton.
 
@@ -67,6 +68,8 @@ TARGETS: dict[str, str] = {
     "ray_ingress_in": "the same ingress configuration with model_placement ingress (the ingress replica runs "
                       "both versions itself: no model deployment, one Ray hop fewer)",
     "ray_ingress_grpc": "the same ingress app through Ray Serve's gRPC proxy (KServe v2 gRPC) via tritonclient.grpc",
+    "ray_ingress_in_grpc": "the model_placement ingress app through Ray Serve's gRPC proxy via tritonclient.grpc: "
+                           "the shortest canary path (no Python HTTP proxy, one Ray hop)",
     "ray_ingress_split10": "the same ingress app with canary_weight 0.1 (canary = the same ONNX file)",
     "ray_ingress_log": "the same ingress configuration with the inference log on (sample rate 1)",
     "ray_ingress_unbatched": "the same ingress configuration with max_batch_size 1 (no dynamic batching)",
@@ -76,7 +79,8 @@ TARGETS: dict[str, str] = {
 GROUPS: dict[str, tuple[str, ...]] = {
     "inprocess": ("torch_eager", "ort_fp32", "ort_int8"),
     "triton": ("triton_http", "triton_grpc"),
-    "ray": ("ray_noop", "ray_direct", "ray_ingress", "ray_ingress_in", "ray_ingress_grpc", "ray_ingress_split10",
+    "ray": ("ray_noop", "ray_direct", "ray_ingress", "ray_ingress_in", "ray_ingress_grpc", "ray_ingress_in_grpc",
+            "ray_ingress_split10",
             "ray_ingress_log", "ray_ingress_unbatched"),
     "mlflow": ("mlflow_serve",),
 }
@@ -378,7 +382,8 @@ def _ray(names: list[str], model_dir: Path, work: Path) -> Iterator[list[Target]
     reference = f"path:{model_dir / 'model.onnx'}"
     http_port, grpc_port = _free_ports(2)
     base = RayServeConfig(model=MODEL, stable=reference, canary=reference, canary_weight=0.0, log_dir=None,
-                          port=http_port, grpc_port=grpc_port if "ray_ingress_grpc" in names else None)
+                          port=http_port,
+                          grpc_port=grpc_port if {"ray_ingress_grpc", "ray_ingress_in_grpc"} & set(names) else None)
     host, port = base.host, base.port
     # The ingress app is the one serving_ray deploys; it serves both ray_ingress and the split.
     with serving_ray(base, app_name="ingress") as url:
@@ -389,7 +394,7 @@ def _ray(names: list[str], model_dir: Path, work: Path) -> Iterator[list[Target]
             deploy(replace(http_only, log_dir=str(work / "inference_log")), app_name="ingress_log",
                    route_prefix="/log")
             prefixes["ray_ingress_log"] = "/log"
-        if "ray_ingress_in" in names:
+        if {"ray_ingress_in", "ray_ingress_in_grpc"} & set(names):
             deploy(replace(http_only, model_placement="ingress"), app_name="ingress_in", route_prefix="/in")
             prefixes["ray_ingress_in"] = "/in"
         if "ray_ingress_unbatched" in names:
@@ -412,6 +417,8 @@ def _ray(names: list[str], model_dir: Path, work: Path) -> Iterator[list[Target]
             prefixes["ray_noop"] = "/noop"
 
         def for_target(name: str) -> Callable[[np.ndarray], CallFactory]:
+            if name == "ray_ingress_in_grpc":
+                return lambda rows: _tritonclient_grpc(grpc_address(base), MODEL, rows, {"application": "ingress_in"})
             if name == "ray_ingress_grpc":  # several applications: the gRPC proxy routes by this metadata
                 return lambda rows: _tritonclient_grpc(grpc_address(base), MODEL, rows, {"application": "ingress"})
             path = f"{prefixes[name]}/v2/models/{MODEL}/infer"

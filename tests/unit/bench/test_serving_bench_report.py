@@ -34,7 +34,7 @@ def _full_rows() -> list[dict]:
 
 
 def test_every_ratio_compares_known_targets_and_cells():
-    assert len(RATIOS) == 17
+    assert len(RATIOS) == 21
     assert FLOOR_RATIOS <= set(RATIOS)
     for metric, top, bottom, _ in RATIOS.values():
         assert metric in {"p50_ms", "throughput_rows_s"}
