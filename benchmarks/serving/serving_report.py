@@ -79,7 +79,7 @@ RATIOS: dict[str, tuple[str, tuple[str, int, int], tuple[str, int, int], str]] =
 # whatever the profile.
 FLOOR_RATIOS = frozenset({"ingress_p50_over_noop_p50", "ingress_over_noop_throughput_c32",
                           "ingress_in_p50_over_noop_p50", "ingress_in_over_noop_throughput_c32",
-                          "ingress_in_p50_over_direct_p50", "ingress_in_grpc_p50_over_triton_http_p50",
+                          "ingress_in_grpc_p50_over_triton_http_p50",
                           "ingress_in_grpc_p50_over_noop_p50", "ingress_in_grpc_over_noop_throughput_c32",
                           "ingress_in_grpc_over_mlflow_throughput_c32",
                           "ingress_over_mlflow_throughput_c32", "ingress_p50_over_triton_http_p50",

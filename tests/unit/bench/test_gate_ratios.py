@@ -140,7 +140,8 @@ def test_a_ratio_in_two_results_files_is_an_error(gates_file, tmp_path):
 
 def test_committed_gates_file_covers_the_harness_ratios():
     gates, report_only = gate.load_gates(ROOT / "benchmarks" / "gates.yaml")
-    assert {"ingress_p50_over_direct_p50", "ingress_log_on_over_off_p50", "split10_p50_over_stable_p50",
+    assert {"ingress_p50_over_direct_p50", "ingress_in_p50_over_direct_p50", "ingress_log_on_over_off_p50",
+            "split10_p50_over_stable_p50",
             "ort_p50_over_torch_p50_b1", "batched_over_unbatched_throughput_c32",
             "model_batched_over_unbatched_throughput_c32", "model_batched_minus_unbatched_p50_ms_c1",
             "lightning_over_plain_throughput", "ddp2_over_ddp1_throughput"} == set(gates)
